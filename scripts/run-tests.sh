@@ -1,0 +1,16 @@
+#!/bin/sh
+# run-tests.sh KIND BIN... - run each test binary, print a summary line
+# "N passed, N failed" and exit non-zero when any failed.
+kind=$1; shift
+pass=0; fail=0; failed=""
+for t in "$@"; do
+	name=$(basename "$t")
+	echo "=== $kind: $name"
+	if "$t"; then
+		pass=$((pass + 1))
+	else
+		fail=$((fail + 1)); failed="$failed $name"
+	fi
+done
+echo "$kind: $pass passed, $fail failed"
+[ "$fail" -eq 0 ] || { echo "failed:$failed"; exit 1; }
