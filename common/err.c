@@ -1,6 +1,8 @@
 /*
  * err.c - names of the project's error codes.
  */
+#include <stddef.h>
+
 #include "err.h"
 
 static const char *const names[CR_ERR__COUNT] = {
