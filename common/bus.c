@@ -1,0 +1,544 @@
+/*
+ * bus.c - NATS connections, subscriptions, windowed async requests, KV.
+ * See bus.h for the thread rules.
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bus.h"
+#include "log.h"
+#include "util.h"
+
+#define REQ_BUCKETS 1024
+#define MAX_SUBS 64
+#define MAX_KV 8
+
+struct pending {
+	uint64_t id;
+	uint64_t deadline;
+	bus_reply_fn fn;
+	void *arg;
+	struct pending *next;
+};
+
+struct sub {
+	natsSubscription *ns;
+	bus_handler_fn fn;
+	void *arg;
+};
+
+struct kvh {
+	char name[64];
+	kvStore *kv;
+};
+
+struct bus {
+	natsConnection *nc, *bulk;
+	jsCtx *js;
+	char prefix[64];
+	char inbox[96];
+	natsSubscription *inbox_sub;
+	pthread_mutex_t mu;          /* guards pending, npending, next_id, kvs */
+	struct pending *pending[REQ_BUCKETS];
+	size_t npending;
+	uint64_t next_id;
+	pthread_t timer;
+	int timer_started;
+	volatile int stopping;
+	struct sub subs[MAX_SUBS];
+	int nsubs;
+	struct kvh kvs[MAX_KV];
+	int nkv;
+};
+
+/* bus_err - nats.c status to the project's error */
+enum cr_err
+bus_err(natsStatus s)
+{
+	switch (s) {
+	case NATS_OK:
+		return CR_OK;
+	case NATS_TIMEOUT:
+		return CR_ERR_TIMEOUT;
+	case NATS_NO_RESPONDERS:
+		return CR_ERR_UNAVAILABLE;
+	case NATS_NOT_FOUND:
+		return CR_ERR_NOT_FOUND;
+	case NATS_NO_MEMORY:
+		return CR_ERR_NOMEM;
+	case NATS_CONNECTION_CLOSED:
+	case NATS_CONNECTION_DISCONNECTED:
+	case NATS_NO_SERVER:
+	case NATS_STALE_CONNECTION:
+		return CR_ERR_UNAVAILABLE;
+	case NATS_MAX_PAYLOAD:
+		return CR_ERR_TOO_BIG;
+	default:
+		return CR_ERR_BUS;
+	}
+}
+
+static char tag_req[] = "req", tag_bulk[] = "bulk";
+
+static void
+on_disconnected(natsConnection *nc, void *closure)
+{
+	log_warn(NULL, "nats disconnected (%s)", (const char *)closure);
+}
+
+static void
+on_reconnected(natsConnection *nc, void *closure)
+{
+	log_info(NULL, "nats reconnected (%s)", (const char *)closure);
+}
+
+static void
+on_async_err(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+	log_warn(NULL, "nats async error: %s", natsStatus_GetText(err));
+}
+
+static natsStatus
+make_conn(const char *url, const char *name, int asap, natsConnection **out)
+{
+	natsOptions *o = NULL;
+	natsStatus s;
+	const char *urls[16];
+	int n = 0;
+	char *copy = strdup(url), *save = NULL;
+
+	if (copy == NULL)
+		return NATS_NO_MEMORY;
+	for (char *t = strtok_r(copy, ",", &save); t && n < 16; t = strtok_r(NULL, ",", &save))
+		urls[n++] = t;
+	s = natsOptions_Create(&o);
+	if (s == NATS_OK)
+		s = natsOptions_SetServers(o, urls, n);
+	if (s == NATS_OK)
+		s = natsOptions_SetName(o, name);
+	if (s == NATS_OK)
+		s = natsOptions_SetSendAsap(o, asap ? true : false);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxReconnect(o, -1);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectWait(o, 250);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectJitter(o, 100, 1000);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectBufSize(o, 64 * 1024 * 1024);
+	if (s == NATS_OK)
+		s = natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
+	if (s == NATS_OK)
+		s = natsOptions_SetDisconnectedCB(o, on_disconnected, asap ? tag_req : tag_bulk);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectedCB(o, on_reconnected, asap ? tag_req : tag_bulk);
+	if (s == NATS_OK)
+		s = natsOptions_SetErrorHandler(o, on_async_err, NULL);
+	if (s == NATS_OK) {
+		s = natsConnection_Connect(out, o);
+		/* with retry-on-failed-connect, NOT_YET_CONNECTED means it keeps trying */
+		if (s == NATS_NOT_YET_CONNECTED)
+			s = NATS_OK;
+	}
+	natsOptions_Destroy(o);
+	free(copy);
+	return s;
+}
+
+static void
+fire(struct pending *p, enum cr_err err, natsMsg *m)
+{
+	p->fn(p->arg, err, m);
+	free(p);
+}
+
+static void
+on_inbox_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+	struct bus *b = closure;
+	const char *subj = natsMsg_GetSubject(msg);
+	const char *dot = strrchr(subj, '.');
+	uint64_t id = dot ? strtoull(dot + 1, NULL, 10) : 0;
+	struct pending *p = NULL, **pp;
+
+	pthread_mutex_lock(&b->mu);
+	for (pp = &b->pending[id % REQ_BUCKETS]; *pp; pp = &(*pp)->next) {
+		if ((*pp)->id == id) {
+			p = *pp;
+			*pp = p->next;
+			b->npending--;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&b->mu);
+	if (p != NULL) {
+		if (natsMsg_IsNoResponders(msg))
+			fire(p, CR_ERR_UNAVAILABLE, NULL);
+		else
+			fire(p, CR_OK, msg);
+	}
+	natsMsg_Destroy(msg);
+}
+
+static void *
+timer_main(void *arg)
+{
+	struct bus *b = arg;
+	while (!b->stopping) {
+		usleep(20000);
+		uint64_t now = mono_ms();
+		struct pending *expired = NULL;
+		pthread_mutex_lock(&b->mu);
+		if (b->npending > 0) {
+			for (int i = 0; i < REQ_BUCKETS; i++) {
+				struct pending **pp = &b->pending[i];
+				while (*pp) {
+					if ((*pp)->deadline <= now) {
+						struct pending *p = *pp;
+						*pp = p->next;
+						p->next = expired;
+						expired = p;
+						b->npending--;
+					} else {
+						pp = &(*pp)->next;
+					}
+				}
+			}
+		}
+		pthread_mutex_unlock(&b->mu);
+		while (expired) {
+			struct pending *p = expired;
+			expired = p->next;
+			fire(p, CR_ERR_TIMEOUT, NULL);
+		}
+	}
+	return NULL;
+}
+
+/* bus_connect - connect both connections and set up the reply inbox */
+enum cr_err
+bus_connect(const char *url, const char *name, const char *prefix, struct bus **out)
+{
+	struct bus *b = calloc(1, sizeof(*b));
+	natsStatus s;
+	char bname[160], wild[128];
+	enum cr_err err = CR_ERR_BUS;
+
+	if (b == NULL)
+		return CR_ERR_NOMEM;
+	pthread_mutex_init(&b->mu, NULL);
+	snprintf(b->prefix, sizeof(b->prefix), "%s", prefix);
+	s = make_conn(url, name, 1, &b->nc);
+	if (s != NATS_OK) {
+		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
+		goto out;
+	}
+	snprintf(bname, sizeof(bname), "%s-bulk", name);
+	s = make_conn(url, bname, 0, &b->bulk);
+	if (s != NATS_OK) {
+		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
+		goto out;
+	}
+	char nuid[32];
+	rand_hex(nuid, 11);
+	snprintf(b->inbox, sizeof(b->inbox), "_INBOX.%s", nuid);
+	snprintf(wild, sizeof(wild), "%s.*", b->inbox);
+	s = natsConnection_Subscribe(&b->inbox_sub, b->nc, wild, on_inbox_reply, b);
+	if (s == NATS_OK)
+		s = natsSubscription_SetPendingLimits(b->inbox_sub, 1000000, 1024 * 1024 * 1024);
+	if (s != NATS_OK)
+		goto out;
+	s = natsConnection_JetStream(&b->js, b->nc, NULL);
+	if (s != NATS_OK)
+		goto out;
+	if (pthread_create(&b->timer, NULL, timer_main, b) != 0)
+		goto out;
+	b->timer_started = 1;
+	*out = b;
+	return CR_OK;
+out:
+	bus_free(b);
+	return err;
+}
+
+/* bus_drain_subs - stop taking new messages (first step of shutdown) */
+void
+bus_drain_subs(struct bus *b)
+{
+	if (b == NULL)
+		return;
+	for (int i = 0; i < b->nsubs; i++) {
+		if (b->subs[i].ns == NULL)
+			continue;
+		natsSubscription_Unsubscribe(b->subs[i].ns);
+		/* wait until its callback has returned for the last time */
+		natsSubscription_Drain(b->subs[i].ns);
+		natsSubscription_WaitForDrainCompletion(b->subs[i].ns, 2000);
+		natsSubscription_Destroy(b->subs[i].ns);
+		b->subs[i].ns = NULL;
+	}
+}
+
+/* bus_free - drain subscriptions, fail pending requests, close; NULL ok */
+void
+bus_free(struct bus *b)
+{
+	if (b == NULL)
+		return;
+	bus_drain_subs(b);
+	b->stopping = 1;
+	if (b->timer_started)
+		pthread_join(b->timer, NULL);
+	if (b->inbox_sub) {
+		natsSubscription_Unsubscribe(b->inbox_sub);
+		natsSubscription_Destroy(b->inbox_sub);
+	}
+	for (int i = 0; i < REQ_BUCKETS; i++) {
+		while (b->pending[i]) {
+			struct pending *p = b->pending[i];
+			b->pending[i] = p->next;
+			fire(p, CR_ERR_UNAVAILABLE, NULL);
+		}
+	}
+	for (int i = 0; i < b->nkv; i++)
+		kvStore_Destroy(b->kvs[i].kv);
+	jsCtx_Destroy(b->js);
+	if (b->bulk) {
+		natsConnection_FlushTimeout(b->bulk, 1000);
+		natsConnection_Close(b->bulk);
+		natsConnection_Destroy(b->bulk);
+	}
+	if (b->nc) {
+		natsConnection_FlushTimeout(b->nc, 1000);
+		natsConnection_Close(b->nc);
+		natsConnection_Destroy(b->nc);
+	}
+	pthread_mutex_destroy(&b->mu);
+	free(b);
+}
+
+/* bus_is_connected - is the request connection up? */
+int
+bus_is_connected(struct bus *b)
+{
+	return b && natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+const char *bus_prefix(const struct bus *b) { return b->prefix; }
+natsConnection *bus_nc(struct bus *b) { return b->nc; }
+natsConnection *bus_nc_bulk(struct bus *b) { return b->bulk; }
+jsCtx *bus_js(struct bus *b) { return b->js; }
+
+/* bus_subj - "<prefix>." + formatted rest into out */
+int
+bus_subj(const struct bus *b, char *out, size_t sz, const char *fmt, ...)
+{
+	va_list ap;
+	int n = snprintf(out, sz, "%s.", b->prefix);
+	if (n < 0 || (size_t)n >= sz)
+		return -1;
+	va_start(ap, fmt);
+	int m = vsnprintf(out + n, sz - (size_t)n, fmt, ap);
+	va_end(ap);
+	if (m < 0 || (size_t)(n + m) >= sz)
+		return -1;
+	return n + m;
+}
+
+/* bus_subj_agent - "<prefix>.<kind>.<token(agent_id)>" */
+int
+bus_subj_agent(const struct bus *b, char *out, size_t sz, const char *kind, const char *agent_id)
+{
+	char tok[400];
+	if (subj_token(agent_id, tok, sizeof(tok)) == 0)
+		return -1;
+	return bus_subj(b, out, sz, "%s.%s", kind, tok);
+}
+
+static void
+on_sub_msg(natsConnection *nc, natsSubscription *ns, natsMsg *msg, void *closure)
+{
+	struct sub *s = closure;
+	s->fn(s->arg, msg);
+	natsMsg_Destroy(msg);
+}
+
+/* bus_subscribe - subscribe subject (queue group optional) until bus_free */
+enum cr_err
+bus_subscribe(struct bus *b, const char *subject, const char *queue, bus_handler_fn fn, void *arg)
+{
+	natsStatus s;
+	if (b->nsubs >= MAX_SUBS)
+		return CR_ERR_FULL;
+	struct sub *sb = &b->subs[b->nsubs];
+	sb->fn = fn;
+	sb->arg = arg;
+	if (queue)
+		s = natsConnection_QueueSubscribe(&sb->ns, b->nc, subject, queue, on_sub_msg, sb);
+	else
+		s = natsConnection_Subscribe(&sb->ns, b->nc, subject, on_sub_msg, sb);
+	if (s == NATS_OK)
+		s = natsSubscription_SetPendingLimits(sb->ns, 1000000, 1024 * 1024 * 1024);
+	if (s != NATS_OK) {
+		log_error(NULL, "subscribe %s: %s", subject, natsStatus_GetText(s));
+		return bus_err(s);
+	}
+	b->nsubs++;
+	return CR_OK;
+}
+
+/* bus_reply - answer a request; no-op without reply subject */
+enum cr_err
+bus_reply(struct bus *b, natsMsg *req, const void *data, size_t len)
+{
+	const char *r = natsMsg_GetReply(req);
+	if (r == NULL || *r == '\0')
+		return CR_OK;
+	return bus_err(natsConnection_Publish(b->nc, r, data, (int)len));
+}
+
+/* bus_publish - publish on the buffered connection */
+enum cr_err
+bus_publish(struct bus *b, const char *subj, const void *data, size_t len)
+{
+	return bus_err(natsConnection_Publish(b->bulk, subj, data, (int)len));
+}
+
+/* bus_publish_asap - publish on the send-asap connection */
+enum cr_err
+bus_publish_asap(struct bus *b, const char *subj, const void *data, size_t len)
+{
+	return bus_err(natsConnection_Publish(b->nc, subj, data, (int)len));
+}
+
+/* bus_publish_msg - publish a natsMsg with headers (takes ownership of m) */
+enum cr_err
+bus_publish_msg(struct bus *b, natsMsg *m)
+{
+	natsStatus s = natsConnection_PublishMsg(b->bulk, m);
+	natsMsg_Destroy(m);
+	return bus_err(s);
+}
+
+/* bus_request - synchronous request */
+enum cr_err
+bus_request(struct bus *b, const char *subj, const void *data, size_t len, int timeout_ms,
+    natsMsg **reply)
+{
+	natsStatus s = natsConnection_Request(reply, b->nc, subj, data, (int)len, timeout_ms);
+	if (s != NATS_OK)
+		*reply = NULL;
+	return bus_err(s);
+}
+
+/* bus_request_async - publish a request whose reply comes to fn */
+enum cr_err
+bus_request_async(struct bus *b, const char *subj, const void *data, size_t len, int timeout_ms,
+    bus_reply_fn fn, void *arg)
+{
+	struct pending *p = malloc(sizeof(*p));
+	char reply[128];
+	natsStatus s;
+
+	if (p == NULL)
+		return CR_ERR_NOMEM;
+	p->fn = fn;
+	p->arg = arg;
+	p->deadline = mono_ms() + (uint64_t)timeout_ms;
+	pthread_mutex_lock(&b->mu);
+	p->id = ++b->next_id;
+	p->next = b->pending[p->id % REQ_BUCKETS];
+	b->pending[p->id % REQ_BUCKETS] = p;
+	b->npending++;
+	pthread_mutex_unlock(&b->mu);
+	snprintf(reply, sizeof(reply), "%s.%llu", b->inbox, (unsigned long long)p->id);
+	s = natsConnection_PublishRequest(b->nc, subj, reply, data, (int)len);
+	if (s != NATS_OK) {
+		/* take it back unless a (timeout) callback already has */
+		struct pending **pp;
+		int found = 0;
+		pthread_mutex_lock(&b->mu);
+		for (pp = &b->pending[p->id % REQ_BUCKETS]; *pp; pp = &(*pp)->next) {
+			if (*pp == p) {
+				*pp = p->next;
+				b->npending--;
+				found = 1;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&b->mu);
+		if (found) {
+			free(p);
+			return bus_err(s);
+		}
+		return CR_OK;	/* the timer owns it now and will report */
+	}
+	return CR_OK;
+}
+
+/* bus_pending_requests - async requests awaiting a reply */
+size_t
+bus_pending_requests(struct bus *b)
+{
+	pthread_mutex_lock(&b->mu);
+	size_t n = b->npending;
+	pthread_mutex_unlock(&b->mu);
+	return n;
+}
+
+/* bus_kv - bind the KV bucket, creating it if it does not exist */
+enum cr_err
+bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore **out)
+{
+	kvStore *kv = NULL;
+	natsStatus s;
+
+	pthread_mutex_lock(&b->mu);
+	for (int i = 0; i < b->nkv; i++) {
+		if (strcmp(b->kvs[i].name, bucket) == 0) {
+			*out = b->kvs[i].kv;
+			pthread_mutex_unlock(&b->mu);
+			return CR_OK;
+		}
+	}
+	pthread_mutex_unlock(&b->mu);
+	s = js_KeyValue(&kv, b->js, bucket);
+	if (s != NATS_OK) {
+		kvConfig cfg;
+		kvConfig_Init(&cfg);
+		cfg.Bucket = bucket;
+		cfg.History = (uint8_t)(history > 0 ? history : 1);
+		cfg.TTL = ttl_ms * 1000000LL;	/* nanoseconds (STACK-NOTES) */
+		cfg.StorageType = js_FileStorage;
+		s = js_CreateKeyValue(&kv, b->js, &cfg);
+		if (s != NATS_OK)	/* created meanwhile by someone else? */
+			s = js_KeyValue(&kv, b->js, bucket);
+	}
+	if (s != NATS_OK) {
+		log_error(NULL, "kv bucket %s: %s", bucket, natsStatus_GetText(s));
+		return bus_err(s);
+	}
+	pthread_mutex_lock(&b->mu);
+	for (int i = 0; i < b->nkv; i++) {
+		if (strcmp(b->kvs[i].name, bucket) == 0) {
+			pthread_mutex_unlock(&b->mu);
+			kvStore_Destroy(kv);
+			*out = b->kvs[i].kv;
+			return CR_OK;
+		}
+	}
+	if (b->nkv >= MAX_KV) {
+		pthread_mutex_unlock(&b->mu);
+		kvStore_Destroy(kv);
+		return CR_ERR_FULL;
+	}
+	snprintf(b->kvs[b->nkv].name, sizeof(b->kvs[b->nkv].name), "%s", bucket);
+	b->kvs[b->nkv++].kv = kv;
+	pthread_mutex_unlock(&b->mu);
+	*out = kv;
+	return CR_OK;
+}

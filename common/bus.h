@@ -1,0 +1,86 @@
+/*
+ * bus.h - the NATS bus: connections, subjects, handlers, requests, KV.
+ *
+ * A bus holds two connections to the same server: a send-asap one for
+ * requests and replies (latency, STACK-NOTES: ~0.2 ms instead of ~1 ms) and a
+ * buffered one for bulk publishes (hop events, receipts). Both reconnect
+ * forever. Subjects start with the configured prefix.
+ *
+ * Threads: handlers run on nats.c's threads (one per subscription); the
+ * async-request table is guarded by one mutex and its timeouts are fired by
+ * one timer thread. Reply callbacks run on the reply subscription's thread or
+ * the timer thread, never while the table lock is held.
+ */
+#ifndef CR_BUS_H
+#define CR_BUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <nats/nats.h>
+
+#include "err.h"
+
+struct bus;
+
+/* bus_connect - connect to url (comma-separated list allowed); name is the
+ * client name; prefix the subject prefix (copied). Caller frees with bus_free. */
+enum cr_err bus_connect(const char *url, const char *name, const char *prefix, struct bus **out);
+/* bus_free - drain subscriptions, fail pending requests, close; NULL ok */
+void bus_free(struct bus *b);
+/* bus_drain_subs - stop taking new messages (first step of shutdown) */
+void bus_drain_subs(struct bus *b);
+/* bus_is_connected - is the request connection up? */
+int bus_is_connected(struct bus *b);
+const char *bus_prefix(const struct bus *b);
+natsConnection *bus_nc(struct bus *b);
+natsConnection *bus_nc_bulk(struct bus *b);
+jsCtx *bus_js(struct bus *b);
+
+/* bus_subj - "<prefix>." + formatted rest into out; -1 if it does not fit */
+int bus_subj(const struct bus *b, char *out, size_t sz, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* bus_subj_agent - "<prefix>.<kind>.<token(agent_id)>"; -1 if it does not fit */
+int bus_subj_agent(const struct bus *b, char *out, size_t sz, const char *kind, const char *agent_id);
+
+/* A handler gets a borrowed message; the bus destroys it after return. */
+typedef void (*bus_handler_fn)(void *arg, natsMsg *msg);
+
+/* bus_subscribe - subscribe subject (in queue group if queue != NULL) on the
+ * request connection; the subscription lives until bus_free. */
+enum cr_err bus_subscribe(struct bus *b, const char *subject, const char *queue,
+    bus_handler_fn fn, void *arg);
+/* bus_reply - answer a request (asap connection); no-op without reply subject */
+enum cr_err bus_reply(struct bus *b, natsMsg *req, const void *data, size_t len);
+/* bus_publish - publish on the buffered connection (events, receipts) */
+enum cr_err bus_publish(struct bus *b, const char *subj, const void *data, size_t len);
+/* bus_publish_asap - publish on the send-asap connection */
+enum cr_err bus_publish_asap(struct bus *b, const char *subj, const void *data, size_t len);
+/* bus_publish_msg - publish a natsMsg with headers (takes ownership of m) */
+enum cr_err bus_publish_msg(struct bus *b, natsMsg *m);
+
+/* bus_request - synchronous request. On CR_OK *reply is the answer (caller
+ * destroys with natsMsg_Destroy). CR_ERR_UNAVAILABLE: no responders;
+ * CR_ERR_TIMEOUT: no answer in time. */
+enum cr_err bus_request(struct bus *b, const char *subj, const void *data, size_t len,
+    int timeout_ms, natsMsg **reply);
+
+/* Called once per async request: err CR_OK with the reply (borrowed, may be
+ * NULL otherwise), CR_ERR_UNAVAILABLE (no responders), CR_ERR_TIMEOUT. */
+typedef void (*bus_reply_fn)(void *arg, enum cr_err err, natsMsg *reply);
+
+/* bus_request_async - publish a request whose reply comes to fn; the caller
+ * keeps its own window. Returns an error (and does not call fn) if the
+ * publish itself fails. */
+enum cr_err bus_request_async(struct bus *b, const char *subj, const void *data, size_t len,
+    int timeout_ms, bus_reply_fn fn, void *arg);
+/* bus_pending_requests - async requests awaiting a reply */
+size_t bus_pending_requests(struct bus *b);
+
+/* bus_kv - bind the KV bucket, creating it (history, ttl_ms 0 = none) if it
+ * does not exist. The handle belongs to the bus. */
+enum cr_err bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore **out);
+
+/* bus_err - nats.c status to the project's error */
+enum cr_err bus_err(natsStatus s);
+
+#endif

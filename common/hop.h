@@ -1,0 +1,26 @@
+/*
+ * hop.h - hop events: one per hop of one message, published (buffered) on
+ * <prefix>.events.<service> for the metrics-collector. Any thread may emit.
+ */
+#ifndef CR_HOP_H
+#define CR_HOP_H
+
+#include "bus.h"
+#include "env.h"
+
+/* hop_init - remember the bus, service and instance (copied); bus borrowed
+ * until hop_init(NULL, ...) or process end */
+void hop_init(struct bus *b, const char *service, const char *instance);
+/* hop_set_enabled - turn emission on/off (benchmarks measure the cost) */
+void hop_set_enabled(int on);
+/* hop_emit - publish one hop of envelope e (borrowed) */
+void hop_emit(const Envelope *e, Clawrelay__V1__HopKind hop, const char *outcome, const char *detail);
+/* hop_emit_ids - the same from bare IDs (any may be NULL) */
+void hop_emit_ids(const char *correlation_id, const char *message_id, const char *sender,
+    const char *recipient, const char *trace_id, Clawrelay__V1__HopKind hop,
+    const char *outcome, const char *detail);
+/* hop_forward - publish a hop event made elsewhere (the connector's, relayed
+ * by the gateway); ev borrowed */
+void hop_forward(const HopEvent *ev);
+
+#endif
