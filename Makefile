@@ -20,14 +20,14 @@ LIBS   = -lcivetweb $(shell pkg-config --libs libnats libprotobuf-c lmdb libcurl
 ifneq ($(SANITIZE),)
 CFLAGS_BASE += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZE)
-BUILD = build-san
+BUILD = build-san-$(subst $(comma),-,$(SANITIZE))
 else
 BUILD = build
 endif
 CFLAGS_BASE := $(subst build/gen,$(BUILD)/gen,$(CFLAGS_BASE))
 CFLAGS += $(CFLAGS_BASE) $(WARN)
 GEN_CFLAGS = $(CFLAGS_BASE) -w
-BIN = $(if $(SANITIZE),bin-san,bin)
+BIN = $(if $(SANITIZE),bin-san-$(subst $(comma),-,$(SANITIZE)),bin)
 
 GEN_C   = $(BUILD)/gen/clawrelay.pb-c.c
 GEN_H   = $(BUILD)/gen/clawrelay.pb-c.h
@@ -47,6 +47,8 @@ ITEST_SRC  = $(wildcard tests/integration/itest_*.c)
 ITEST_BINS = $(ITEST_SRC:tests/integration/%.c=$(BUILD)/tests/%)
 ITEST_LIB  = $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c)))
 
+comma := ,
+.SECONDARY:
 .PHONY: all deps test unit itest demo stop bench valgrind clean docs
 all: $(PROGS) $(TOOLS) $(UNIT_BINS) $(ITEST_BINS)
 
@@ -119,6 +121,6 @@ docs: $(PROGS)
 	@sh scripts/gen-config-doc.sh
 
 clean:
-	rm -rf build build-san bin bin-san
+	rm -rf build build-san-* bin bin-san-*
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

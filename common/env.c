@@ -101,8 +101,9 @@ env_unpack(const void *data, size_t len, Envelope **out, const char **why)
 	}
 	enum cr_err err = env_validate(e, why);
 	if (err != CR_OK) {
+		int bad_version = e->schema_version != ENV_SCHEMA;
 		clawrelay__v1__envelope__free_unpacked(e, NULL);
-		return e->schema_version != ENV_SCHEMA ? CR_ERR_VERSION : err;
+		return bad_version ? CR_ERR_VERSION : err;
 	}
 	*out = e;
 	return CR_OK;
