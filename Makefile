@@ -6,6 +6,7 @@
 #   make bench      run the load generator against a local stack
 #   make valgrind   run the unit tests and a short integration test under valgrind
 #   make SANITIZE=address,undefined test
+comma   := ,
 CC       ?= gcc
 SANITIZE ?=
 O        ?= 2
@@ -47,7 +48,7 @@ ITEST_SRC  = $(wildcard tests/integration/itest_*.c)
 ITEST_BINS = $(ITEST_SRC:tests/integration/%.c=$(BUILD)/tests/%)
 ITEST_LIB  = $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(ITEST_SRC),$(wildcard tests/integration/*.c)))
 
-comma := ,
+
 .SECONDARY:
 .PHONY: all deps test unit itest demo stop bench valgrind clean docs
 all: $(PROGS) $(TOOLS) $(UNIT_BINS) $(ITEST_BINS)

@@ -48,6 +48,8 @@ struct mg_context *svc_http(struct svc *s);
 const char *svc_instance(const struct svc *s);
 const char *svc_name(const struct svc *s);
 int svc_http_port(const struct svc *s);
+/* svc_partitions - CLAWRELAY_PARTITIONS (common setting, default 16) */
+uint32_t svc_partitions(const struct svc *s);
 /* svc_route - add an HTTP handler (civetweb URI pattern) */
 void svc_route(struct svc *s, const char *uri, mg_request_handler h, void *arg);
 /* svc_stopping - has a stop been asked for? (any thread) */
