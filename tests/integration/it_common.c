@@ -1,0 +1,107 @@
+/*
+ * itest_common.c - see it_common.h.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "it_common.h"
+
+/* it_hook - start a demo hook writing JSON lines to a file */
+int
+it_hook(struct h_stack *s, const char *name, char *out, size_t outsz, const char *const *args)
+{
+	char port[16];
+	const char *argv[16];
+	int n = 0, p = h_free_port();
+	snprintf(port, sizeof(port), "%d", p);
+	snprintf(out, outsz, "%s/%s.jsonl", s->dir, name);
+	argv[n++] = "--port";
+	argv[n++] = port;
+	argv[n++] = "--name";
+	argv[n++] = name;
+	argv[n++] = "--out";
+	argv[n++] = out;
+	for (int i = 0; args && args[i] && n < 15; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	h_spawn(s, name, "clawrelay-demo-hook", 0, NULL, argv);
+	/* wait until it listens */
+	char url[64];
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/", p);
+	for (int i = 0; i < 100; i++) {
+		struct h_resp r;
+		int ok = h_http("GET", url, NULL, NULL, 0, &r) == 0;
+		h_resp_free(&r);
+		if (ok)
+			break;
+		h_sleep_ms(50);
+	}
+	return p;
+}
+
+/* it_connector - start a connector for agent id */
+struct h_proc *
+it_connector(struct h_stack *s, const char *id, const char *hook_url)
+{
+	char e_agent[200], e_key[500], e_gw[128], e_hook[256], e_data[400], key[400], name[64];
+	h_key_path(s, id, key, sizeof(key));
+	snprintf(e_agent, sizeof(e_agent), "CLAWRELAY_AGENT_ID=%s", id);
+	snprintf(e_key, sizeof(e_key), "CLAWRELAY_KEY_FILE=%s", key);
+	snprintf(e_gw, sizeof(e_gw), "CLAWRELAY_GATEWAY_URL=%s", s->gw_url);
+	snprintf(e_hook, sizeof(e_hook), "CLAWRELAY_HOOK_URL=%s", hook_url);
+	snprintf(e_data, sizeof(e_data), "CLAWRELAY_DATA_DIR=%s/connector-%s", s->dir, id);
+	snprintf(name, sizeof(name), "connector-%s", id);
+	const char *env[] = { e_agent, e_key, e_gw, e_hook, e_data, NULL };
+	struct h_proc *p = h_spawn(s, name, "clawrelay-connector", h_free_port(), env, NULL);
+	return p;
+}
+
+/* it_lines - parse each JSON line of a file */
+cJSON **
+it_lines(const char *path, int *n)
+{
+	struct strbuf sb;
+	int cap = 64;
+	cJSON **v = malloc(sizeof(*v) * (size_t)cap);
+	*n = 0;
+	sb_init(&sb);
+	if (h_read_file(path, &sb) < 0) {
+		sb_free(&sb);
+		return v;
+	}
+	char *save = NULL;
+	for (char *l = strtok_r(sb.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+		cJSON *j = cJSON_Parse(l);
+		if (j == NULL)
+			continue;
+		if (*n == cap) {
+			cap *= 2;
+			v = realloc(v, sizeof(*v) * (size_t)cap);
+		}
+		v[(*n)++] = j;
+	}
+	sb_free(&sb);
+	return v;
+}
+
+/* it_lines_free - free what it_lines returned */
+void
+it_lines_free(cJSON **v, int n)
+{
+	for (int i = 0; i < n; i++)
+		cJSON_Delete(v[i]);
+	free(v);
+}
+
+/* it_run - run a suite in this process */
+int
+it_run(Suite *s)
+{
+	SRunner *sr = srunner_create(s);
+	srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,24 @@
+/*
+ * it_common.h - small helpers shared by the integration tests.
+ */
+#ifndef CR_IT_COMMON_H
+#define CR_IT_COMMON_H
+
+#include <check.h>
+#include <cJSON.h>
+
+#include "harness.h"
+
+/* it_hook - start bin/clawrelay-demo-hook on a free port writing JSON lines
+ * to <dir>/<name>.jsonl; returns the port; path of the file in out */
+int it_hook(struct h_stack *s, const char *name, char *out, size_t outsz, const char *const *args);
+/* it_connector - start a connector for agent id with hook URL; returns proc */
+struct h_proc *it_connector(struct h_stack *s, const char *id, const char *hook_url);
+/* it_lines - parse each JSON line of a file; caller frees with cJSON_Delete on
+ * each and free() on the array */
+cJSON **it_lines(const char *path, int *n);
+void it_lines_free(cJSON **v, int n);
+/* it_run - run a Check suite without forking (the stack lives in this process) */
+int it_run(Suite *s);
+
+#endif
