@@ -1,0 +1,327 @@
+/*
+ * itest_badinput.c - 5. Every bad input gets its status code and a clear
+ * error body, and no process crashes: wrong or missing proof, expired
+ * timestamp, replayed nonce (also across two gateways), tampered body or
+ * header, unknown recipient, untrusted pair, invalid agent IDs, an ID with
+ * '.', oversized body, malformed envelopes on the bus.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "auth.h"
+#include "bus.h"
+#include "it_common.h"
+
+static struct h_stack st;
+static int gw2_port;
+static char hook_dot[400], hook_team[400];
+
+static void
+setup(void)
+{
+	char u1[128], u2[128];
+	h_stack_init(&st, "badinput");
+	h_nats_start(&st);
+	const char *env[] = { "CLAWRELAY_MAX_BODY_BYTES=65536", NULL };
+	h_start_services(&st, env);
+	gw2_port = h_free_port();
+	h_spawn(&st, "gateway-2", "clawrelay-gateway", gw2_port, env, NULL);
+	h_agent(&st, "alice", NULL);
+	h_agent(&st, "bob", NULL);
+	h_agent(&st, "mallory", NULL);
+	int p1 = it_hook(&st, "hook-dot", hook_dot, sizeof(hook_dot), NULL);
+	int p2 = it_hook(&st, "hook-team", hook_team, sizeof(hook_team), NULL);
+	snprintf(u1, sizeof(u1), "http://127.0.0.1:%d/", p1);
+	snprintf(u2, sizeof(u2), "http://127.0.0.1:%d/", p2);
+	h_agent(&st, "team.bob", u1);
+	h_agent(&st, "team", u2);
+	h_trust(&st, "alice", "bob");
+	h_trust(&st, "alice", "team.bob");
+	h_trust(&st, "alice", "team");
+}
+
+static void
+teardown(void)
+{
+	h_stop_all(&st);
+}
+
+struct req {
+	const char *signer;      /* key used to sign (NULL: no proof header) */
+	const char *agent;       /* X-Claw-Agent */
+	const char *path;        /* as sent (raw) */
+	const char *signed_path; /* as the server decodes it (NULL: same) */
+	long ts_offset;
+	const char *nonce;       /* NULL: random */
+	const char *body, *sent_body;  /* signed body / sent body (NULL: same) */
+	const char *prio, *sent_prio;
+	const char *ttl;
+	int port;                /* 0: first gateway */
+	int dup_agent_header;
+};
+
+static long
+do_req(const struct req *q, struct h_resp *r)
+{
+	char ts[32], nonce[64], sha[64], sig[96] = "", url[800], keyp[400];
+	char h1[300], h2[64], h3[160], h4[96], h5[128], h6[64], h7[64], h8[300];
+	const char *hdrs[16];
+	int n = 0;
+	const char *body = q->body ? q->body : "";
+	const char *sent = q->sent_body ? q->sent_body : body;
+	snprintf(ts, sizeof(ts), "%ld", (long)(now_ms() / 1000) + q->ts_offset);
+	if (q->nonce)
+		snprintf(nonce, sizeof(nonce), "%s", q->nonce);
+	else
+		rand_hex(nonce, 12);
+	auth_sha256_b64url(body, strlen(body), sha);
+	if (q->signer) {
+		struct auth_key *k = NULL;
+		h_key_path(&st, q->signer, keyp, sizeof(keyp));
+		ck_assert_int_eq(auth_key_load_private(keyp, &k), CR_OK);
+		struct auth_proof_input in = { .method = "POST",
+			.path = q->signed_path ? q->signed_path : q->path, .agent = q->agent,
+			.timestamp = ts, .nonce = nonce, .body_sha256 = sha, .priority = q->prio,
+			.ttl_seconds = q->ttl };
+		ck_assert_int_eq(auth_sign_request(k, &in, sig), CR_OK);
+		auth_key_free(k);
+	}
+	snprintf(h1, sizeof(h1), "X-Claw-Agent: %s", q->agent);
+	snprintf(h2, sizeof(h2), "X-Claw-Timestamp: %s", ts);
+	snprintf(h3, sizeof(h3), "X-Claw-Nonce: %s", nonce);
+	snprintf(h4, sizeof(h4), "X-Claw-Body-SHA256: %s", sha);
+	snprintf(h5, sizeof(h5), "X-Claw-Proof: %s", sig);
+	hdrs[n++] = h1;
+	hdrs[n++] = h2;
+	hdrs[n++] = h3;
+	hdrs[n++] = h4;
+	if (q->signer)
+		hdrs[n++] = h5;
+	if (q->sent_prio || q->prio) {
+		snprintf(h6, sizeof(h6), "X-Claw-Priority: %s", q->sent_prio ? q->sent_prio : q->prio);
+		hdrs[n++] = h6;
+	}
+	if (q->ttl) {
+		snprintf(h7, sizeof(h7), "X-Claw-Ttl-Seconds: %s", q->ttl);
+		hdrs[n++] = h7;
+	}
+	if (q->dup_agent_header) {
+		snprintf(h8, sizeof(h8), "X-Claw-Agent: %s", q->agent);
+		hdrs[n++] = h8;
+	}
+	hdrs[n] = NULL;
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", q->port ? q->port : st.gw_port, q->path);
+	ck_assert_int_eq(h_http("POST", url, hdrs, sent, strlen(sent), r), 0);
+	return r->status;
+}
+
+/* every refusal has a JSON error body with a code */
+static void
+assert_error_body(const struct h_resp *r)
+{
+	cJSON *j = cJSON_Parse(r->body.data);
+	ck_assert_msg(j != NULL, "error body is not JSON: %s", r->body.data);
+	cJSON *e = cJSON_GetObjectItem(j, "error");
+	ck_assert_ptr_nonnull(e);
+	ck_assert(cJSON_IsString(cJSON_GetObjectItem(e, "code")));
+	ck_assert(cJSON_IsString(cJSON_GetObjectItem(e, "message")));
+	cJSON_Delete(j);
+}
+
+static void
+expect(const struct req *q, long want, const char *what)
+{
+	struct h_resp r;
+	long got = do_req(q, &r);
+	ck_assert_msg(got == want, "%s: want %ld, got %ld: %s", what, want, got, r.body.data);
+	if (want >= 400)
+		assert_error_body(&r);
+	h_resp_free(&r);
+}
+
+#define P_BOB "/v1/agents/bob/messages"
+
+START_TEST(proofs)
+{
+	struct req q = { .signer = "alice", .agent = "alice", .path = P_BOB, .body = "hi" };
+	expect(&q, 202, "valid request");
+	q.signer = NULL;
+	expect(&q, 401, "missing proof");
+	q.signer = "mallory";
+	expect(&q, 401, "proof by another key");
+	q.signer = "alice";
+	q.ts_offset = -1000;
+	expect(&q, 401, "expired timestamp");
+	q.ts_offset = +1000;
+	expect(&q, 401, "timestamp in the future");
+	q.ts_offset = 0;
+	q.sent_body = "hi!";
+	expect(&q, 401, "tampered body");
+	q.sent_body = NULL;
+	q.prio = "low";
+	q.sent_prio = "critical";
+	expect(&q, 401, "tampered priority header");
+	q.prio = q.sent_prio = NULL;
+	q.dup_agent_header = 1;
+	expect(&q, 400, "repeated X-Claw-Agent");
+	q.dup_agent_header = 0;
+	q.agent = "nobody";
+	expect(&q, 401, "unknown sender");
+}
+END_TEST
+
+START_TEST(replays)
+{
+	struct req q = { .signer = "alice", .agent = "alice", .path = P_BOB, .body = "once",
+		.nonce = "replay-nonce-0123456789" };
+	expect(&q, 202, "first use of a nonce");
+	expect(&q, 401, "replayed nonce, same gateway");
+	q.port = gw2_port;
+	expect(&q, 401, "replayed nonce, other gateway");
+	/* and after a gateway restart */
+	struct h_proc *g2 = h_find(&st, "gateway-2");
+	h_kill(g2, SIGTERM);
+	const char *env[] = { "CLAWRELAY_MAX_BODY_BYTES=65536", NULL };
+	h_spawn(&st, "gateway-2b", "clawrelay-gateway", gw2_port, env, NULL);
+	expect(&q, 401, "replayed nonce, restarted gateway");
+}
+END_TEST
+
+START_TEST(recipients)
+{
+	struct req q = { .signer = "alice", .agent = "alice", .body = "x" };
+	q.path = "/v1/agents/nobody/messages";
+	expect(&q, 404, "unknown recipient");
+	q.path = "/v1/agents/mallory/messages";
+	expect(&q, 403, "untrusted pair");
+	static const struct {
+		const char *raw, *decoded;
+	} bad[] = {
+		{ "/v1/agents/a%20b/messages", "/v1/agents/a b/messages" },
+		{ "/v1/agents/a%2Ab/messages", "/v1/agents/a*b/messages" },
+		{ "/v1/agents/a%3Eb/messages", "/v1/agents/a>b/messages" },
+		{ "/v1/agents/a%01b/messages", "/v1/agents/a\x01" "b/messages" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		q.path = bad[i].raw;
+		q.signed_path = bad[i].decoded;
+		expect(&q, 400, bad[i].raw);
+	}
+	char longp[300], longid[200];
+	memset(longid, 'a', 129);
+	longid[129] = '\0';
+	snprintf(longp, sizeof(longp), "/v1/agents/%s/messages", longid);
+	q.path = longp;
+	q.signed_path = NULL;
+	expect(&q, 400, "129-character recipient");
+	/* a '/' inside the ID: not a message route at all, never a 2xx/5xx */
+	struct h_resp r;
+	q.path = "/v1/agents/a%2Fb/messages";
+	q.signed_path = "/v1/agents/a/b/messages";
+	long got = do_req(&q, &r);
+	ck_assert_msg(got == 400 || got == 404, "a/b: got %ld", got);
+	h_resp_free(&r);
+}
+END_TEST
+
+START_TEST(dotted_id_reaches_only_its_own)
+{
+	struct req q = { .signer = "alice", .agent = "alice", .path = "/v1/agents/team.bob/messages",
+		.body = "for team.bob only" };
+	expect(&q, 202, "dotted recipient");
+	ck_assert_int_eq(h_wait_lines(hook_dot, 1, 15000), 1);
+	h_sleep_ms(1000);
+	ck_assert_int_eq(h_file_lines(hook_team), 0);
+	ck_assert_int_eq(h_file_lines(hook_dot), 1);
+}
+END_TEST
+
+START_TEST(headers_and_sizes)
+{
+	struct req q = { .signer = "alice", .agent = "alice", .path = P_BOB, .body = "x" };
+	q.prio = "urgent";
+	expect(&q, 400, "unknown priority");
+	q.prio = "Critical";
+	expect(&q, 400, "priority not exactly lower case");
+	q.prio = NULL;
+	q.ttl = "0";
+	expect(&q, 400, "ttl 0");
+	q.ttl = "604801";
+	expect(&q, 400, "ttl over 7 days");
+	q.ttl = "12a";
+	expect(&q, 400, "ttl not digits");
+	q.ttl = "604800";
+	expect(&q, 202, "ttl of 7 days");
+	q.ttl = NULL;
+	char *big = malloc(65537 + 1);
+	memset(big, 'b', 65537);
+	big[65537] = '\0';
+	q.body = big;
+	expect(&q, 413, "body over the limit");
+	free(big);
+}
+END_TEST
+
+START_TEST(malformed_bus_messages)
+{
+	struct bus *b = NULL;
+	ck_assert_int_eq(bus_connect(st.nats_url, "itest", "clawrelay", &b), CR_OK);
+	for (int i = 0; i < 200 && !bus_is_connected(b); i++)
+		h_sleep_ms(20);
+	char subj[128];
+	int answered = 0;
+	for (unsigned p = 0; p < 16; p++) {
+		natsMsg *reply = NULL;
+		bus_subj(b, subj, sizeof(subj), "session.%u.enqueue", p);
+		if (bus_request(b, subj, "\xff\x01garbage", 9, 3000, &reply) == CR_OK) {
+			ProtobufCMessage *m = NULL;
+			ck_assert_int_eq(env_unpack_msg(&clawrelay__v1__enqueue_reply__descriptor,
+			    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m), CR_OK);
+			ck_assert_int_eq(((EnqueueReply *)m)->status, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED);
+			protobuf_c_message_free_unpacked(m, NULL);
+			natsMsg_Destroy(reply);
+			answered++;
+		}
+	}
+	ck_assert_int_eq(answered, 16);
+	/* garbage hop events, receipts, dispatches: nobody crashes */
+	static const char *const kinds[] = { "events.x", "receipt.alice", "failure.alice",
+		"delivery.dispatch", "session.0.connect" };
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		bus_subj(b, subj, sizeof(subj), "%s", kinds[i]);
+		for (int k = 0; k < 20; k++)
+			bus_publish(b, subj, "\x0a\xff\xff\xff\xff\x0f", 6);
+	}
+	natsConnection_Flush(bus_nc_bulk(b));
+	bus_free(b);
+	h_sleep_ms(500);
+	/* every process is still alive and ready */
+	for (int i = 0; i < st.nprocs; i++) {
+		if (st.procs[i].pid <= 0)
+			continue;
+		ck_assert_msg(kill(st.procs[i].pid, 0) == 0, "%s died", st.procs[i].name);
+		if (st.procs[i].port > 0)
+			ck_assert_msg(h_wait_ready(st.procs[i].port, 3000) == 0, "%s not ready", st.procs[i].name);
+	}
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("badinput");
+	TCase *tc = tcase_create("refusals");
+	tcase_set_timeout(tc, 120);
+	tcase_add_unchecked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, proofs);
+	tcase_add_test(tc, replays);
+	tcase_add_test(tc, recipients);
+	tcase_add_test(tc, dotted_id_reaches_only_its_own);
+	tcase_add_test(tc, headers_and_sizes);
+	tcase_add_test(tc, malformed_bus_messages);
+	suite_add_tcase(s, tc);
+	return it_run(s);
+}
