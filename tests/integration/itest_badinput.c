@@ -13,6 +13,7 @@
 
 #include "auth.h"
 #include "bus.h"
+#include "env.h"
 #include "it_common.h"
 
 static struct h_stack st;
