@@ -1,0 +1,618 @@
+/*
+ * conn_inbox.c - the connector's durable inbox (LMDB through store.h).
+ *
+ * Databases in <data_dir>:
+ *   inbox: key = lane digit ('0' critical, '1' normal, '2' low) + message_id,
+ *          value = arrived_ms (u64) + attempts (u32) + packed Envelope. Keys
+ *          sort by lane, then by ULID (time order from the gateway), so the
+ *          first key is always the next message for the hook.
+ *   done:  message_id -> done_ms (u64): handed to the hook, kept for the
+ *          retention so a redelivery is acknowledged but not stored again.
+ *   dead:  message_id -> dead_ms (u64) + reason NUL + packed Envelope.
+ *   meta:  small named values (last_received_id, online_at_ms).
+ *
+ * Invariants: a deliver_ack{accepted=true} is sent only after the inbox
+ * commit (it is sent from the committer's done callback). A message ID is in
+ * at most one of pending / inbox / done / dead; moves between them are single
+ * transactions, and duplicate checks look in the order pending, inbox, done,
+ * dead so that a concurrent move is never missed.
+ *
+ * Threads: conn_inbox_deliver runs on the lws thread only (so pending only
+ * grows there); commit callbacks run on the committer thread; the hook
+ * worker reads the head and moves entries; the main thread prunes. The
+ * pending set and the wake-up generation are under inbox.mu.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "conn.h"
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+
+#define VAL_HDR 12u               /* arrived_ms u64 + attempts u32 */
+#define PENDING_BUCKETS 4096u
+
+/* registered once in conn_inbox_open (main thread), then only updated */
+static struct metric *m_stored, *m_dups, *m_full;
+
+struct conn_pending {
+	struct conn_pending *next;
+	struct conn *c;
+	char id[128];
+	char key[130];
+	size_t klen;
+	char corr[130];
+	char sender[130];
+	char recipient[130];
+	char trace[40];
+};
+
+static void copy_str(char *dst, size_t sz, const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n >= sz)
+		n = sz - 1;
+	if (n)
+		memcpy(dst, s, n);
+	dst[n] = '\0';
+}
+
+static size_t make_key(char *out, size_t sz, int priority, const char *id)
+{
+	size_t n = strlen(id);
+
+	if (n + 1 > sz)
+		return 0;
+	out[0] = (char)('0' + env_lane(priority));
+	memcpy(out + 1, id, n);
+	return n + 1;
+}
+
+/* conn_inbox_open - open the LMDB store under data_dir and start the committer */
+enum cr_err conn_inbox_open(struct conn *c)
+{
+	struct conn_inbox *ib = &c->inbox;
+	enum cr_err e;
+	size_t n = 0;
+
+	m_stored = metric_counter("clawrelay_connector_stored_total", NULL,
+	    "messages committed to the inbox");
+	m_dups = metric_counter("clawrelay_connector_duplicates_total", NULL,
+	    "deliveries dropped as duplicates");
+	m_full = metric_counter("clawrelay_connector_inbox_full_total", NULL,
+	    "deliveries refused because the inbox was full");
+	pthread_mutex_init(&ib->mu, NULL);
+	pthread_cond_init(&ib->cv, NULL);
+	ib->npending_buckets = PENDING_BUCKETS;
+	ib->pending = calloc(PENDING_BUCKETS, sizeof(*ib->pending));
+	if (!ib->pending)
+		return CR_ERR_NOMEM;
+	e = store_open(c->cfg.data_dir, (size_t)c->cfg.store_map_mb << 20, 8,
+	    c->cfg.store_nosync ? STORE_NOSYNC : 0, &ib->st);
+	if (e != CR_OK)
+		return e;
+	if ((e = store_db(ib->st, "inbox", &ib->db_inbox)) != CR_OK ||
+	    (e = store_db(ib->st, "done", &ib->db_done)) != CR_OK ||
+	    (e = store_db(ib->st, "dead", &ib->db_dead)) != CR_OK ||
+	    (e = store_db(ib->st, "meta", &ib->db_meta)) != CR_OK)
+		return e;
+	if ((e = store_count(ib->st, ib->db_inbox, &n)) != CR_OK)
+		return e;
+	atomic_store(&ib->n, (long long)n);
+	if ((e = store_count(ib->st, ib->db_dead, &n)) != CR_OK)
+		return e;
+	atomic_store(&ib->dead_n, (long long)n);
+	/* up to 4096 ops per group, no waiting: groups form during each fsync */
+	ib->com = store_committer_new(ib->st, 4096, 0);
+	if (!ib->com)
+		return CR_ERR_INTERNAL;
+	log_info(NULL, "inbox open dir=%s depth=%lld dead=%lld", c->cfg.data_dir,
+	    (long long)atomic_load(&ib->n), (long long)atomic_load(&ib->dead_n));
+	return CR_OK;
+}
+
+/* conn_inbox_close - stop the committer and close the store */
+void conn_inbox_close(struct conn *c)
+{
+	struct conn_inbox *ib = &c->inbox;
+	size_t i;
+
+	store_committer_free(ib->com);
+	ib->com = NULL;
+	store_close(ib->st);
+	ib->st = NULL;
+	if (ib->pending) {
+		for (i = 0; i < ib->npending_buckets; i++) {
+			struct conn_pending *p = ib->pending[i], *nx;
+
+			for (; p; p = nx) {
+				nx = p->next;
+				free(p);
+			}
+		}
+		free(ib->pending);
+		ib->pending = NULL;
+	}
+	pthread_cond_destroy(&ib->cv);
+	pthread_mutex_destroy(&ib->mu);
+}
+
+/* with ib->mu held */
+static struct conn_pending **pending_slot(struct conn_inbox *ib, const char *id)
+{
+	struct conn_pending **pp = &ib->pending[fnv1a32(id) % ib->npending_buckets];
+
+	while (*pp && strcmp((*pp)->id, id) != 0)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void send_ack(struct conn *c, const char *id, int accepted, const char *reason)
+{
+	Frame f = CLAWRELAY__V1__FRAME__INIT;
+	DeliverAck a = CLAWRELAY__V1__DELIVER_ACK__INIT;
+
+	a.message_id = conn_str(id);
+	a.accepted = accepted ? 1 : 0;
+	a.reason = conn_str(reason ? reason : "");
+	f.schema_version = ENV_SCHEMA;
+	f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK;
+	f.deliver_ack = &a;
+	conn_ws_send(c, &f, CONN_FK_CTRL);
+}
+
+static void wake(struct conn_inbox *ib)
+{
+	pthread_mutex_lock(&ib->mu);
+	ib->gen++;
+	pthread_cond_broadcast(&ib->cv);
+	pthread_mutex_unlock(&ib->mu);
+}
+
+/* committer thread: the inbox put is durable (or failed) */
+static void stored_cb(void *arg, enum cr_err result)
+{
+	struct conn_pending *p = arg;
+	struct conn *c = p->c;
+	struct conn_inbox *ib = &c->inbox;
+	struct conn_pending **pp;
+	struct log_ctx lc = { p->corr, p->id, p->sender };
+
+	pthread_mutex_lock(&ib->mu);
+	pp = pending_slot(ib, p->id);
+	if (*pp == p)
+		*pp = p->next;
+	if (result == CR_OK)
+		ib->gen++;
+	pthread_cond_broadcast(&ib->cv);
+	pthread_mutex_unlock(&ib->mu);
+
+	if (result == CR_OK) {
+		atomic_fetch_add(&ib->stored, 1);
+		metric_add(m_stored, 1);
+		send_ack(c, p->id, 1, NULL);
+		conn_ws_event_ids(c, p->corr, p->id, p->sender, p->recipient, p->trace,
+		    CLAWRELAY__V1__HOP_KIND__HOP_CONNECTOR_STORED, "ok", NULL);
+		log_debug(&lc, "stored in inbox");
+	} else {
+		atomic_fetch_sub(&ib->n, 1);
+		atomic_fetch_add(&ib->store_errors, 1);
+		send_ack(c, p->id, 0, "storage_error");
+		log_error(&lc, "inbox commit failed: %s", cr_strerror(result));
+	}
+	free(p);
+}
+
+static int exists(struct conn_inbox *ib, unsigned dbi, const void *k, size_t kl)
+{
+	void *v = NULL;
+	size_t vl = 0;
+	enum cr_err e = store_get(ib->st, dbi, k, kl, &v, &vl);
+
+	free(v);
+	return e == CR_OK;
+}
+
+/* conn_inbox_deliver - handle a deliver frame (lws thread): duplicate -> ack
+ * at once; full -> refuse; else commit, then ack + event from the committer
+ * thread. e is borrowed. */
+void conn_inbox_deliver(struct conn *c, const Envelope *e)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct log_ctx lc = { e->correlation_id, e->message_id, e->sender };
+	struct conn_pending *p = NULL;
+	struct store_batch *b = NULL;
+	void *packed = NULL, *val = NULL;
+	size_t plen = 0, idlen = strlen(e->message_id);
+	uint64_t now = now_ms();
+	uint32_t zero = 0;
+	int dup;
+	enum cr_err err;
+
+	p = calloc(1, sizeof(*p));
+	if (!p || idlen == 0 || idlen >= sizeof(p->id)) {
+		send_ack(c, e->message_id, 0, !p ? "nomem" : "bad_message_id");
+		goto out;
+	}
+	p->c = c;
+	copy_str(p->id, sizeof(p->id), e->message_id);
+	copy_str(p->corr, sizeof(p->corr), e->correlation_id);
+	copy_str(p->sender, sizeof(p->sender), e->sender);
+	copy_str(p->recipient, sizeof(p->recipient), e->recipient);
+	copy_str(p->trace, sizeof(p->trace), e->trace_id);
+	p->klen = make_key(p->key, sizeof(p->key), e->priority, e->message_id);
+
+	pthread_mutex_lock(&ib->mu);
+	dup = *pending_slot(ib, p->id) != NULL;
+	pthread_mutex_unlock(&ib->mu);
+	/* order matters: pending -> inbox -> done -> dead (see the header) */
+	if (!dup)
+		dup = exists(ib, ib->db_inbox, p->key, p->klen) ||
+		    exists(ib, ib->db_done, p->id, idlen) ||
+		    exists(ib, ib->db_dead, p->id, idlen);
+	if (dup) {
+		atomic_fetch_add(&ib->duplicates, 1);
+		metric_add(m_dups, 1);
+		log_debug(&lc, "duplicate delivery dropped");
+		send_ack(c, p->id, 1, "duplicate");
+		goto out;
+	}
+	if (atomic_fetch_add(&ib->n, 1) >= c->cfg.inbox_max) {
+		atomic_fetch_sub(&ib->n, 1);
+		atomic_fetch_add(&ib->refused_full, 1);
+		metric_add(m_full, 1);
+		log_warn(&lc, "inbox full (%lld): delivery refused", c->cfg.inbox_max);
+		send_ack(c, p->id, 0, "inbox_full");
+		goto out;
+	}
+	if ((err = env_pack(&e->base, &packed, &plen)) != CR_OK)
+		goto fail;
+	val = malloc(VAL_HDR + plen);
+	b = store_batch_new();
+	if (!val || !b) {
+		err = CR_ERR_NOMEM;
+		goto fail;
+	}
+	memcpy(val, &now, 8);
+	memcpy((char *)val + 8, &zero, 4);
+	memcpy((char *)val + VAL_HDR, packed, plen);
+	if ((err = store_batch_put(b, ib->db_inbox, p->key, p->klen, val, VAL_HDR + plen)) != CR_OK ||
+	    (err = store_batch_put(b, ib->db_meta, "last_received_id", 16, p->id, idlen)) != CR_OK)
+		goto fail;
+	pthread_mutex_lock(&c->ws.mu);
+	copy_str(c->ws.last_received_id, sizeof(c->ws.last_received_id), p->id);
+	pthread_mutex_unlock(&c->ws.mu);
+
+	pthread_mutex_lock(&ib->mu);
+	{
+		struct conn_pending **slot = &ib->pending[fnv1a32(p->id) % ib->npending_buckets];
+
+		p->next = *slot;
+		*slot = p;
+	}
+	pthread_mutex_unlock(&ib->mu);
+	err = store_committer_submit(ib->com, b, stored_cb, p);
+	b = NULL;
+	if (err != CR_OK) {
+		struct conn_pending **pp;
+
+		pthread_mutex_lock(&ib->mu);
+		pp = pending_slot(ib, p->id);
+		if (*pp == p)
+			*pp = p->next;
+		pthread_mutex_unlock(&ib->mu);
+		goto fail;
+	}
+	p = NULL; /* the callback frees it */
+	goto out;
+fail:
+	atomic_fetch_sub(&ib->n, 1);
+	atomic_fetch_add(&ib->store_errors, 1);
+	log_error(&lc, "inbox store failed: %s", cr_strerror(err));
+	send_ack(c, e->message_id, 0, "storage_error");
+out:
+	store_batch_free(b);
+	free(val);
+	free(packed);
+	free(p);
+}
+
+/* conn_entry_free - NULL does nothing */
+void conn_entry_free(struct conn_entry *en)
+{
+	if (!en)
+		return;
+	free(en->key);
+	env_free(en->env);
+	free(en);
+}
+
+/* conn_inbox_head - the first entry in (lane, message_id) order; 1 and *out
+ * (caller frees with conn_entry_free) if there is one, 0 if empty, -1 on error */
+int conn_inbox_head(struct conn *c, struct conn_entry **out)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct store_iter *it = NULL;
+	struct conn_entry *en = NULL;
+	const void *k, *v;
+	size_t kl, vl;
+	const char *why = NULL;
+	int r;
+
+	*out = NULL;
+	if (store_iter_new(ib->st, ib->db_inbox, NULL, 0, &it) != CR_OK)
+		return -1;
+	r = store_iter_next(it, &k, &kl, &v, &vl);
+	if (r <= 0)
+		goto out;
+	en = calloc(1, sizeof(*en));
+	if (!en || !(en->key = malloc(kl))) {
+		r = -1;
+		goto out;
+	}
+	memcpy(en->key, k, kl);
+	en->klen = kl;
+	if (vl < VAL_HDR || env_unpack((const char *)v + VAL_HDR, vl - VAL_HDR, &en->env,
+	    &why) != CR_OK) {
+		/* cannot happen for what we wrote; keep the worker moving */
+		log_error(NULL, "inbox entry unreadable (%s): dead-lettered", why ? why : "short");
+		store_iter_free(it);
+		it = NULL;
+		{
+			struct store_batch *b = store_batch_new();
+
+			if (b && store_batch_del(b, ib->db_inbox, en->key, en->klen) != CR_OK) {
+				store_batch_free(b);
+				b = NULL;
+			}
+			/* submit_wait takes b, whatever it returns */
+			if (b && store_committer_submit_wait(ib->com, b) == CR_OK)
+				atomic_fetch_sub(&ib->n, 1);
+		}
+		r = -1;
+		goto out;
+	}
+	memcpy(&en->arrived_ms, v, 8);
+	memcpy(&en->attempts, (const char *)v + 8, 4);
+	*out = en;
+	en = NULL;
+	r = 1;
+out:
+	store_iter_free(it);
+	conn_entry_free(en);
+	return r;
+}
+
+/* conn_inbox_done - the hook took it: remove, remember its ID as done */
+enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct store_batch *b = store_batch_new();
+	uint64_t now = now_ms();
+	enum cr_err e;
+
+	if (!b)
+		return CR_ERR_NOMEM;
+	if ((e = store_batch_del(b, ib->db_inbox, en->key, en->klen)) != CR_OK ||
+	    (e = store_batch_put(b, ib->db_done, en->env->message_id,
+	    strlen(en->env->message_id), &now, 8)) != CR_OK) {
+		store_batch_free(b);
+		return e;
+	}
+	e = store_committer_submit_wait(ib->com, b);
+	if (e == CR_OK)
+		atomic_fetch_sub(&ib->n, 1);
+	return e;
+}
+
+static enum cr_err put_entry(struct conn *c, const struct conn_entry *en)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct store_batch *b = NULL;
+	void *packed = NULL, *val = NULL;
+	size_t plen = 0;
+	enum cr_err e;
+
+	if ((e = env_pack(&en->env->base, &packed, &plen)) != CR_OK)
+		goto out;
+	if (!(val = malloc(VAL_HDR + plen)) || !(b = store_batch_new())) {
+		e = CR_ERR_NOMEM;
+		goto out;
+	}
+	memcpy(val, &en->arrived_ms, 8);
+	memcpy((char *)val + 8, &en->attempts, 4);
+	memcpy((char *)val + VAL_HDR, packed, plen);
+	if ((e = store_batch_put(b, ib->db_inbox, en->key, en->klen, val, VAL_HDR + plen)) != CR_OK)
+		goto out;
+	e = store_committer_submit_wait(ib->com, b);
+	b = NULL;
+out:
+	store_batch_free(b);
+	free(val);
+	free(packed);
+	return e;
+}
+
+/* conn_inbox_retry - store the new attempt count of an entry */
+enum cr_err conn_inbox_retry(struct conn *c, const struct conn_entry *en)
+{
+	return put_entry(c, en);
+}
+
+/* conn_inbox_dead - move an entry to the dead letters with reason (copied) */
+enum cr_err conn_inbox_dead(struct conn *c, const struct conn_entry *en, const char *reason)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct store_batch *b = NULL;
+	void *packed = NULL;
+	char *val = NULL;
+	size_t plen = 0, rlen = strlen(reason);
+	uint64_t now = now_ms();
+	enum cr_err e;
+
+	if ((e = env_pack(&en->env->base, &packed, &plen)) != CR_OK)
+		goto out;
+	if (!(val = malloc(8 + rlen + 1 + plen)) || !(b = store_batch_new())) {
+		e = CR_ERR_NOMEM;
+		goto out;
+	}
+	memcpy(val, &now, 8);
+	memcpy(val + 8, reason, rlen + 1);
+	memcpy(val + 8 + rlen + 1, packed, plen);
+	if ((e = store_batch_del(b, ib->db_inbox, en->key, en->klen)) != CR_OK ||
+	    (e = store_batch_put(b, ib->db_dead, en->env->message_id,
+	    strlen(en->env->message_id), val, 8 + rlen + 1 + plen)) != CR_OK)
+		goto out;
+	e = store_committer_submit_wait(ib->com, b);
+	b = NULL;
+	if (e == CR_OK) {
+		atomic_fetch_sub(&ib->n, 1);
+		atomic_fetch_add(&ib->dead_n, 1);
+	}
+out:
+	store_batch_free(b);
+	free(val);
+	free(packed);
+	return e;
+}
+
+/* conn_inbox_wait - block the hook worker until a commit, stop, or
+ * deadline_mono (0 = 1 s); returns nonzero when stopping */
+int conn_inbox_wait(struct conn *c, uint64_t *seen_gen, uint64_t deadline_mono)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct timespec ts;
+	uint64_t now = mono_ms(), wait_ms, wall;
+	int stop;
+
+	if (!deadline_mono || deadline_mono > now + 1000)
+		deadline_mono = now + 1000;
+	wait_ms = deadline_mono > now ? deadline_mono - now : 0;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	wall = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + wait_ms * 1000000ull;
+	ts.tv_sec = (time_t)(wall / 1000000000ull);
+	ts.tv_nsec = (long)(wall % 1000000000ull);
+	pthread_mutex_lock(&ib->mu);
+	while (!ib->stop && ib->gen == *seen_gen && wait_ms > 0) {
+		if (pthread_cond_timedwait(&ib->cv, &ib->mu, &ts) == ETIMEDOUT)
+			break;
+	}
+	*seen_gen = ib->gen;
+	stop = ib->stop;
+	pthread_mutex_unlock(&ib->mu);
+	return stop;
+}
+
+/* conn_inbox_wake_all - wake waiters for shutdown */
+void conn_inbox_wake_all(struct conn *c)
+{
+	pthread_mutex_lock(&c->inbox.mu);
+	c->inbox.stop = 1;
+	pthread_cond_broadcast(&c->inbox.cv);
+	pthread_mutex_unlock(&c->inbox.mu);
+	wake(&c->inbox);
+}
+
+static void noop_done(void *arg, enum cr_err result)
+{
+	(void)arg;
+	if (result != CR_OK)
+		log_warn(NULL, "done-ID prune failed: %s", cr_strerror(result));
+}
+
+/* conn_inbox_prune - drop done IDs older than the retention (main thread tick) */
+void conn_inbox_prune(struct conn *c)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct store_iter *it = NULL;
+	struct store_batch *b = NULL;
+	const void *k, *v;
+	size_t kl, vl, n = 0;
+	uint64_t cutoff = now_ms() - (uint64_t)c->cfg.done_retention_s * 1000u, t;
+	char id[64];
+
+	if (store_iter_new(ib->st, ib->db_done, NULL, 0, &it) != CR_OK)
+		return;
+	if (!(b = store_batch_new()))
+		goto out;
+	while (n < 2000 && store_iter_next(it, &k, &kl, &v, &vl) == 1) {
+		t = 0;
+		if (vl >= 8)
+			memcpy(&t, v, 8);
+		if (kl < sizeof(id)) {
+			memcpy(id, k, kl);
+			id[kl] = '\0';
+			/* keys are ULIDs in time order: stop at the first young one */
+			if (ulid_valid(id) && ulid_time_ms(id) >= cutoff && t >= cutoff)
+				break;
+		}
+		if (t >= cutoff)
+			continue;
+		if (store_batch_del(b, ib->db_done, k, kl) == CR_OK)
+			n++;
+	}
+	store_iter_free(it);
+	it = NULL;
+	if (n) {
+		log_debug(NULL, "pruning %zu done IDs", n);
+		store_committer_submit(ib->com, b, noop_done, NULL);
+		b = NULL;
+	}
+out:
+	store_iter_free(it);
+	store_batch_free(b);
+}
+
+/* conn_inbox_status - add depth and counts to a /v1/status object */
+void conn_inbox_status(struct conn *c, cJSON *obj)
+{
+	struct conn_inbox *ib = &c->inbox;
+	cJSON *o = cJSON_AddObjectToObject(obj, "inbox");
+	size_t done = 0;
+
+	if (!o)
+		return;
+	cJSON_AddNumberToObject(o, "depth", (double)atomic_load(&ib->n));
+	cJSON_AddNumberToObject(o, "max", (double)c->cfg.inbox_max);
+	cJSON_AddNumberToObject(o, "deadLetters", (double)atomic_load(&ib->dead_n));
+	if (store_count(ib->st, ib->db_done, &done) == CR_OK)
+		cJSON_AddNumberToObject(o, "doneRemembered", (double)done);
+	cJSON_AddNumberToObject(o, "stored", (double)atomic_load(&ib->stored));
+	cJSON_AddNumberToObject(o, "duplicates", (double)atomic_load(&ib->duplicates));
+	cJSON_AddNumberToObject(o, "refusedFull", (double)atomic_load(&ib->refused_full));
+	cJSON_AddNumberToObject(o, "storeErrors", (double)atomic_load(&ib->store_errors));
+}
+
+/* conn_inbox_meta_get - read a small meta value into buf (NUL-terminated); -1 if absent */
+int conn_inbox_meta_get(struct conn *c, const char *name, char *buf, size_t sz)
+{
+	void *v = NULL;
+	size_t vl = 0;
+
+	if (store_get(c->inbox.st, c->inbox.db_meta, name, strlen(name), &v, &vl) != CR_OK)
+		return -1;
+	if (vl >= sz)
+		vl = sz - 1;
+	memcpy(buf, v, vl);
+	buf[vl] = '\0';
+	free(v);
+	return 0;
+}
+
+/* conn_inbox_meta_put - write a small meta value (one txn; not on hot paths) */
+void conn_inbox_meta_put(struct conn *c, const char *name, const char *val)
+{
+	struct store_batch *b = store_batch_new();
+
+	if (!b)
+		return;
+	if (store_batch_put(b, c->inbox.db_meta, name, strlen(name), val, strlen(val)) != CR_OK) {
+		store_batch_free(b);
+		return;
+	}
+	store_committer_submit(c->inbox.com, b, noop_done, NULL);
+}
