@@ -1,0 +1,152 @@
+/*
+ * notifier_events.c - bus handlers for receipts and failures.
+ *
+ * Both run on nats.c subscription threads. A message that cannot be decoded
+ * or has bad IDs is logged and counted, never fatal. A receipt becomes a
+ * delta with one state; a failure becomes a delta with the state failed and
+ * its reason, and is also published at once (not coalesced) as the public
+ * notice on <P>.notify.failure.<tok(sender)> with the headers of DESIGN §5.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "ntf.h"
+#include "util.h"
+
+static void
+bad(struct ntf *n, natsMsg *msg, const char *what)
+{
+	atomic_fetch_add(&n->bad, 1);
+	metric_add(n->m_bad, 1);
+	log_warn(NULL, "dropped %s on %s (%d bytes)", what, natsMsg_GetSubject(msg),
+	    natsMsg_GetDataLength(msg));
+}
+
+static int
+ids_ok(const char *corr, const char *mid, const char *sender, const char *rcpt)
+{
+	return ntf_id_ok(corr) && (mid[0] == '\0' || ntf_id_ok(mid)) &&
+	    (sender[0] == '\0' || ntf_id_ok(sender)) && (rcpt[0] == '\0' || ntf_id_ok(rcpt));
+}
+
+static void
+set_ids(struct ntf_rec *d, const char *corr, const char *mid, const char *sender, const char *rcpt)
+{
+	snprintf(d->correlation_id, sizeof(d->correlation_id), "%s", corr);
+	snprintf(d->message_id, sizeof(d->message_id), "%s", mid);
+	snprintf(d->sender, sizeof(d->sender), "%s", sender);
+	snprintf(d->recipient, sizeof(d->recipient), "%s", rcpt);
+}
+
+/* ntf_on_receipt - fold a Receipt into its status record */
+void
+ntf_on_receipt(void *arg, natsMsg *msg)
+{
+	struct ntf *n = arg;
+	ProtobufCMessage *m = NULL;
+	const Receipt *r;
+	struct ntf_rec d;
+	int k;
+
+	if (env_unpack_msg(&clawrelay__v1__receipt__descriptor, natsMsg_GetData(msg),
+	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
+		bad(n, msg, "undecodable receipt");
+		return;
+	}
+	r = (const Receipt *)m;
+	k = ntf_state_rank(r->state);
+	if (k < 0 || k == NTF_FAILED || !ids_ok(r->correlation_id, r->message_id, r->sender,
+	    r->recipient)) {
+		bad(n, msg, k < 0 || k == NTF_FAILED ? "receipt with unknown state"
+		    : "receipt with bad IDs");
+		goto out;
+	}
+	atomic_fetch_add(&n->receipts, 1);
+	metric_add(n->m_receipts, 1);
+	ntf_rec_init(&d);
+	set_ids(&d, r->correlation_id, r->message_id, r->sender, r->recipient);
+	d.at[k] = r->at_ms ? r->at_ms : now_ms();
+	d.attempts = r->attempts;
+	d.updated_at_ms = now_ms();
+	ntf_shards_add(n, &d);
+out:
+	protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void
+publish_notice(struct ntf *n, natsMsg *in, const Failure *f)
+{
+	struct log_ctx lc = { f->correlation_id, f->message_id, f->sender };
+	natsMsg *out = NULL;
+	char subj[512];
+	natsStatus s;
+
+	if (f->sender[0] == '\0' ||
+	    bus_subj_agent(n->bus, subj, sizeof(subj), "notify.failure", f->sender) < 0) {
+		log_warn(&lc, "failure without a usable sender: no notice");
+		return;
+	}
+	/* the notice carries the Failure exactly as it was published */
+	s = natsMsg_Create(&out, subj, NULL, natsMsg_GetData(in), natsMsg_GetDataLength(in));
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(out, "X-Claw-Correlation-Id", f->correlation_id);
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(out, "X-Claw-Message-Id", f->message_id);
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(out, "X-Claw-Sender", f->sender);
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(out, "X-Claw-Recipient", f->recipient);
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(out, "X-Claw-Reason", env_failure_reason_name(f->reason));
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(out, "Content-Type", "application/protobuf");
+	if (s != NATS_OK) {
+		natsMsg_Destroy(out);
+		goto fail;
+	}
+	if (bus_publish_msg(n->bus, out) != CR_OK)	/* takes out */
+		goto fail;
+	atomic_fetch_add(&n->notices, 1);
+	metric_add(n->m_notices, 1);
+	log_info(&lc, "failure notice: %s (%s)", env_failure_reason_name(f->reason), f->detail);
+	return;
+fail:
+	atomic_fetch_add(&n->notice_errors, 1);
+	log_error(&lc, "failure notice not published");
+}
+
+/* ntf_on_failure - fold a Failure into its status record and publish the notice */
+void
+ntf_on_failure(void *arg, natsMsg *msg)
+{
+	struct ntf *n = arg;
+	ProtobufCMessage *m = NULL;
+	const Failure *f;
+	struct ntf_rec d;
+
+	if (env_unpack_msg(&clawrelay__v1__failure__descriptor, natsMsg_GetData(msg),
+	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
+		bad(n, msg, "undecodable failure");
+		return;
+	}
+	f = (const Failure *)m;
+	if (!ids_ok(f->correlation_id, f->message_id, f->sender, f->recipient)) {
+		bad(n, msg, "failure with bad IDs");
+		goto out;
+	}
+	atomic_fetch_add(&n->failures, 1);
+	metric_add(n->m_failures, 1);
+	ntf_rec_init(&d);
+	set_ids(&d, f->correlation_id, f->message_id, f->sender, f->recipient);
+	d.at[NTF_FAILED] = f->failed_at_ms ? f->failed_at_ms : now_ms();
+	d.attempts = f->attempts;
+	d.failure_reason = (int)f->reason;
+	snprintf(d.last_error, sizeof(d.last_error), "%s",
+	    f->detail[0] ? f->detail : env_failure_reason_name(f->reason));
+	d.updated_at_ms = now_ms();
+	ntf_shards_add(n, &d);
+	publish_notice(n, msg, f);
+out:
+	protobuf_c_message_free_unpacked(m, NULL);
+}

@@ -1,0 +1,109 @@
+/*
+ * ntf.h - private header of clawrelay-notifier (nothing outside
+ * services/notifier/ includes it).
+ *
+ * Receipts and failures arrive on nats.c's subscription threads; each is
+ * turned into a delta (struct ntf_rec with only what it reports) and merged
+ * into the pending table of one shard, chosen by a hash of the correlation
+ * ID. Each shard's writer thread takes its whole pending table every
+ * COALESCE_MS and folds every correlation ID's merged delta into its
+ * StatusRecord in KV with one write (compare-and-set on the last revision).
+ * A correlation ID always maps to the same shard, so its writes are ordered
+ * within this replica; CAS keeps replicas from losing each other's updates.
+ */
+#ifndef NTF_H
+#define NTF_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bus.h"
+#include "env.h"
+#include "metrics.h"
+#include "svc.h"
+
+#define NTF_BUCKET "clawrelay_status"
+
+/* states in round-trip order; a record's state is the highest one seen */
+enum ntf_state {
+	NTF_ACCEPTED = 0, NTF_QUEUED, NTF_DISPATCHED, NTF_DELIVERED, NTF_PROCESSED,
+	NTF_FAILED, NTF_NSTATES
+};
+
+#define NTF_ID_MAX 128
+#define NTF_ERR_MAX 256
+
+/* One StatusRecord in memory (also used as a delta: only what one or more
+ * receipts/failures reported). */
+struct ntf_rec {
+	char correlation_id[NTF_ID_MAX + 1];
+	char message_id[NTF_ID_MAX + 1];
+	char sender[NTF_ID_MAX + 1];
+	char recipient[NTF_ID_MAX + 1];
+	uint64_t at[NTF_NSTATES];     /* first time of each state; 0 = not reached */
+	uint32_t attempts;
+	int failure_reason;           /* FailureReason, -1 = none */
+	char last_error[NTF_ERR_MAX];
+	uint64_t updated_at_ms;
+};
+
+struct ntf_shard;
+
+struct ntf {
+	/* settings */
+	long long status_ttl_s;
+	long long coalesce_ms;
+	long long writers;
+	long long cache_max;
+	long long cache_ms;
+
+	/* set by init, read-only afterwards */
+	struct svc *svc;
+	struct bus *bus;
+	kvStore *kv;
+	struct ntf_shard **shards;
+	unsigned nshards;
+
+	/* counters, any thread */
+	atomic_ullong receipts, failures, bad, notices, notice_errors;
+	atomic_ullong coalesced, kv_writes, kv_skipped, kv_conflicts, kv_errors, kv_gets;
+	struct metric *m_receipts, *m_failures, *m_bad, *m_notices, *m_kv_writes,
+	    *m_kv_conflicts, *m_kv_errors;
+};
+
+/* ntf_state_rank - state name to enum ntf_state; -1 if unknown */
+int ntf_state_rank(const char *name);
+/* ntf_state_name - enum ntf_state to its name */
+const char *ntf_state_name(int rank);
+/* ntf_id_ok - 1..128 chars of the agent-ID alphabet [A-Za-z0-9._:@+-] */
+int ntf_id_ok(const char *s);
+/* ntf_rec_init - empty record (no state, no failure) */
+void ntf_rec_init(struct ntf_rec *r);
+/* ntf_rec_merge - fold delta d into r: states only move forward, the first
+ * time of each state is kept, failed is final; returns 1 if r changed */
+int ntf_rec_merge(struct ntf_rec *r, const struct ntf_rec *d);
+/* ntf_rec_state - highest state reached, -1 if none */
+int ntf_rec_state(const struct ntf_rec *r);
+/* ntf_rec_from_proto - decode a StatusRecord (borrowed) into r */
+void ntf_rec_from_proto(struct ntf_rec *r, const StatusRecord *p);
+/* ntf_rec_pack - r as a packed StatusRecord; caller frees *out with free() */
+enum cr_err ntf_rec_pack(const struct ntf_rec *r, void **out, size_t *len);
+/* ntf_status_key - the KV key of a correlation ID ("c.<kv token>"), see
+ * docs/PROTOCOL.md; returns 0 if it does not fit */
+size_t ntf_status_key(const char *correlation_id, char *out, size_t outsz);
+
+/* ntf_shards_start - create and start n shards; 0 on success */
+int ntf_shards_start(struct ntf *n, unsigned count);
+/* ntf_shards_add - merge delta d (copied) into its shard's pending table */
+void ntf_shards_add(struct ntf *n, const struct ntf_rec *d);
+/* ntf_shards_stop - write everything pending, stop and free the shards */
+void ntf_shards_stop(struct ntf *n);
+/* ntf_shards_counts - pending deltas and cached records over all shards */
+void ntf_shards_counts(struct ntf *n, size_t *pending, size_t *cached);
+
+/* ntf_on_receipt / ntf_on_failure - bus handlers; msg borrowed */
+void ntf_on_receipt(void *arg, natsMsg *msg);
+void ntf_on_failure(void *arg, natsMsg *msg);
+
+#endif
