@@ -1,0 +1,199 @@
+/*
+ * gateway.h - private header of clawrelay-gateway (nothing outside
+ * services/gateway/ includes it).
+ *
+ * The gateway is the HTTP + WebSocket edge (DESIGN 5, 6): it checks the
+ * Ed25519 proof of every request, turns a POST (or an `enqueue` frame) into an
+ * Envelope and asks relay-session to queue it, holds connector sockets and
+ * relays `deliver` requests from the bus onto them, and answers status and
+ * trace queries for a message's sender or recipient.
+ *
+ * Threads: struct gw is filled by gw_init on the main thread and is read-only
+ * afterwards, except for what its own locks guard (key cache shards, socket
+ * registry) and the metric pointers (atomic counters). HTTP handlers run on
+ * civetweb's worker threads (one per connection, a socket's whole life on one
+ * thread); deliver requests on nats.c's per-subscription threads; enqueue
+ * replies on the bus's reply or timer thread.
+ */
+#ifndef GW_GATEWAY_H
+#define GW_GATEWAY_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <civetweb.h>
+#include <cJSON.h>
+
+#include "auth.h"
+#include "bus.h"
+#include "env.h"
+#include "metrics.h"
+#include "registry.h"
+#include "svc.h"
+
+#define GW_NONCE_BUCKET  "clawrelay_nonces"
+#define GW_STATUS_BUCKET "clawrelay_status"
+#define GW_KEY_SHARDS    64
+#define GW_CT_MAX        255  /* Content-Type bytes kept in an envelope */
+#define GW_DEFAULT_CT    "application/octet-stream"
+
+/* gw_mut - a protobuf-c string field from a borrowed const string; the
+ * message is only packed, never modified through it */
+static inline char *
+gw_mut(const char *s)
+{
+	union { const char *c; char *m; } u = { s };
+	return u.m;
+}
+
+/* Settings (CLAWRELAY_*) of the gateway itself. */
+struct gw_cfg {
+	long long max_body_bytes;
+	long long clock_window_s;
+	long long default_ttl_s;
+	long long session_timeout_ms;
+	long long trace_timeout_ms;
+	long long registry_cache_ms;
+	long long ws_max_bad_frames;
+	long long ws_enqueue_window;
+	long long ws_pending_max;
+	long long ws_pending_ms;
+};
+
+struct gw_key;   /* one cached verifier (gateway_auth.c) */
+struct gw_sock;  /* one connector socket (gateway_ws.c) */
+
+/* A shard of the verifier cache: agent ID -> struct auth_pubkey. */
+struct gw_key_shard {
+	pthread_mutex_t mu;
+	struct gw_key *head;
+};
+
+/* The whole gateway state, one per process. */
+struct gw {
+	struct gw_cfg cfg;
+	struct svc *svc;
+	struct bus *bus;             /* borrowed from the skeleton */
+	uint32_t partitions;
+	kvStore *reg_kv, *nonce_kv;  /* handles belong to the bus */
+	kvStore *status_kv;          /* the notifier's bucket, bound lazily; ours */
+	pthread_mutex_t status_mu;   /* guards status_kv */
+	struct reg_cache *reg;
+	struct gw_key_shard keys[GW_KEY_SHARDS];
+	struct gw_key *key_graveyard; /* replaced verifiers, freed in gw_fini */
+	pthread_mutex_t grave_mu;
+
+	/* socket registry: one mutex (not on the per-message path) */
+	pthread_mutex_t sock_mu;
+	struct gw_sock *socks;       /* every open socket, registered or not */
+	size_t nsocks, nregistered;
+
+	/* hot counters */
+	struct metric *m_accepted_http, *m_accepted_ws, *m_sockets, *m_delivers,
+	    *m_deliver_acks, *m_events, *m_frames_in, *m_frames_bad;
+};
+
+/* Why a request is refused: HTTP status, a code naming the rule, a message. */
+struct gw_refusal {
+	int status;
+	const char *code;
+	char message[256];
+	unsigned retry_after_s;
+};
+
+/* The X-Claw-* headers of one request, borrowed from civetweb's request
+ * info (valid until the handler returns); NULL when absent or empty. */
+struct gw_req {
+	const char *agent, *timestamp, *nonce, *body_sha256, *proof;
+	const char *correlation_id, *idempotency_key, *priority, *ttl;
+	const char *traceparent, *content_type;
+	int priority_v;              /* Clawrelay__V1__Priority */
+	uint32_t ttl_s;              /* 0 = default */
+};
+
+/* The outcome of one enqueue, for an HTTP answer or an enqueue_ack frame. */
+struct gw_enq_result {
+	int status;                  /* 202, 200, 409, 429, 507, 503, 400 */
+	const char *code;            /* NULL on 200/202 */
+	char message[256];
+	unsigned retry_after_s;
+	char message_id[130];
+	char correlation_id[130];
+	char state[32];
+	uint64_t queue_depth;
+};
+
+/* --- gateway_auth.c --------------------------------------------------- */
+
+/* gw_refuse - fill rf (status, code, printf message) and return -1 */
+int gw_refuse(struct gw_refusal *rf, int status, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* gw_refusal_count - one log line and one metric for a refusal (any thread) */
+void gw_refusal_count(const struct gw_refusal *rf, const char *what, const char *agent,
+    const char *correlation_id);
+/* gw_http_refuse - count and answer a refusal as a JSON error */
+void gw_http_refuse(struct mg_connection *c, const struct gw_refusal *rf, const char *agent,
+    const char *correlation_id);
+/* gw_auth_request - the proof checks of DESIGN 5 for the current request
+ * of c with its (already read) body: headers, body hash, sender, proof,
+ * clock window and nonce. On 0, rq holds the borrowed headers; on -1, rf
+ * says why. */
+int gw_auth_request(struct gw *g, struct mg_connection *c, const void *body, size_t len,
+    struct gw_req *rq, struct gw_refusal *rf);
+/* gw_check_pair - recipient known (else 404) and sender -> recipient
+ * trusted (else 403); 0 or -1 with rf */
+int gw_check_pair(struct gw *g, const char *sender, const char *recipient, struct gw_refusal *rf);
+/* gw_auth_init / gw_auth_fini - verifier cache set-up and release */
+void gw_auth_init(struct gw *g);
+void gw_auth_fini(struct gw *g);
+
+/* --- gateway_ingress.c ------------------------------------------------ */
+
+/* gw_enq_map - turn a session answer (err, reply borrowed) into a result */
+void gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_result *out);
+/* gw_enq_subject - "<P>.session.<p>.enqueue" for recipient into out */
+int gw_enq_subject(struct gw *g, const char *recipient, char *out, size_t sz);
+/* gw_fill_trace - trace_id/span_id from traceparent (NULL or malformed:
+ * fresh random ones) into the caller's buffers; flags into *flags */
+void gw_fill_trace(const char *traceparent, char trace_id[33], char span_id[17], unsigned *flags);
+/* Buffers for the IDs the gateway assigns to an envelope. */
+struct gw_ids {
+	char message_id[ULID_LEN + 1];
+	char correlation_id[AUTH_ID_MAX + 1];
+	char trace_id[33], span_id[17];
+};
+/* gw_envelope_finish - the gateway's part of an envelope the caller filled
+ * (sender, recipient, payload, priority, optional ids): a new message_id, a
+ * correlation_id and trace ids when absent or malformed (strings in ids,
+ * which must outlive e), times (ttl_s 0 = default), then env_validate.
+ * 0, or -1 with rf (400) */
+int gw_envelope_finish(struct gw *g, Envelope *e, struct gw_ids *ids, uint32_t ttl_s,
+    struct gw_refusal *rf);
+/* gw_enq_json - the JSON body of a 200/202 answer; caller frees with free() */
+char *gw_enq_json(const struct gw_enq_result *r);
+/* gw_handle_post - POST /v1/agents/{recipient}/messages (civetweb handler) */
+int gw_handle_post(struct mg_connection *c, void *arg);
+
+/* --- gateway_query.c -------------------------------------------------- */
+
+/* gw_handle_message - GET /v1/messages/{correlationId} */
+int gw_handle_message(struct mg_connection *c, void *arg);
+/* gw_handle_trace - GET /v1/traces/{correlationId} */
+int gw_handle_trace(struct mg_connection *c, void *arg);
+/* gw_kv_key - a KV-safe key "<kind>.<id>": bytes outside [A-Za-z0-9_-]
+ * become "=XX" ('%' and ':' are not allowed in NATS KV keys) */
+int gw_kv_key(const char *kind, const char *id, char *out, size_t sz);
+
+/* --- gateway_ws.c ----------------------------------------------------- */
+
+/* gw_ws_init - register the /v1/connect auth and WebSocket handlers */
+void gw_ws_init(struct gw *g);
+/* gw_ws_status - sockets connected and their agents into obj */
+void gw_ws_status(struct gw *g, cJSON *obj);
+/* gw_ws_tick - forget deliveries whose requester has long given up */
+void gw_ws_tick(struct gw *g);
+/* gw_ws_close_all - ask every socket to close (drain) */
+void gw_ws_close_all(struct gw *g);
+
+#endif
