@@ -280,12 +280,17 @@ void conn_inbox_deliver(struct conn *c, const Envelope *e)
 	memcpy(val, &now, 8);
 	memcpy((char *)val + 8, &zero, 4);
 	memcpy((char *)val + VAL_HDR, packed, plen);
-	if ((err = store_batch_put(b, ib->db_inbox, p->key, p->klen, val, VAL_HDR + plen)) != CR_OK ||
-	    (err = store_batch_put(b, ib->db_meta, "last_received_id", 16, p->id, idlen)) != CR_OK)
+	if ((err = store_batch_put(b, ib->db_inbox, p->key, p->klen, val, VAL_HDR + plen)) != CR_OK)
 		goto fail;
-	pthread_mutex_lock(&c->ws.mu);
-	copy_str(c->ws.last_received_id, sizeof(c->ws.last_received_id), p->id);
-	pthread_mutex_unlock(&c->ws.mu);
+	/* last_received_id: the newest ID (ULIDs sort by time), not the last to arrive */
+	if (strcmp(p->id, c->ws.last_received_id) > 0) {
+		if ((err = store_batch_put(b, ib->db_meta, "last_received_id", 16, p->id, idlen)) !=
+		    CR_OK)
+			goto fail;
+		pthread_mutex_lock(&c->ws.mu);
+		copy_str(c->ws.last_received_id, sizeof(c->ws.last_received_id), p->id);
+		pthread_mutex_unlock(&c->ws.mu);
+	}
 
 	pthread_mutex_lock(&ib->mu);
 	{
