@@ -1,0 +1,238 @@
+/*
+ * session.h - relay-session's private header: durable per-recipient queues
+ * in LMDB, one environment per partition, served only under a lease.
+ *
+ * Storage layout of partition p (<DATA_DIR>/p<p>/):
+ *   DB "q":    "<recipient>\0<lane byte 0|1|2><seq be64>" ->
+ *              <expires_at_ms be64><accepted_at_ms be64><packed Envelope>
+ *   DB "idem": "<sender>\0<idempotency key>" -> struct in session_queue.c
+ *   DB "meta": "c<agent>" -> <expired be64><shed be64><failed be64>
+ *              (failures since the agent's last reconnect_ack)
+ * seq is one counter per partition, started above every stored seq and
+ * above the wall clock in microseconds, so a key never repeats.
+ *
+ * Threads and locks:
+ *   - struct session_part.mu guards everything in the part below it
+ *     (agents, slots, counters, open/gen, the store pointers). LMDB reads
+ *     run under it (short); commits go to the part's group committer, and
+ *     are submitted under mu so a close cannot free the committer first.
+ *   - send_mu orders the dispatch requests of a partition on the wire:
+ *     a thread collects requests under mu, takes send_mu, drops mu, sends.
+ *     Lock order: mu -> send_mu -> (bus / committer internals).
+ *   - Enqueue/connect/disconnect run on the partition subscription's nats.c
+ *     thread, commit callbacks on the committer thread, dispatch replies on
+ *     the bus reply/timer threads, lease/sweep/probe work on the main tick.
+ *   - A callback that outlives its partition's open period is recognised by
+ *     gen (bumped on every close) and only finishes what it owes others
+ *     (the enqueue reply), never touching the agents.
+ */
+#ifndef SESSION_H
+#define SESSION_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <nats/nats.h>
+
+#include "bus.h"
+#include "env.h"
+#include "store.h"
+#include "svc.h"
+
+#define SESSION_LANES 3
+#define SESSION_AGENT_BUCKETS 1024
+#define SESSION_IDEM_BUCKETS 256
+#define SESSION_VHDR 16            /* expires + accepted before the envelope */
+#define SESSION_KEY_MAX (128 + 1 + 1 + 8)
+/* protobuf-c fields are char *: borrowed strings are only read by pack */
+#define SESSION_UNCONST(p) ((char *)(uintptr_t)(p))
+
+enum session_slot_state {
+	SLOT_INFLIGHT = 1,  /* dispatch request out, reply pending */
+	SLOT_WAITING,       /* attempt failed, to be sent again */
+	SLOT_DELETING       /* finished; its delete is being committed */
+};
+
+/* One message of an agent that the dispatcher holds (window member). */
+struct session_slot {
+	int state;
+	uint8_t lane;
+	uint64_t seq;
+	uint32_t attempts;
+	uint32_t token;          /* bumped per send; a reply must match it */
+	uint64_t vlen;           /* stored value size (queue bytes) */
+	char *message_id, *correlation_id, *sender, *idem_key, *trace_id;
+	uint64_t created_at_ms;
+};
+
+enum session_presence { AG_UNKNOWN = 0, AG_ONLINE, AG_OFFLINE };
+
+/* In-memory state of one recipient: counts and the dispatch window only;
+ * the backlog stays in LMDB. */
+struct session_agent {
+	struct session_agent *next;     /* hash chain */
+	char *id;
+	uint64_t n[SESSION_LANES];      /* committed messages per lane */
+	uint64_t bytes;                 /* committed value bytes */
+	uint64_t reserved, reserved_bytes; /* submitted, not yet committed */
+	uint64_t cursor[SESSION_LANES]; /* next seq the dispatcher looks at */
+	struct session_slot *slots;
+	size_t nslots, capslots;
+	int presence;
+	uint64_t online_since;          /* mono ms of the last connect */
+	char socket_id[64];
+	unsigned fails;                 /* consecutive failed attempts */
+	uint64_t next_try;              /* mono ms: end of backoff / next probe */
+	uint64_t expired, shed, failed; /* since the last reconnect_ack */
+	uint64_t delivered;             /* since start (status) */
+};
+
+/* An idempotency entry whose commit is still pending. */
+struct session_idem_pending {
+	struct session_idem_pending *next;
+	char *key;
+	size_t klen;
+	char message_id[ULID_LEN + 1];
+	char *correlation_id, *recipient;
+	unsigned char sha[32];
+};
+
+struct session;
+
+struct session_part {
+	pthread_mutex_t mu;
+	pthread_mutex_t send_mu;
+	struct session *s;
+	uint32_t idx;
+	int open;
+	uint64_t gen;
+	struct store *st;
+	struct store_committer *com;
+	unsigned dbq, dbidem, dbmeta;
+	natsSubscription *sub;
+	struct session_agent *agents[SESSION_AGENT_BUCKETS];
+	uint64_t nagents;
+	struct session_idem_pending *idem[SESSION_IDEM_BUCKETS];
+	uint64_t next_seq;
+	uint64_t depth;                 /* committed messages in the partition */
+	uint64_t inflight;
+	/* lease (main thread only) */
+	int leased;
+	uint64_t lease_rev;
+	uint64_t lease_ok;              /* mono ms of the last good create/update */
+	uint64_t free_since;            /* mono ms since the key was seen free (0: not) */
+	/* sweeps (main thread; read under mu) */
+	unsigned char sweep_key[SESSION_KEY_MAX];
+	size_t sweep_klen;
+	unsigned char idem_key[STORE_KEY_MAX];
+	size_t idem_klen;
+	uint64_t idem_next;             /* mono ms of the next idem sweep */
+	struct metric *m_depth, *m_inflight;
+};
+
+struct session_cfg {
+	char *data_dir;
+	long long map_size_mb, lease_ms, queue_max, queue_max_bytes, inflight;
+	long long dispatch_timeout_ms, backoff_base_ms, backoff_max_ms, max_attempts;
+	long long offline_probe_ms, idem_window_s, default_ttl_s, commit_delay_us;
+	long long sweep_batch;
+	int strict_order, fsync;
+};
+
+struct session {
+	struct svc *svc;
+	struct bus *bus;
+	struct session_cfg cfg;
+	uint32_t nparts;
+	struct session_part *parts;
+	kvStore *leases;
+	uint64_t lease_next;            /* mono ms of the next lease pass */
+	uint32_t others_seen;           /* other lease holders seen last pass */
+	char dispatch_subj[128];
+};
+
+/* A batch of work collected under mu and carried out after it:
+ * deletes to commit (with the slots they finish) and dispatches to send. */
+struct session_send;
+struct session_del;
+struct session_work {
+	struct session_send *head, *tail;
+	struct store_batch *batch;
+	struct session_del *del;
+};
+
+static inline void
+session_be64_put(unsigned char *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--) {
+		p[i] = (unsigned char)(v & 0xff);
+		v >>= 8;
+	}
+}
+
+static inline uint64_t
+session_be64_get(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+/* session_part.c */
+/* session_key_make - queue key of (recipient, lane, seq) into out
+ * (SESSION_KEY_MAX bytes); returns its length, 0 if recipient is too long */
+size_t session_key_make(unsigned char *out, const char *recipient, int lane, uint64_t seq);
+/* session_key_parse - split a queue key; recipient gets 129 bytes; -1 if malformed */
+int session_key_parse(const void *k, size_t kl, char *recipient, int *lane, uint64_t *seq);
+/* session_agent_get - the agent's state (borrowed until the part closes);
+ * create it if asked; NULL if absent or out of memory. Caller holds mu. */
+struct session_agent *session_agent_get(struct session_part *pp, const char *id, int create);
+/* session_slot_find - the agent's slot for (lane, seq) or NULL; caller holds mu */
+struct session_slot *session_slot_find(struct session_agent *a, int lane, uint64_t seq);
+/* session_slot_new - add a slot for a stored message, copying IDs from e
+ * (borrowed); NULL on ENOMEM. Caller holds mu. */
+struct session_slot *session_slot_new(struct session_agent *a, int lane, uint64_t seq,
+    uint64_t vlen, const Envelope *e);
+/* session_slot_remove - forget a slot (frees its strings); caller holds mu */
+void session_slot_remove(struct session_agent *a, struct session_slot *sl);
+/* session_counters_put - persist the agent's failure counters into w's batch */
+void session_counters_put(struct session_part *pp, struct session_agent *a, struct session_work *w);
+/* session_part_open - open partition p's LMDB, rebuild its state, subscribe
+ * (main thread, lease held) */
+enum cr_err session_part_open(struct session *s, struct session_part *pp);
+/* session_part_close - unsubscribe, finish commits, close the LMDB (main thread) */
+void session_part_close(struct session *s, struct session_part *pp);
+
+/* session_queue.c */
+/* session_enqueue - handle one enqueue request (msg borrowed) */
+void session_enqueue(struct session_part *pp, natsMsg *msg);
+
+/* session_dispatch.c */
+/* session_work_init - an empty work list */
+void session_work_init(struct session_work *w);
+/* session_work_flush_unlock - submit w's deletes (under mu), then release mu
+ * and send w's dispatches in order; w is empty afterwards */
+void session_work_flush_unlock(struct session_part *pp, struct session_work *w);
+/* session_collect - add the dispatches agent a may get now to w; caller holds mu */
+void session_collect(struct session_part *pp, struct session_agent *a, struct session_work *w);
+/* session_drop_locked - end slot sl's message for good: delete it (in w),
+ * count it, publish the Failure notice and hop. Caller holds mu. */
+void session_drop_locked(struct session_part *pp, struct session_agent *a,
+    struct session_slot *sl, int reason, const char *detail, struct session_work *w);
+/* session_publish_receipt - Receipt on <P>.receipt.<sender>; ids borrowed */
+void session_publish_receipt(struct session *s, const char *message_id,
+    const char *correlation_id, const char *sender, const char *recipient,
+    const char *state, uint32_t attempts);
+
+/* session_sweep.c */
+/* session_sweep - bounded expiry and idempotency sweeps, due dispatches (tick) */
+void session_sweep(struct session *s, struct session_part *pp);
+
+/* session_lease.c */
+/* session_lease_tick - renew held leases, drop lost ones, take free ones (tick) */
+void session_lease_tick(struct session *s);
+/* session_lease_release_all - close every partition and delete its lease (drain) */
+void session_lease_release_all(struct session *s);
+
+#endif

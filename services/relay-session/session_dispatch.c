@@ -1,0 +1,627 @@
+/*
+ * session_dispatch.c - per-agent dispatch windows, dispatch replies, and the
+ * end of a message (delivered, or failed with a notice).
+ *
+ * Each agent has a window of at most CLAWRELAY_INFLIGHT slots (messages
+ * sent and not answered, or answered "try again" and waiting for their
+ * backoff). Messages are taken lane by lane (critical, normal, low) and by
+ * seq within a lane; a per-lane cursor remembers where the LMDB scan stops,
+ * so only the window lives in memory. Retries go before new messages of
+ * their lane. Requests of one partition are published in collection order
+ * under send_mu, so one delivery replica sees an agent's messages in queue
+ * order. With CLAWRELAY_STRICT_ORDER each lane has at most one message out:
+ * order then holds end to end whatever delivery does, at one round trip per
+ * message and lane.
+ *
+ * A finished message (delivered, expired, shed, rejected, attempts
+ * exhausted) keeps a DELETING slot until its delete is committed, so no scan
+ * can pick it up again meanwhile.
+ *
+ * Threads: session_collect and session_drop_locked run under mu; replies
+ * come on the bus reply/timer threads; delete commits finish on the
+ * committer thread. See session.h for the lock order.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "hop.h"
+#include "log.h"
+#include "metrics.h"
+#include "session.h"
+#include "util.h"
+
+struct dispatch_ctx {
+	struct session_part *pp;
+	uint64_t gen;
+	struct session_agent *a;   /* valid while gen matches */
+	uint8_t lane;
+	uint64_t seq;
+	uint32_t token;
+	uint64_t sent_at;          /* mono ms */
+};
+
+struct session_send {
+	struct session_send *next;
+	void *buf;
+	size_t len;
+	struct dispatch_ctx *ctx;
+	Envelope *env;             /* for the hop event */
+};
+
+struct del_ent {
+	struct session_agent *a;
+	uint8_t lane;
+	uint64_t seq;
+};
+
+struct session_del {
+	struct session_part *pp;
+	uint64_t gen;
+	size_t n, cap;
+	struct del_ent *e;
+};
+
+static struct metric *m_dispatched, *m_delivered, *m_retries, *m_failed;
+
+static void on_reply(void *arg, enum cr_err err, natsMsg *reply);
+
+/* session_work_init - an empty work list */
+void
+session_work_init(struct session_work *w)
+{
+	memset(w, 0, sizeof(*w));
+	if (m_dispatched == NULL) {
+		m_dispatched = metric_counter("clawrelay_session_dispatched_total", NULL,
+		    "dispatch requests sent");
+		m_delivered = metric_counter("clawrelay_session_delivered_total", NULL,
+		    "messages delivered and removed");
+		m_retries = metric_counter("clawrelay_session_retries_total", NULL,
+		    "attempts answered with retry, nack, timeout or offline");
+		m_failed = metric_counter("clawrelay_session_failed_total", NULL,
+		    "messages failed for good (expired, shed, rejected, exhausted)");
+	}
+}
+
+static int
+work_add_del(struct session_part *pp, struct session_work *w, struct session_agent *a,
+    int lane, uint64_t seq)
+{
+	unsigned char key[SESSION_KEY_MAX];
+	size_t kl = session_key_make(key, a->id, lane, seq);
+
+	if (w->batch == NULL && (w->batch = store_batch_new()) == NULL)
+		return -1;
+	if (w->del == NULL) {
+		if ((w->del = calloc(1, sizeof(*w->del))) == NULL)
+			return -1;
+		w->del->pp = pp;
+		w->del->gen = pp->gen;
+	}
+	if (w->del->n == w->del->cap) {
+		size_t cap = w->del->cap ? w->del->cap * 2 : 8;
+		struct del_ent *ne = realloc(w->del->e, cap * sizeof(*ne));
+		if (ne == NULL)
+			return -1;
+		w->del->e = ne;
+		w->del->cap = cap;
+	}
+	if (store_batch_del(w->batch, pp->dbq, key, kl) != CR_OK)
+		return -1;
+	w->del->e[w->del->n].a = a;
+	w->del->e[w->del->n].lane = (uint8_t)lane;
+	w->del->e[w->del->n].seq = seq;
+	w->del->n++;
+	return 0;
+}
+
+static void
+del_free(struct session_del *d)
+{
+	if (d != NULL) {
+		free(d->e);
+		free(d);
+	}
+}
+
+/* finish DELETING slots once their delete is on disk (committer thread) */
+static void
+del_done(void *arg, enum cr_err result)
+{
+	struct session_del *d = arg;
+
+	if (result != CR_OK)
+		log_error(NULL, "delete commit failed: %s (messages stay until restart)",
+		    cr_strerror(result));
+	if (d == NULL)
+		return;
+	pthread_mutex_lock(&d->pp->mu);
+	if (d->gen == d->pp->gen && d->pp->open) {
+		for (size_t i = 0; i < d->n; i++) {
+			struct session_slot *sl = session_slot_find(d->e[i].a, d->e[i].lane,
+			    d->e[i].seq);
+			if (sl != NULL && sl->state == SLOT_DELETING)
+				session_slot_remove(d->e[i].a, sl);
+		}
+	}
+	pthread_mutex_unlock(&d->pp->mu);
+	del_free(d);
+}
+
+static void
+send_free(struct session_send *sd)
+{
+	free(sd->buf);
+	env_free(sd->env);
+	free(sd);
+}
+
+/* session_work_flush_unlock - commit deletes, release mu, send in order */
+void
+session_work_flush_unlock(struct session_part *pp, struct session_work *w)
+{
+	struct session *s = pp->s;
+	struct session_send *sd, *failed = NULL, **ftail = &failed;
+
+	if (w->batch != NULL) {
+		struct session_del *d = w->del;
+		if (pp->com == NULL || store_committer_submit(pp->com, w->batch, del_done, d) != CR_OK) {
+			/* stopping: the messages stay in LMDB for the next owner */
+			if (pp->com == NULL)
+				store_batch_free(w->batch);
+			if (d != NULL) {
+				for (size_t i = 0; i < d->n; i++) {
+					struct session_slot *sl = session_slot_find(d->e[i].a,
+					    d->e[i].lane, d->e[i].seq);
+					if (sl != NULL && sl->state == SLOT_DELETING)
+						session_slot_remove(d->e[i].a, sl);
+				}
+				del_free(d);
+			}
+		}
+		w->batch = NULL;
+		w->del = NULL;
+	} else if (w->del != NULL) {
+		del_free(w->del);
+		w->del = NULL;
+	}
+	if (w->head == NULL) {
+		pthread_mutex_unlock(&pp->mu);
+		return;
+	}
+	pthread_mutex_lock(&pp->send_mu);
+	pthread_mutex_unlock(&pp->mu);
+	while ((sd = w->head) != NULL) {
+		w->head = sd->next;
+		hop_emit(sd->env, CLAWRELAY__V1__HOP_KIND__HOP_DISPATCHED, "ok", NULL);
+		if (bus_request_async(s->bus, s->dispatch_subj, sd->buf, sd->len,
+		    (int)s->cfg.dispatch_timeout_ms, on_reply, sd->ctx) != CR_OK) {
+			*ftail = sd;
+			ftail = &sd->next;
+			sd->next = NULL;
+			continue;
+		}
+		metric_add(m_dispatched, 1);
+		send_free(sd);
+	}
+	w->tail = NULL;
+	pthread_mutex_unlock(&pp->send_mu);
+	while ((sd = failed) != NULL) {
+		failed = sd->next;
+		on_reply(sd->ctx, CR_ERR_UNAVAILABLE, NULL);
+		sd->ctx = NULL;
+		send_free(sd);
+	}
+}
+
+/* session_publish_receipt - Receipt on <P>.receipt.<sender> */
+void
+session_publish_receipt(struct session *s, const char *message_id, const char *correlation_id,
+    const char *sender, const char *recipient, const char *state, uint32_t attempts)
+{
+	Receipt r = CLAWRELAY__V1__RECEIPT__INIT;
+	unsigned char buf[1024];
+	char subj[512];
+	size_t len;
+
+	r.schema_version = ENV_SCHEMA;
+	r.message_id = SESSION_UNCONST(message_id);
+	r.correlation_id = SESSION_UNCONST(correlation_id);
+	r.sender = SESSION_UNCONST(sender);
+	r.recipient = SESSION_UNCONST(recipient);
+	r.state = SESSION_UNCONST(state);
+	r.at_ms = now_ms();
+	r.attempts = attempts;
+	if (bus_subj_agent(s->bus, subj, sizeof(subj), "receipt", sender) < 0)
+		return;
+	if (env_pack_into(&r.base, buf, sizeof(buf), &len) != CR_OK)
+		return;
+	bus_publish(s->bus, subj, buf, len);
+}
+
+static Clawrelay__V1__HopKind
+hop_of(int reason)
+{
+	switch (reason) {
+	case CLAWRELAY__V1__FAILURE_REASON__FAIL_EXPIRED:
+		return CLAWRELAY__V1__HOP_KIND__HOP_EXPIRED;
+	case CLAWRELAY__V1__FAILURE_REASON__FAIL_REJECTED:
+		return CLAWRELAY__V1__HOP_KIND__HOP_REJECTED;
+	default:
+		return CLAWRELAY__V1__HOP_KIND__HOP_FAILED;
+	}
+}
+
+/* session_drop_locked - end sl's message for good with a failure notice */
+void
+session_drop_locked(struct session_part *pp, struct session_agent *a, struct session_slot *sl,
+    int reason, const char *detail, struct session_work *w)
+{
+	struct session *s = pp->s;
+	Failure f = CLAWRELAY__V1__FAILURE__INIT;
+	unsigned char buf[2048];
+	char subj[512];
+	size_t len;
+	struct log_ctx lc = { sl->correlation_id, sl->message_id, a->id };
+
+	if (work_add_del(pp, w, a, sl->lane, sl->seq) != 0) {
+		log_error(&lc, "cannot record a delete (out of memory); message stays queued");
+		sl->state = SLOT_WAITING;
+		return;
+	}
+	if (sl->state == SLOT_INFLIGHT && pp->inflight > 0)
+		pp->inflight--;
+	sl->state = SLOT_DELETING;
+	if (a->n[sl->lane] > 0)
+		a->n[sl->lane]--;
+	a->bytes = a->bytes > sl->vlen ? a->bytes - sl->vlen : 0;
+	if (pp->depth > 0)
+		pp->depth--;
+	if (reason == CLAWRELAY__V1__FAILURE_REASON__FAIL_EXPIRED)
+		a->expired++;
+	else if (reason == CLAWRELAY__V1__FAILURE_REASON__FAIL_SHED)
+		a->shed++;
+	a->failed++;
+	session_counters_put(pp, a, w);
+	metric_add(m_failed, 1);
+
+	f.schema_version = ENV_SCHEMA;
+	f.message_id = sl->message_id;
+	f.correlation_id = sl->correlation_id;
+	f.sender = sl->sender;
+	f.recipient = a->id;
+	f.reason = (Clawrelay__V1__FailureReason)reason;
+	f.detail = SESSION_UNCONST(detail ? detail : "");
+	f.failed_at_ms = now_ms();
+	f.created_at_ms = sl->created_at_ms;
+	f.attempts = sl->attempts;
+	if (bus_subj_agent(s->bus, subj, sizeof(subj), "failure", sl->sender) >= 0 &&
+	    env_pack_into(&f.base, buf, sizeof(buf), &len) == CR_OK)
+		bus_publish(s->bus, subj, buf, len);
+	hop_emit_ids(sl->correlation_id, sl->message_id, sl->sender, a->id, sl->trace_id,
+	    hop_of(reason), "error", env_failure_reason_name(reason));
+	log_info(&lc, "message failed: %s (%s) after %u attempts",
+	    env_failure_reason_name(reason), detail ? detail : "", sl->attempts);
+}
+
+/* queue a dispatch of sl (state WAITING, or fresh) with envelope e (takes
+ * ownership); 1 if queued, 0 if the message ended instead */
+static int
+make_send(struct session_part *pp, struct session_agent *a, struct session_slot *sl,
+    uint64_t expires_at_ms, Envelope *e, struct session_work *w)
+{
+	struct session *s = pp->s;
+	DispatchRequest dr = CLAWRELAY__V1__DISPATCH_REQUEST__INIT;
+	struct session_send *sd = NULL;
+	struct dispatch_ctx *ctx = NULL;
+	uint64_t wall = now_ms();
+
+	if (expires_at_ms != 0 && expires_at_ms <= wall) {
+		session_drop_locked(pp, a, sl, CLAWRELAY__V1__FAILURE_REASON__FAIL_EXPIRED,
+		    "ttl passed before delivery", w);
+		env_free(e);
+		return 0;
+	}
+	if (s->cfg.max_attempts > 0 && sl->attempts >= (uint64_t)s->cfg.max_attempts) {
+		session_drop_locked(pp, a, sl,
+		    CLAWRELAY__V1__FAILURE_REASON__FAIL_ATTEMPTS_EXHAUSTED,
+		    "max attempts reached", w);
+		env_free(e);
+		return 0;
+	}
+	sd = calloc(1, sizeof(*sd));
+	ctx = calloc(1, sizeof(*ctx));
+	if (sd == NULL || ctx == NULL)
+		goto fail;
+	sl->attempts++;
+	sl->token++;
+	e->attempt = sl->attempts;
+	dr.schema_version = ENV_SCHEMA;
+	dr.envelope = e;
+	dr.partition = pp->idx;
+	dr.deadline_ms = wall + (uint64_t)s->cfg.dispatch_timeout_ms;
+	if (env_pack(&dr.base, &sd->buf, &sd->len) != CR_OK)
+		goto fail;
+	ctx->pp = pp;
+	ctx->gen = pp->gen;
+	ctx->a = a;
+	ctx->lane = sl->lane;
+	ctx->seq = sl->seq;
+	ctx->token = sl->token;
+	ctx->sent_at = mono_ms();
+	sd->ctx = ctx;
+	sd->env = e;
+	if (w->tail)
+		w->tail->next = sd;
+	else
+		w->head = sd;
+	w->tail = sd;
+	sl->state = SLOT_INFLIGHT;
+	pp->inflight++;
+	return 1;
+fail:
+	free(sd);
+	free(ctx);
+	env_free(e);
+	sl->state = SLOT_WAITING;
+	return 0;
+}
+
+static Envelope *
+unpack_stored(const void *v, size_t vl, uint64_t *expires)
+{
+	const unsigned char *p = v;
+
+	if (vl < SESSION_VHDR)
+		return NULL;
+	*expires = session_be64_get(p);
+	return clawrelay__v1__envelope__unpack(NULL, vl - SESSION_VHDR, p + SESSION_VHDR);
+}
+
+/* the waiting slot of lane with the lowest seq, or NULL */
+static struct session_slot *
+first_waiting(struct session_agent *a, int lane)
+{
+	struct session_slot *best = NULL;
+
+	for (size_t i = 0; i < a->nslots; i++) {
+		struct session_slot *sl = &a->slots[i];
+		if (sl->state == SLOT_WAITING && sl->lane == lane &&
+		    (best == NULL || sl->seq < best->seq))
+			best = sl;
+	}
+	return best;
+}
+
+/* session_collect - fill agent a's window; caller holds mu */
+void
+session_collect(struct session_part *pp, struct session_agent *a, struct session_work *w)
+{
+	struct session *s = pp->s;
+	uint64_t now = mono_ms();
+	uint64_t limit = (uint64_t)s->cfg.inflight;
+	uint64_t inflight = 0, active = 0, lane_active[SESSION_LANES] = {0};
+	int probe = 0, sent = 0;
+
+	if (!pp->open || a == NULL)
+		return;
+	if (a->presence == AG_OFFLINE) {
+		if (now < a->next_try)
+			return;
+		probe = 1;
+	} else if (now < a->next_try) {
+		return;		/* backing off */
+	}
+	for (size_t i = 0; i < a->nslots; i++) {
+		struct session_slot *sl = &a->slots[i];
+		if (sl->state == SLOT_DELETING)
+			continue;
+		active++;
+		lane_active[sl->lane]++;
+		if (sl->state == SLOT_INFLIGHT)
+			inflight++;
+	}
+	if (probe) {
+		if (inflight > 0)
+			return;
+		limit = 1;
+	}
+	for (int lane = 0; lane < SESSION_LANES; lane++) {
+		/* retries first, oldest first */
+		for (;;) {
+			struct session_slot *sl;
+			unsigned char key[SESSION_KEY_MAX];
+			size_t kl;
+			void *v = NULL;
+			size_t vl = 0;
+			uint64_t exp = 0;
+			Envelope *e;
+			enum cr_err err;
+
+			if (inflight >= limit)
+				goto done;
+			if (s->cfg.strict_order && lane_active[lane] > 0 &&
+			    first_waiting(a, lane) == NULL)
+				break;
+			if ((sl = first_waiting(a, lane)) == NULL)
+				break;
+			kl = session_key_make(key, a->id, lane, sl->seq);
+			err = store_get(pp->st, pp->dbq, key, kl, &v, &vl);
+			if (err == CR_ERR_NOT_FOUND) {
+				/* gone meanwhile (another owner's sweep): forget it */
+				session_slot_remove(a, sl);
+				active--;
+				lane_active[lane]--;
+				continue;
+			}
+			if (err != CR_OK || (e = unpack_stored(v, vl, &exp)) == NULL) {
+				free(v);
+				if (err == CR_OK) {
+					session_drop_locked(pp, a, sl,
+					    CLAWRELAY__V1__FAILURE_REASON__FAIL_REJECTED,
+					    "stored message unreadable", w);
+					active--;
+					lane_active[lane]--;
+					continue;
+				}
+				goto done;
+			}
+			free(v);
+			if (make_send(pp, a, sl, exp, e, w)) {
+				inflight++;
+				sent++;
+			} else {
+				active--;
+				lane_active[lane]--;
+			}
+			if (s->cfg.strict_order)
+				break;
+		}
+		/* then new messages of the lane, from the cursor */
+		if (a->n[lane] > lane_active[lane] && active < limit &&
+		    !(s->cfg.strict_order && lane_active[lane] > 0)) {
+			unsigned char start[SESSION_KEY_MAX];
+			size_t sl_len = session_key_make(start, a->id, lane, a->cursor[lane]);
+			struct store_iter *it = NULL;
+			const void *k, *v;
+			size_t kl, vl;
+
+			if (sl_len == 0 || store_iter_new_at(pp->st, pp->dbq, start, sl_len - 8,
+			    start, sl_len, &it) != CR_OK)
+				continue;
+			while (active < limit && inflight < limit &&
+			    !(s->cfg.strict_order && lane_active[lane] > 0) &&
+			    store_iter_next(it, &k, &kl, &v, &vl) == 1) {
+				uint64_t seq = session_be64_get((const unsigned char *)k + kl - 8);
+				uint64_t exp = 0;
+				struct session_slot *sl;
+				Envelope *e;
+
+				a->cursor[lane] = seq + 1;
+				if (session_slot_find(a, lane, seq) != NULL)
+					continue;
+				if ((e = unpack_stored(v, vl, &exp)) == NULL) {
+					Envelope blank = CLAWRELAY__V1__ENVELOPE__INIT;
+					sl = session_slot_new(a, lane, seq, vl, &blank);
+					if (sl != NULL)
+						session_drop_locked(pp, a, sl,
+						    CLAWRELAY__V1__FAILURE_REASON__FAIL_REJECTED,
+						    "stored message unreadable", w);
+					continue;
+				}
+				if ((sl = session_slot_new(a, lane, seq, vl, e)) == NULL) {
+					env_free(e);
+					a->cursor[lane] = seq;
+					break;
+				}
+				if (make_send(pp, a, sl, exp, e, w)) {
+					inflight++;
+					active++;
+					lane_active[lane]++;
+					sent++;
+				}
+			}
+			store_iter_free(it);
+		}
+		if (inflight >= limit)
+			break;
+	}
+done:
+	if (probe && sent)
+		a->next_try = now + (uint64_t)s->cfg.offline_probe_ms;
+}
+
+/* a dispatch request's outcome (bus reply or timer thread) */
+static void
+on_reply(void *arg, enum cr_err err, natsMsg *reply)
+{
+	struct dispatch_ctx *ctx = arg;
+	struct session_part *pp = ctx->pp;
+	struct session *s = pp->s;
+	struct session_agent *a = ctx->a;
+	struct session_slot *sl;
+	ProtobufCMessage *m = NULL;
+	int outcome = CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY;
+	const char *detail = NULL;
+	struct session_work w;
+
+	if (err == CR_OK && reply != NULL) {
+		if (env_unpack_msg(&clawrelay__v1__dispatch_result__descriptor,
+		    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m) == CR_OK) {
+			outcome = ((DispatchResult *)m)->outcome;
+			detail = ((DispatchResult *)m)->detail;
+		} else {
+			detail = "undecodable dispatch result";
+		}
+	} else if (err == CR_ERR_TIMEOUT) {
+		detail = "dispatch timeout";
+	} else {
+		detail = "no delivery responders";
+	}
+	session_work_init(&w);
+	pthread_mutex_lock(&pp->mu);
+	if (ctx->gen != pp->gen || !pp->open)
+		goto unlock;
+	sl = session_slot_find(a, ctx->lane, ctx->seq);
+	if (sl == NULL || sl->state != SLOT_INFLIGHT || sl->token != ctx->token)
+		goto unlock;
+	pp->inflight--;
+	switch (outcome) {
+	case CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_DELIVERED:
+		if (work_add_del(pp, &w, a, sl->lane, sl->seq) != 0) {
+			sl->state = SLOT_WAITING;	/* try again later rather than lose it */
+			break;
+		}
+		sl->state = SLOT_DELETING;
+		if (a->n[sl->lane] > 0)
+			a->n[sl->lane]--;
+		a->bytes = a->bytes > sl->vlen ? a->bytes - sl->vlen : 0;
+		if (pp->depth > 0)
+			pp->depth--;
+		a->delivered++;
+		a->fails = 0;
+		if (a->presence != AG_ONLINE) {
+			a->presence = AG_ONLINE;
+			a->next_try = 0;
+		}
+		metric_add(m_delivered, 1);
+		session_publish_receipt(s, sl->message_id, sl->correlation_id, sl->sender, a->id,
+		    "delivered", sl->attempts);
+		break;
+	case CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_OFFLINE:
+		sl->state = SLOT_WAITING;
+		metric_add(m_retries, 1);
+		/* a connect newer than this attempt wins */
+		if (ctx->sent_at >= a->online_since || a->presence != AG_ONLINE) {
+			if (a->presence != AG_OFFLINE) {
+				struct log_ctx lc = { NULL, NULL, a->id };
+				log_info(&lc, "agent offline: dispatch paused until it connects");
+			}
+			a->presence = AG_OFFLINE;
+			a->next_try = mono_ms() + (uint64_t)s->cfg.offline_probe_ms;
+		}
+		break;
+	case CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_REJECTED:
+		session_drop_locked(pp, a, sl, CLAWRELAY__V1__FAILURE_REASON__FAIL_REJECTED,
+		    detail && *detail ? detail : "destination refused", &w);
+		break;
+	default: /* NACKED, RETRY, BREAKER_OPEN, timeout, no responders */
+		sl->state = SLOT_WAITING;
+		metric_add(m_retries, 1);
+		a->fails++;
+		a->next_try = mono_ms() + backoff_ms(a->fails - 1,
+		    (uint64_t)s->cfg.backoff_base_ms, (uint64_t)s->cfg.backoff_max_ms);
+		if (s->cfg.max_attempts > 0 && sl->attempts >= (uint64_t)s->cfg.max_attempts)
+			session_drop_locked(pp, a, sl,
+			    CLAWRELAY__V1__FAILURE_REASON__FAIL_ATTEMPTS_EXHAUSTED,
+			    detail ? detail : "max attempts reached", &w);
+		break;
+	}
+	session_collect(pp, a, &w);
+	session_work_flush_unlock(pp, &w);
+	goto out;
+unlock:
+	pthread_mutex_unlock(&pp->mu);
+out:
+	protobuf_c_message_free_unpacked(m, NULL);
+	free(ctx);
+}

@@ -1,0 +1,482 @@
+/*
+ * session_queue.c - enqueue: checks, idempotency, queue caps and shedding,
+ * then a grouped durable commit; the requester is answered only from the
+ * commit's callback (a 202 means the message is on disk).
+ *
+ * Idempotency entries ("<sender>\0<key>" in DB idem) hold:
+ *   created_ms be64 | lane u8 | seq be64 | sha256(payload) [32] |
+ *   message_id \0 correlation_id \0 recipient \0
+ * Until its commit lands an entry also sits in the partition's in-memory
+ * pending table, so two racing requests with one key cannot both queue.
+ *
+ * Threads: session_enqueue runs on the partition subscription's thread and
+ * takes mu; enq_done runs on the committer thread (see session.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "hop.h"
+#include "log.h"
+#include "metrics.h"
+#include "session.h"
+#include "util.h"
+
+#define IDEM_FIXED (8 + 1 + 8 + 32)
+
+struct enq_ctx {
+	struct session_part *pp;
+	uint64_t gen;
+	struct session_agent *a;       /* valid while gen matches */
+	struct session_idem_pending *ip; /* valid while gen matches */
+	char *reply;
+	Envelope *e;
+	int lane;
+	uint64_t seq, vlen;
+};
+
+static struct metric *m_enq[7], *m_enq_bad;
+
+static const char *const enq_names[7] = {
+	"queued", "duplicate", "conflict", "rate_limited", "queue_full", "rejected", "unavailable"
+};
+
+static void
+metrics_once(void)
+{
+	char lab[64];
+
+	if (m_enq_bad != NULL)
+		return;
+	for (int i = 0; i < 7; i++) {
+		snprintf(lab, sizeof(lab), "status=\"%s\"", enq_names[i]);
+		m_enq[i] = metric_counter("clawrelay_session_enqueue_total", lab,
+		    "enqueue requests by answer");
+	}
+	m_enq_bad = metric_counter("clawrelay_session_enqueue_bad_total", NULL,
+	    "enqueue requests that could not be decoded");
+}
+
+static void
+reply_to(struct session *s, const char *reply, int status, const char *mid, const char *cid,
+    const char *state, uint64_t depth, uint32_t retry_after, const char *error)
+{
+	EnqueueReply r = CLAWRELAY__V1__ENQUEUE_REPLY__INIT;
+	unsigned char buf[1024];
+	size_t len;
+
+	if (status >= 0 && status < 7)
+		metric_add(m_enq[status], 1);
+	if (reply == NULL || *reply == '\0')
+		return;
+	r.schema_version = ENV_SCHEMA;
+	r.status = (Clawrelay__V1__EnqueueStatus)status;
+	r.message_id = SESSION_UNCONST(mid ? mid : "");
+	r.correlation_id = SESSION_UNCONST(cid ? cid : "");
+	r.state = SESSION_UNCONST(state ? state : "");
+	r.queue_depth = depth;
+	r.retry_after_s = retry_after;
+	r.error = SESSION_UNCONST(error ? error : "");
+	if (env_pack_into(&r.base, buf, sizeof(buf), &len) == CR_OK)
+		natsConnection_Publish(bus_nc(s->bus), reply, buf, (int)len);
+}
+
+static uint64_t
+depth_of(const struct session_agent *a)
+{
+	return a->n[0] + a->n[1] + a->n[2];
+}
+
+static struct session_idem_pending *
+idem_pending_find(struct session_part *pp, const char *key, size_t klen)
+{
+	uint32_t h = fnv1a32(key) % SESSION_IDEM_BUCKETS;	/* sender part */
+
+	for (struct session_idem_pending *ip = pp->idem[h]; ip; ip = ip->next)
+		if (ip->klen == klen && memcmp(ip->key, key, klen) == 0)
+			return ip;
+	return NULL;
+}
+
+static void
+idem_pending_remove(struct session_part *pp, struct session_idem_pending *ip)
+{
+	uint32_t h = fnv1a32(ip->key) % SESSION_IDEM_BUCKETS;
+
+	for (struct session_idem_pending **pip = &pp->idem[h]; *pip; pip = &(*pip)->next) {
+		if (*pip == ip) {
+			*pip = ip->next;
+			break;
+		}
+	}
+	free(ip->key);
+	free(ip->correlation_id);
+	free(ip->recipient);
+	free(ip);
+}
+
+/* commit finished (committer thread): answer, then dispatch */
+static void
+enq_done(void *arg, enum cr_err result)
+{
+	struct enq_ctx *c = arg;
+	struct session_part *pp = c->pp;
+	struct session *s = pp->s;
+	struct session_work w;
+	uint64_t depth = 0;
+	int mine;
+	struct log_ctx lc = { c->e->correlation_id, c->e->message_id, c->e->recipient };
+
+	session_work_init(&w);
+	pthread_mutex_lock(&pp->mu);
+	mine = c->gen == pp->gen && pp->open;
+	if (mine) {
+		struct session_agent *a = c->a;
+		a->reserved--;
+		a->reserved_bytes -= c->vlen;
+		if (result == CR_OK) {
+			a->n[c->lane]++;
+			a->bytes += c->vlen;
+			pp->depth++;
+		}
+		depth = depth_of(a);
+		if (c->ip != NULL)
+			idem_pending_remove(pp, c->ip);
+	}
+	pthread_mutex_unlock(&pp->mu);
+
+	if (result != CR_OK) {
+		log_error(&lc, "enqueue commit failed: %s", cr_strerror(result));
+		reply_to(s, c->reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE,
+		    c->e->message_id, c->e->correlation_id, NULL, 0, 1, "store failure");
+		goto out;
+	}
+	reply_to(s, c->reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUED, c->e->message_id,
+	    c->e->correlation_id, "queued", depth ? depth : 1, 0, NULL);
+	hop_emit(c->e, CLAWRELAY__V1__HOP_KIND__HOP_SESSION_QUEUED, "ok", NULL);
+	session_publish_receipt(s, c->e->message_id, c->e->correlation_id, c->e->sender,
+	    c->e->recipient, "queued", 0);
+	log_debug(&lc, "queued (lane %d, seq %llu)", c->lane, (unsigned long long)c->seq);
+	if (mine) {
+		pthread_mutex_lock(&pp->mu);
+		if (c->gen == pp->gen && pp->open) {
+			session_collect(pp, c->a, &w);
+			session_work_flush_unlock(pp, &w);
+		} else {
+			pthread_mutex_unlock(&pp->mu);
+		}
+	}
+out:
+	env_free(c->e);
+	free(c->reply);
+	free(c);
+}
+
+/* try to make room for a more urgent message by shedding the oldest low one */
+static int
+shed_one_locked(struct session_part *pp, struct session_agent *a, struct session_work *w)
+{
+	unsigned char pre[SESSION_KEY_MAX];
+	size_t pl = session_key_make(pre, a->id, 2, 0);
+	struct store_iter *it = NULL;
+	const void *k, *v;
+	size_t kl, vl;
+	int done = 0;
+
+	if (pl == 0 || store_iter_new(pp->st, pp->dbq, pre, pl - 8, &it) != CR_OK)
+		return 0;
+	while (store_iter_next(it, &k, &kl, &v, &vl) == 1) {
+		uint64_t seq = session_be64_get((const unsigned char *)k + kl - 8);
+		struct session_slot *sl;
+		Envelope *e;
+
+		if (session_slot_find(a, 2, seq) != NULL)
+			continue;
+		if (vl < SESSION_VHDR)
+			continue;
+		e = clawrelay__v1__envelope__unpack(NULL, vl - SESSION_VHDR,
+		    (const unsigned char *)v + SESSION_VHDR);
+		if (e == NULL)
+			continue;
+		sl = session_slot_new(a, 2, seq, vl, e);
+		env_free(e);
+		if (sl == NULL)
+			break;
+		session_drop_locked(pp, a, sl, CLAWRELAY__V1__FAILURE_REASON__FAIL_SHED,
+		    "queue near capacity: low priority shed", w);
+		done = 1;
+		break;
+	}
+	store_iter_free(it);
+	return done;
+}
+
+/* answer a request whose (sender, key) was seen: DUPLICATE or CONFLICT */
+static void
+answer_seen(struct session *s, const char *reply, const Envelope *e, const unsigned char *sha,
+    const char *mid, const char *cid, const char *rcpt, const unsigned char *osha,
+    const char *state)
+{
+	if (strcmp(rcpt, e->recipient) == 0 && memcmp(sha, osha, 32) == 0)
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_DUPLICATE, mid, cid, state,
+		    0, 0, NULL);
+	else
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_CONFLICT, mid, cid, state,
+		    0, 0, "idempotency key reused with another recipient or payload");
+}
+
+/* look (sender, key) up; 1 if answered (duplicate/conflict), 0 if new.
+ * Caller holds mu. */
+static int
+idem_check_locked(struct session_part *pp, const char *reply, const Envelope *e,
+    const char *ikey, size_t iklen, const unsigned char *sha)
+{
+	struct session *s = pp->s;
+	struct session_idem_pending *ip = idem_pending_find(pp, ikey, iklen);
+	void *v = NULL;
+	size_t vl = 0;
+	const unsigned char *p;
+	const char *mid, *cid, *rcpt, *end;
+	uint64_t created;
+
+	if (ip != NULL) {
+		answer_seen(s, reply, e, sha, ip->message_id, ip->correlation_id, ip->recipient,
+		    ip->sha, "accepted");
+		return 1;
+	}
+	if (store_get(pp->st, pp->dbidem, ikey, iklen, &v, &vl) != CR_OK)
+		return 0;
+	p = v;
+	if (vl < IDEM_FIXED + 3)
+		goto stale;
+	created = session_be64_get(p);
+	if (created + (uint64_t)s->cfg.idem_window_s * 1000u < now_ms())
+		goto stale;
+	end = (const char *)p + vl;
+	mid = (const char *)p + IDEM_FIXED;
+	cid = memchr(mid, 0, (size_t)(end - mid));
+	if (cid == NULL || ++cid >= end)
+		goto stale;
+	rcpt = memchr(cid, 0, (size_t)(end - cid));
+	if (rcpt == NULL || ++rcpt >= end || memchr(rcpt, 0, (size_t)(end - rcpt)) == NULL)
+		goto stale;
+	{
+		/* still in the queue? then "queued", else it has left it */
+		unsigned char qk[SESSION_KEY_MAX];
+		size_t qkl = session_key_make(qk, rcpt, p[8], session_be64_get(p + 9));
+		void *qv = NULL;
+		size_t qvl;
+		const char *state = "delivered";
+
+		if (qkl != 0 && store_get(pp->st, pp->dbq, qk, qkl, &qv, &qvl) == CR_OK)
+			state = "queued";
+		free(qv);
+		answer_seen(s, reply, e, sha, mid, cid, rcpt, p + 17, state);
+	}
+	free(v);
+	return 1;
+stale:
+	free(v);
+	return 0;
+}
+
+/* session_enqueue - handle one enqueue request (msg borrowed) */
+void
+session_enqueue(struct session_part *pp, natsMsg *msg)
+{
+	struct session *s = pp->s;
+	const char *reply = natsMsg_GetReply(msg);
+	Envelope *e = NULL;
+	const char *why = NULL;
+	struct enq_ctx *c = NULL;
+	struct store_batch *b = NULL;
+	struct session_work w;
+	struct session_agent *a;
+	unsigned char *val = NULL;
+	size_t plen, vlen;
+	unsigned char qkey[SESSION_KEY_MAX], sha[32];
+	char *ikey = NULL;
+	size_t iklen = 0, qkl;
+	uint64_t wall = now_ms(), seq;
+	int lane, locked = 0;
+	enum cr_err err;
+
+	metrics_once();
+	session_work_init(&w);
+	err = env_unpack(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e, &why);
+	if (err != CR_OK) {
+		metric_add(m_enq_bad, 1);
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED, NULL, NULL, NULL,
+		    0, 0, why ? why : cr_strerror(err));
+		return;
+	}
+	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
+	if (partition_of(e->recipient, s->nparts) != pp->idx) {
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED, e->message_id,
+		    e->correlation_id, NULL, 0, 0, "recipient belongs to another partition");
+		goto out;
+	}
+	if (e->message_id == NULL || e->message_id[0] == '\0') {
+		/* the gateway assigns IDs; a bare producer (tests, tools) gets one here */
+		char id[ULID_LEN + 1];
+		char *dup;
+
+		ulid_new(id);
+		if ((dup = strdup(id)) == NULL)
+			goto nomem_early;
+		e->message_id = dup;	/* freed with the envelope */
+		lc.message_id = dup;
+	}
+	if (e->created_at_ms == 0)
+		e->created_at_ms = wall;
+	if (e->expires_at_ms == 0)
+		e->expires_at_ms = e->created_at_ms + (uint64_t)s->cfg.default_ttl_s * 1000u;
+	if (e->expires_at_ms <= wall) {
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED, e->message_id,
+		    e->correlation_id, NULL, 0, 0, "message already expired");
+		goto out;
+	}
+	if (e->accepted_at_ms == 0)
+		e->accepted_at_ms = wall;
+	e->attempt = 0;
+	lane = env_lane(e->priority);
+	if (lane < 0 || lane >= SESSION_LANES)
+		lane = 1;
+	if (e->idempotency_key != NULL && e->idempotency_key[0] != '\0') {
+		size_t sl = strlen(e->sender), kl = strlen(e->idempotency_key);
+		iklen = sl + 1 + kl;
+		if (iklen > STORE_KEY_MAX) {
+			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED,
+			    e->message_id, e->correlation_id, NULL, 0, 0,
+			    "idempotency key too long");
+			goto out;
+		}
+		if ((ikey = malloc(iklen + 1)) == NULL)
+			goto nomem;
+		memcpy(ikey, e->sender, sl + 1);
+		memcpy(ikey + sl + 1, e->idempotency_key, kl + 1);
+		if (auth_sha256_raw(e->payload.data, e->payload.len, sha) != CR_OK)
+			goto nomem;
+	}
+	plen = protobuf_c_message_get_packed_size(&e->base);
+	vlen = SESSION_VHDR + plen;
+	if ((val = malloc(vlen)) == NULL)
+		goto nomem;
+	session_be64_put(val, e->expires_at_ms);
+	session_be64_put(val + 8, e->accepted_at_ms);
+	protobuf_c_message_pack(&e->base, val + SESSION_VHDR);
+
+	pthread_mutex_lock(&pp->mu);
+	locked = 1;
+	if (!pp->open) {
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, e->message_id,
+		    e->correlation_id, NULL, 0, 1, "partition moving to another replica");
+		goto out;
+	}
+	if (ikey != NULL && idem_check_locked(pp, reply, e, ikey, iklen, sha))
+		goto out;
+	if ((a = session_agent_get(pp, e->recipient, 1)) == NULL)
+		goto nomem;
+	if (depth_of(a) + a->reserved + 1 > (uint64_t)s->cfg.queue_max ||
+	    a->bytes + a->reserved_bytes + vlen > (uint64_t)s->cfg.queue_max_bytes) {
+		/* low is shed first: a more urgent message takes a low one's place */
+		if (lane == 2 || a->n[2] == 0 || !shed_one_locked(pp, a, &w)) {
+			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUE_FULL,
+			    e->message_id, e->correlation_id, NULL, depth_of(a), 5,
+			    "recipient queue full");
+			goto out;
+		}
+	}
+	seq = pp->next_seq++;
+	qkl = session_key_make(qkey, e->recipient, lane, seq);
+	if ((b = store_batch_new()) == NULL || qkl == 0 ||
+	    store_batch_put(b, pp->dbq, qkey, qkl, val, vlen) != CR_OK)
+		goto nomem;
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		goto nomem;
+	if (ikey != NULL) {
+		size_t ml = strlen(e->message_id), cl = strlen(e->correlation_id),
+		    rl = strlen(e->recipient);
+		size_t ivl = IDEM_FIXED + ml + 1 + cl + 1 + rl + 1;
+		unsigned char *iv = malloc(ivl);
+		struct session_idem_pending *ip = calloc(1, sizeof(*ip));
+		uint32_t h = fnv1a32(ikey) % SESSION_IDEM_BUCKETS;
+
+		if (iv == NULL || ip == NULL) {
+			free(iv);
+			free(ip);
+			goto nomem;
+		}
+		session_be64_put(iv, wall);
+		iv[8] = (unsigned char)lane;
+		session_be64_put(iv + 9, seq);
+		memcpy(iv + 17, sha, 32);
+		memcpy(iv + IDEM_FIXED, e->message_id, ml + 1);
+		memcpy(iv + IDEM_FIXED + ml + 1, e->correlation_id, cl + 1);
+		memcpy(iv + IDEM_FIXED + ml + 1 + cl + 1, e->recipient, rl + 1);
+		err = store_batch_put(b, pp->dbidem, ikey, iklen, iv, ivl);
+		free(iv);
+		ip->key = ikey;
+		ip->klen = iklen;
+		ikey = NULL;
+		snprintf(ip->message_id, sizeof(ip->message_id), "%s", e->message_id);
+		ip->correlation_id = strdup(e->correlation_id);
+		ip->recipient = strdup(e->recipient);
+		memcpy(ip->sha, sha, 32);
+		ip->next = pp->idem[h];
+		pp->idem[h] = ip;
+		c->ip = ip;
+		if (err != CR_OK || ip->correlation_id == NULL || ip->recipient == NULL) {
+			idem_pending_remove(pp, ip);
+			goto nomem;
+		}
+	}
+	c->pp = pp;
+	c->gen = pp->gen;
+	c->a = a;
+	c->lane = lane;
+	c->seq = seq;
+	c->vlen = vlen;
+	c->e = e;
+	c->reply = strdup(reply ? reply : "");
+	if (c->reply == NULL) {
+		if (c->ip)
+			idem_pending_remove(pp, c->ip);
+		goto nomem;
+	}
+	a->reserved++;
+	a->reserved_bytes += vlen;
+	err = store_committer_submit(pp->com, b, enq_done, c);
+	b = NULL;
+	if (err != CR_OK) {
+		a->reserved--;
+		a->reserved_bytes -= vlen;
+		if (c->ip)
+			idem_pending_remove(pp, c->ip);
+		free(c->reply);
+		c->e = NULL;
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, e->message_id,
+		    e->correlation_id, NULL, 0, 1, "store unavailable");
+		goto out;
+	}
+	e = NULL;	/* the commit callback owns it */
+	c = NULL;
+	goto out;
+nomem_early:
+nomem:
+	log_error(&lc, "enqueue: out of memory");
+	reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE,
+	    e ? e->message_id : NULL, e ? e->correlation_id : NULL, NULL, 0, 1, "out of memory");
+out:
+	if (locked)
+		session_work_flush_unlock(pp, &w);
+	if (c != NULL) {
+		free(c->reply);
+		free(c);
+	}
+	store_batch_free(b);
+	free(val);
+	free(ikey);
+	env_free(e);
+}

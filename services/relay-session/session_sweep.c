@@ -1,0 +1,149 @@
+/*
+ * session_sweep.c - the partition's periodic work on the main tick:
+ *   - expiry: walk DB q from a saved key, at most SWEEP_BATCH entries per
+ *     tick, and end every expired message that no slot holds (Failure
+ *     expired + HOP_EXPIRED, counted for the next reconnect_ack);
+ *   - idempotency: every few seconds, walk DB idem the same way and delete
+ *     entries older than the window;
+ *   - dispatch for agents whose backoff ended or whose offline probe is due.
+ * Work per tick is bounded, so a long backlog costs several ticks, never a
+ * long stall of the lease renewals that share the main thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "session.h"
+#include "util.h"
+
+static void
+idem_done(void *arg, enum cr_err result)
+{
+	if (result != CR_OK)
+		log_warn(NULL, "idempotency sweep commit failed: %s", cr_strerror(result));
+}
+
+/* caller holds mu */
+static void
+sweep_expired(struct session_part *pp, struct session_work *w)
+{
+	struct session *s = pp->s;
+	struct store_iter *it = NULL;
+	const void *k, *v;
+	size_t kl, vl;
+	long long budget = s->cfg.sweep_batch;
+	uint64_t wall = now_ms();
+	int r = 0;
+
+	if (store_iter_new_at(pp->st, pp->dbq, NULL, 0, pp->sweep_key, pp->sweep_klen, &it) != CR_OK)
+		return;
+	while (budget-- > 0 && (r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
+		char rcpt[129];
+		int lane;
+		uint64_t seq;
+		struct session_agent *a;
+		struct session_slot *sl;
+		Envelope *e;
+
+		if (kl < sizeof(pp->sweep_key)) {
+			memcpy(pp->sweep_key, k, kl);
+			pp->sweep_key[kl] = 0;	/* the smallest key after this one */
+			pp->sweep_klen = kl + 1;
+		}
+		if (vl < SESSION_VHDR || session_key_parse(k, kl, rcpt, &lane, &seq) != 0)
+			continue;
+		if (session_be64_get(v) == 0 || session_be64_get(v) > wall)
+			continue;
+		if ((a = session_agent_get(pp, rcpt, 1)) == NULL)
+			continue;
+		if (session_slot_find(a, lane, seq) != NULL)
+			continue;	/* in flight or waiting: its own path ends it */
+		e = clawrelay__v1__envelope__unpack(NULL, vl - SESSION_VHDR,
+		    (const unsigned char *)v + SESSION_VHDR);
+		if (e == NULL) {
+			Envelope blank = CLAWRELAY__V1__ENVELOPE__INIT;
+			sl = session_slot_new(a, lane, seq, vl, &blank);
+		} else {
+			sl = session_slot_new(a, lane, seq, vl, e);
+			env_free(e);
+		}
+		if (sl != NULL)
+			session_drop_locked(pp, a, sl, CLAWRELAY__V1__FAILURE_REASON__FAIL_EXPIRED,
+			    "ttl passed while queued", w);
+	}
+	if (r == 0)
+		pp->sweep_klen = 0;	/* end reached: start over next time */
+	store_iter_free(it);
+}
+
+/* caller holds mu */
+static void
+sweep_idem(struct session_part *pp)
+{
+	struct session *s = pp->s;
+	struct store_iter *it = NULL;
+	struct store_batch *b = NULL;
+	const void *k, *v;
+	size_t kl, vl;
+	long long budget = s->cfg.sweep_batch;
+	uint64_t cutoff = now_ms() - (uint64_t)s->cfg.idem_window_s * 1000u;
+	int r = 0;
+
+	if (store_iter_new_at(pp->st, pp->dbidem, NULL, 0, pp->idem_key, pp->idem_klen, &it) != CR_OK)
+		return;
+	while (budget-- > 0 && (r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
+		if (kl < sizeof(pp->idem_key)) {
+			memcpy(pp->idem_key, k, kl);
+			pp->idem_key[kl] = 0;
+			pp->idem_klen = kl + 1;
+		}
+		if (vl >= 8 && session_be64_get(v) >= cutoff)
+			continue;
+		if (b == NULL && (b = store_batch_new()) == NULL)
+			break;
+		store_batch_del(b, pp->dbidem, k, kl);
+	}
+	if (r == 0) {
+		pp->idem_klen = 0;
+		pp->idem_next = mono_ms() + 10000;
+	}
+	store_iter_free(it);
+	if (b != NULL)
+		store_committer_submit(pp->com, b, idem_done, NULL);
+}
+
+/* session_sweep - bounded expiry and idempotency sweeps, due dispatches */
+void
+session_sweep(struct session *s, struct session_part *pp)
+{
+	struct session_work w;
+	uint64_t now = mono_ms();
+
+	session_work_init(&w);
+	pthread_mutex_lock(&pp->mu);
+	if (!pp->open) {
+		pthread_mutex_unlock(&pp->mu);
+		return;
+	}
+	sweep_expired(pp, &w);
+	if (now >= pp->idem_next)
+		sweep_idem(pp);
+	for (int i = 0; i < SESSION_AGENT_BUCKETS; i++) {
+		for (struct session_agent *a = pp->agents[i]; a != NULL; a = a->next) {
+			int has_waiting = 0;
+			for (size_t j = 0; j < a->nslots && !has_waiting; j++)
+				has_waiting = a->slots[j].state == SLOT_WAITING;
+			/* anything to send, and allowed to now? */
+			if (!has_waiting && a->n[0] + a->n[1] + a->n[2] <= a->nslots)
+				continue;
+			if (now < a->next_try)
+				continue;
+			session_collect(pp, a, &w);
+		}
+	}
+	metric_set(pp->m_depth, (int64_t)pp->depth);
+	metric_set(pp->m_inflight, (int64_t)pp->inflight);
+	session_work_flush_unlock(pp, &w);
+	(void)s;
+}
