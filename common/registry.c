@@ -24,7 +24,7 @@ static int
 agent_key(char *out, size_t sz, const char *id)
 {
 	char tok[400];
-	if (subj_token(id, tok, sizeof(tok)) == 0)
+	if (kv_token(id, tok, sizeof(tok)) == 0)
 		return -1;
 	int n = snprintf(out, sz, "agent.%s", tok);
 	return (n < 0 || (size_t)n >= sz) ? -1 : 0;
@@ -34,7 +34,7 @@ static int
 trust_key(char *out, size_t sz, const char *from, const char *to)
 {
 	char a[400], b[400];
-	if (subj_token(from, a, sizeof(a)) == 0 || subj_token(to, b, sizeof(b)) == 0)
+	if (kv_token(from, a, sizeof(a)) == 0 || kv_token(to, b, sizeof(b)) == 0)
 		return -1;
 	int n = snprintf(out, sz, "trust.%s.%s", a, b);
 	return (n < 0 || (size_t)n >= sz) ? -1 : 0;

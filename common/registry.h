@@ -2,8 +2,8 @@
  * registry.h - agents and trust pairs in the KV bucket clawrelay_agents.
  *
  * Keys: "agent.<token>" -> AgentRecord, "trust.<from-token>.<to-token>" ->
- * TrustRecord (from may send to `to`). Tokens are subj_token() of the IDs,
- * so no ID can reach another's key. A reg_cache (gateway, delivery) keeps
+ * TrustRecord (from may send to `to`). Tokens are kv_token() of the IDs
+ * (=XX escapes), so no ID can reach another's key. A reg_cache (gateway, delivery) keeps
  * entries for cache_ms and serves stale entries while the bucket cannot be
  * reached. Thread-safe: one mutex guards the cache.
  */

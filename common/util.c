@@ -213,6 +213,33 @@ subj_token(const char *id, char *out, size_t outsz)
 	return o;
 }
 
+/* kv_token - ID as one JetStream KV key token (see util.h) */
+size_t
+kv_token(const char *id, char *out, size_t outsz)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t o = 0;
+	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+		int safe = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+		    (*p >= '0' && *p <= '9') || *p == '_' || *p == '-';
+		if (safe) {
+			if (o + 1 >= outsz)
+				return 0;
+			out[o++] = (char)*p;
+		} else {
+			if (o + 3 >= outsz)
+				return 0;
+			out[o++] = '=';
+			out[o++] = hex[*p >> 4];
+			out[o++] = hex[*p & 15];
+		}
+	}
+	if (o >= outsz || o == 0)
+		return 0;
+	out[o] = '\0';
+	return o;
+}
+
 static int
 hexval(char c)
 {

@@ -35,6 +35,11 @@ size_t subj_token(const char *id, char *out, size_t outsz);
 /* subj_token_decode - reverse of subj_token; 0 on bad input */
 size_t subj_token_decode(const char *tok, char *out, size_t outsz);
 
+/* kv_token - ID as one JetStream KV key token: every byte outside
+ * [A-Za-z0-9_-] written as =XX (upper-case hex), since KV keys allow only
+ * [-/_=.A-Za-z0-9]. Returns length, or 0 if out is too small or id empty. */
+size_t kv_token(const char *id, char *out, size_t outsz);
+
 /* rand_u64 - thread-safe fast random numbers (not for secrets) */
 uint64_t rand_u64(void);
 /* rand_hex - n random bytes from the OS as 2n hex chars + NUL */

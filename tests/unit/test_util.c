@@ -99,6 +99,23 @@ START_TEST(subject_tokens)
 }
 END_TEST
 
+START_TEST(kv_tokens)
+{
+	char out[512];
+	ck_assert_uint_gt(kv_token("did:x:a.b@c", out, sizeof(out)), 0);
+	ck_assert_str_eq(out, "did=3Ax=3Aa=2Eb=40c");
+	ck_assert_uint_gt(kv_token("plain_id-1", out, sizeof(out)), 0);
+	ck_assert_str_eq(out, "plain_id-1");
+	/* only characters JetStream allows in a key, and no '.' separator */
+	ck_assert_uint_gt(kv_token("a b/c*d>e%f+g", out, sizeof(out)), 0);
+	for (const char *p = out; *p; p++)
+		ck_assert(strchr("=_-", *p) || (*p >= '0' && *p <= '9') || (*p >= 'A' && *p <= 'Z') ||
+		    (*p >= 'a' && *p <= 'z'));
+	ck_assert_uint_eq(kv_token("", out, sizeof(out)), 0);
+	ck_assert_uint_eq(kv_token("abc", out, 3), 0);
+}
+END_TEST
+
 START_TEST(partitions)
 {
 	/* FNV-1a reference values */
@@ -190,6 +207,7 @@ main(void)
 	tcase_add_test(tc, ulid_unique_across_threads);
 	tcase_add_test(tc, ulid_invalid);
 	tcase_add_test(tc, subject_tokens);
+	tcase_add_test(tc, kv_tokens);
 	tcase_add_test(tc, partitions);
 	tcase_add_test(tc, backoff_bounds);
 	tcase_add_test(tc, traceparent);
