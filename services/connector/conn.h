@@ -130,6 +130,17 @@ struct conn_ws {
 
 struct conn_pending;
 
+/* an entry the hook took whose removal is still being committed */
+#define CONN_SKIP_MAX 256
+struct conn_skip {
+	char key[130];
+	size_t klen;
+	int committed;               /* set by the committer callback */
+	int seen_committed;          /* hook thread: committed before the last snapshot */
+	int used;
+	struct conn *c;
+};
+
 struct conn_inbox {
 	struct store *st;
 	struct store_committer *com;
@@ -144,6 +155,8 @@ struct conn_inbox {
 	size_t npending_buckets;
 	uint64_t gen;                /* bumped on each commit: wakes the hook worker */
 	int stop;
+	struct conn_skip skip[CONN_SKIP_MAX];  /* under mu */
+	size_t nskip;
 };
 
 struct conn_hook {
@@ -226,7 +239,8 @@ void conn_inbox_deliver(struct conn *c, const Envelope *e);
 int conn_inbox_head(struct conn *c, struct conn_entry **out);
 /* conn_entry_free - NULL does nothing */
 void conn_entry_free(struct conn_entry *en);
-/* conn_inbox_done - the hook took it: remove, remember its ID as done */
+/* conn_inbox_done - the hook took it: remove, remember its ID as done. The
+ * commit is asynchronous; until it lands, conn_inbox_head skips the entry. */
 enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en);
 /* conn_inbox_retry - store the new attempt count of an entry */
 enum cr_err conn_inbox_retry(struct conn *c, const struct conn_entry *en);

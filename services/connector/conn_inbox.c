@@ -336,6 +336,107 @@ void conn_entry_free(struct conn_entry *en)
 	free(en);
 }
 
+static int skipped(struct conn_inbox *ib, const void *k, size_t kl)
+{
+	size_t i;
+	int hit = 0;
+
+	pthread_mutex_lock(&ib->mu);
+	for (i = 0; i < CONN_SKIP_MAX && ib->nskip; i++) {
+		if (ib->skip[i].used && ib->skip[i].klen == kl && memcmp(ib->skip[i].key, k, kl) == 0) {
+			hit = 1;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&ib->mu);
+	return hit;
+}
+
+/* committer thread: an entry's removal landed (or failed) */
+static void done_cb(void *arg, enum cr_err result)
+{
+	struct conn_skip *sk = arg;
+	struct conn_inbox *ib = &sk->c->inbox;
+
+	pthread_mutex_lock(&ib->mu);
+	if (result == CR_OK) {
+		sk->committed = 1;
+		atomic_fetch_sub(&ib->n, 1);
+	} else {
+		/* the entry stays; the hook will see it again (at least once) */
+		sk->used = 0;
+		ib->nskip--;
+	}
+	ib->gen++;
+	pthread_cond_broadcast(&ib->cv);
+	pthread_mutex_unlock(&ib->mu);
+	if (result != CR_OK)
+		log_error(NULL, "removing a processed entry failed: %s", cr_strerror(result));
+}
+
+/* conn_inbox_done - the hook took it: remove, remember its ID as done. The
+ * commit is asynchronous; until it lands, conn_inbox_head skips the entry. */
+enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en)
+{
+	struct conn_inbox *ib = &c->inbox;
+	struct store_batch *b = store_batch_new();
+	struct conn_skip *sk = NULL;
+	uint64_t now = now_ms();
+	uint64_t gen = 0;
+	size_t i;
+	enum cr_err e;
+
+	if (!b)
+		return CR_ERR_NOMEM;
+	if (en->klen > sizeof(sk->key) ||
+	    (e = store_batch_del(b, ib->db_inbox, en->key, en->klen)) != CR_OK ||
+	    (e = store_batch_put(b, ib->db_done, en->env->message_id,
+	    strlen(en->env->message_id), &now, 8)) != CR_OK) {
+		store_batch_free(b);
+		return CR_ERR_INVALID;
+	}
+	for (;;) {
+		pthread_mutex_lock(&ib->mu);
+		for (i = 0; i < CONN_SKIP_MAX; i++) {
+			if (!ib->skip[i].used) {
+				sk = &ib->skip[i];
+				memcpy(sk->key, en->key, en->klen);
+				sk->klen = en->klen;
+				sk->committed = 0;
+				sk->seen_committed = 0;
+				sk->used = 1;
+				sk->c = c;
+				ib->nskip++;
+				break;
+			}
+		}
+		gen = ib->gen;
+		pthread_mutex_unlock(&ib->mu);
+		if (sk)
+			break;
+		/* every slot waits for a commit: wait for one (rare) */
+		if (conn_inbox_wait(c, &gen, mono_ms() + 50)) {
+			store_batch_free(b);
+			return CR_ERR_UNAVAILABLE;
+		}
+		{
+			struct conn_entry *tmp = NULL;
+
+			/* a head read retires committed slots */
+			if (conn_inbox_head(c, &tmp) >= 0)
+				conn_entry_free(tmp);
+		}
+	}
+	e = store_committer_submit(ib->com, b, done_cb, sk);
+	if (e != CR_OK) {
+		pthread_mutex_lock(&ib->mu);
+		sk->used = 0;
+		ib->nskip--;
+		pthread_mutex_unlock(&ib->mu);
+	}
+	return e;
+}
+
 /* conn_inbox_head - the first entry in (lane, message_id) order; 1 and *out
  * (caller frees with conn_entry_free) if there is one, 0 if empty, -1 on error */
 int conn_inbox_head(struct conn *c, struct conn_entry **out)
@@ -346,14 +447,34 @@ int conn_inbox_head(struct conn *c, struct conn_entry **out)
 	const void *k, *v;
 	size_t kl, vl;
 	const char *why = NULL;
+	size_t i;
 	int r;
 
 	*out = NULL;
+	/* a removal committed before the snapshot is not in it: those skip
+	 * slots can go once the snapshot exists (see conn_inbox_done) */
+	pthread_mutex_lock(&ib->mu);
+	for (i = 0; i < CONN_SKIP_MAX; i++)
+		ib->skip[i].seen_committed = ib->skip[i].used && ib->skip[i].committed;
+	pthread_mutex_unlock(&ib->mu);
 	if (store_iter_new(ib->st, ib->db_inbox, NULL, 0, &it) != CR_OK)
 		return -1;
-	r = store_iter_next(it, &k, &kl, &v, &vl);
-	if (r <= 0)
-		goto out;
+	pthread_mutex_lock(&ib->mu);
+	for (i = 0; i < CONN_SKIP_MAX; i++) {
+		if (ib->skip[i].seen_committed) {
+			ib->skip[i].used = 0;
+			ib->skip[i].seen_committed = 0;
+			ib->nskip--;
+		}
+	}
+	pthread_mutex_unlock(&ib->mu);
+	for (;;) {
+		r = store_iter_next(it, &k, &kl, &v, &vl);
+		if (r <= 0)
+			goto out;
+		if (!skipped(ib, k, kl))
+			break;
+	}
 	en = calloc(1, sizeof(*en));
 	if (!en || !(en->key = malloc(kl))) {
 		r = -1;
@@ -390,28 +511,6 @@ out:
 	store_iter_free(it);
 	conn_entry_free(en);
 	return r;
-}
-
-/* conn_inbox_done - the hook took it: remove, remember its ID as done */
-enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en)
-{
-	struct conn_inbox *ib = &c->inbox;
-	struct store_batch *b = store_batch_new();
-	uint64_t now = now_ms();
-	enum cr_err e;
-
-	if (!b)
-		return CR_ERR_NOMEM;
-	if ((e = store_batch_del(b, ib->db_inbox, en->key, en->klen)) != CR_OK ||
-	    (e = store_batch_put(b, ib->db_done, en->env->message_id,
-	    strlen(en->env->message_id), &now, 8)) != CR_OK) {
-		store_batch_free(b);
-		return e;
-	}
-	e = store_committer_submit_wait(ib->com, b);
-	if (e == CR_OK)
-		atomic_fetch_sub(&ib->n, 1);
-	return e;
 }
 
 static enum cr_err put_entry(struct conn *c, const struct conn_entry *en)
