@@ -1,0 +1,248 @@
+#!/bin/sh
+# bench.sh - what `make bench` runs: the whole stack on this machine, driven
+# by bin/clawrelay-loadgen, with the floors of the first benchmark.
+#
+# Starts, in a temp dir and on free 127.0.0.1 ports: nats-server -js, one of
+# each service (gateway, relay-session, delivery, notifier, metrics-collector,
+# default settings: every message durable before its 202, hop events on),
+# BENCH_RECEIVERS receiving connectors whose hook is the load generator's
+# embedded hook server, and BENCH_SOCKET_SENDERS sending connectors. Registers
+# the agents with the CLI, then runs the scenarios:
+#   http    signed HTTP POSTs straight to the gateway, as fast as accepted
+#   socket  POSTs to the sending connectors' local API (-> socket `enqueue`)
+#   fixed   signed HTTP POSTs at BENCH_FIXED_RATE msg/s: e2e latency
+# Prints the report and writes it to run/bench/last.txt. Everything started
+# is stopped by its PID on exit. Exit code: 0 all floors met, 1 not.
+#
+# Settings (environment):
+#   BENCH_SECONDS          sending time per scenario (default 10)
+#   BENCH_SCENARIOS        subset, e.g. "http fixed" (default "http socket fixed")
+#   BENCH_RECEIVERS        receiving connectors (default 8)
+#   BENCH_HTTP_SENDERS     HTTP sender identities (default 4)
+#   BENCH_SOCKET_SENDERS   sending connectors (default 4)
+#   BENCH_CONCURRENCY      concurrent requests of http and socket (default 32)
+#   BENCH_FIXED_RATE       rate of the fixed scenario (default 1000)
+#   BENCH_PAYLOAD_BYTES    payload size (default 256)
+#   BENCH_WARMUP           warm-up seconds per kind (default 2)
+#   BENCH_DRAIN_SECONDS    give up on deliveries after this long without one (default 15)
+#   BENCH_KEEP=1           keep the temp dir (logs, data) after the run
+#   BENCH_SERVICE_ENV      extra "K=V K=V" given to every service (e.g. CLAWRELAY_LOG_LEVEL=warn)
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${CLAWRELAY_BIN:-$ROOT/bin}
+LG=$BIN/clawrelay-loadgen
+SECS=${BENCH_SECONDS:-10}
+SCENARIOS=${BENCH_SCENARIOS:-http socket fixed}
+NRECV=${BENCH_RECEIVERS:-8}
+NHTTP=${BENCH_HTTP_SENDERS:-4}
+NSOCK=${BENCH_SOCKET_SENDERS:-4}
+CONC=${BENCH_CONCURRENCY:-32}
+RATE=${BENCH_FIXED_RATE:-1000}
+PAYLOAD=${BENCH_PAYLOAD_BYTES:-256}
+WARMUP=${BENCH_WARMUP:-2}
+DRAIN=${BENCH_DRAIN_SECONDS:-15}
+SVC_ENV=${BENCH_SERVICE_ENV:-}
+
+for p in clawrelay clawrelay-gateway clawrelay-relay-session clawrelay-delivery \
+    clawrelay-notifier clawrelay-metrics-collector clawrelay-connector clawrelay-loadgen; do
+	if [ ! -x "$BIN/$p" ]; then
+		echo "bench: $BIN/$p is missing: run make first" >&2
+		exit 2
+	fi
+done
+command -v nats-server >/dev/null 2>&1 || { echo "bench: nats-server not found" >&2; exit 2; }
+
+WORK=$(mktemp -d /tmp/clawrelay-bench-XXXXXX)
+PIDS=""
+WATCH=""
+
+cleanup() {
+	# newest first, each by its PID: TERM, then KILL after 5 s
+	for pid in $PIDS; do
+		kill -TERM "$pid" 2>/dev/null
+	done
+	for pid in $PIDS; do
+		i=0
+		while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do
+			sleep 0.1
+			i=$((i + 1))
+		done
+		kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+	done
+	if [ -n "${BENCH_KEEP:-}" ]; then
+		echo "bench: kept $WORK" >&2
+	else
+		rm -rf "$WORK"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+die() {
+	echo "bench: $*" >&2
+	exit 2
+}
+
+# started records a background process: $1 name, $2 pid
+started() {
+	PIDS="$2 $PIDS"
+	WATCH="$WATCH --watch $1=$2"
+}
+
+# ports: one per line, all different
+PORTS=$("$LG" free-port $((8 + NRECV + NSOCK))) || die "no free ports"
+port() { echo "$PORTS" | sed -n "$1p"; }
+NATS_PORT=$(port 1)
+HOOK_PORT=$(port 2)
+GW_PORT=$(port 3)
+NATS_URL=nats://127.0.0.1:$NATS_PORT
+GW_URL=http://127.0.0.1:$GW_PORT
+
+echo "bench: working in $WORK" >&2
+nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/jetstream" >"$WORK/nats.log" 2>&1 &
+started nats-server $!
+i=0
+until grep -q "Server is ready" "$WORK/nats.log" 2>/dev/null; do
+	i=$((i + 1))
+	[ $i -gt 100 ] && die "nats-server did not start (see $WORK/nats.log)"
+	sleep 0.1
+done
+
+# start_svc name port [extra env...]
+start_svc() {
+	name=$1
+	sport=$2
+	shift 2
+	mkdir -p "$WORK/$name"
+	# shellcheck disable=SC2086
+	env CLAWRELAY_NATS_URL="$NATS_URL" CLAWRELAY_HTTP_PORT="$sport" \
+	    CLAWRELAY_INSTANCE="$name" CLAWRELAY_DATA_DIR="$WORK/$name" $SVC_ENV "$@" \
+	    "$BIN/clawrelay-$name" >"$WORK/$name.log" 2>&1 &
+	started "$name" $!
+}
+
+start_svc relay-session "$(port 4)"
+start_svc delivery "$(port 5)"
+start_svc notifier "$(port 6)"
+start_svc metrics-collector "$(port 7)"
+start_svc gateway "$GW_PORT" CLAWRELAY_HTTP_THREADS=$((CONC + NRECV + NSOCK + 64))
+for n in 4 5 6 7 3; do
+	"$LG" wait-ready "http://127.0.0.1:$(port $n)/readyz" 30 ||
+	    die "a service did not become ready (logs in $WORK; BENCH_KEEP=1 keeps them)"
+done
+
+cli() {
+	CLAWRELAY_NATS_URL=$NATS_URL CLAWRELAY_GATEWAY_URL=$GW_URL "$BIN/clawrelay" "$@" \
+	    >>"$WORK/cli.log" 2>&1 || die "clawrelay $* failed (see $WORK/cli.log)"
+}
+agent() {
+	cli keygen --out "$WORK/keys/$1"
+	cli agent add "$1" --pubkey "$WORK/keys/$1.pub"
+}
+mkdir -p "$WORK/keys"
+RECV=""
+i=1
+while [ $i -le "$NRECV" ]; do RECV="$RECV bench-r$i"; i=$((i + 1)); done
+HS=""
+i=1
+while [ $i -le "$NHTTP" ]; do HS="$HS bench-h$i"; i=$((i + 1)); done
+SS=""
+i=1
+while [ $i -le "$NSOCK" ]; do SS="$SS bench-s$i"; i=$((i + 1)); done
+echo "bench: registering $NRECV receivers, $NHTTP HTTP senders, $NSOCK socket senders" >&2
+for a in $RECV $HS $SS; do agent "$a"; done
+# the per-pair default limit (60/min) is for agents, not for a benchmark
+for s in $HS $SS; do
+	for r in $RECV; do
+		cli trust add "$s" "$r" --rate-per-min 1000000000 --burst 1000000
+	done
+done
+
+# start_conn agent port hook_url
+start_conn() {
+	mkdir -p "$WORK/conn-$1"
+	# shellcheck disable=SC2086
+	env CLAWRELAY_AGENT_ID="$1" CLAWRELAY_KEY_FILE="$WORK/keys/$1.key" \
+	    CLAWRELAY_GATEWAY_URL="$GW_URL" CLAWRELAY_HOOK_URL="$3" \
+	    CLAWRELAY_DATA_DIR="$WORK/conn-$1" CLAWRELAY_HTTP_PORT="$2" \
+	    CLAWRELAY_INSTANCE="conn-$1" $SVC_ENV \
+	    "$BIN/clawrelay-connector" >"$WORK/conn-$1.log" 2>&1 &
+	started "conn-$1" $!
+}
+n=9
+CONN_PORTS=""
+for a in $RECV; do
+	start_conn "$a" "$(port $n)" "http://127.0.0.1:$HOOK_PORT/hook/$a"
+	CONN_PORTS="$CONN_PORTS $(port $n)"
+	n=$((n + 1))
+done
+SOCK_ARGS=""
+for a in $SS; do
+	start_conn "$a" "$(port $n)" "http://127.0.0.1:$HOOK_PORT/hook/$a"
+	CONN_PORTS="$CONN_PORTS $(port $n)"
+	SOCK_ARGS="$SOCK_ARGS --socket http://127.0.0.1:$(port $n)"
+	n=$((n + 1))
+done
+for p in $CONN_PORTS; do
+	"$LG" wait-ready "http://127.0.0.1:$p/readyz" 30 ||
+	    die "a connector did not connect (logs in $WORK; BENCH_KEEP=1 keeps them)"
+done
+
+LG_ARGS="--gateway $GW_URL --hook-port $HOOK_PORT --seconds $SECS --concurrency $CONC"
+LG_ARGS="$LG_ARGS --fixed-rate $RATE --payload-bytes $PAYLOAD --warmup $WARMUP"
+LG_ARGS="$LG_ARGS --drain-seconds $DRAIN"
+for r in $RECV; do LG_ARGS="$LG_ARGS --recipient $r"; done
+for s in $HS; do LG_ARGS="$LG_ARGS --sender $s=$WORK/keys/$s.key"; done
+for s in $SCENARIOS; do LG_ARGS="$LG_ARGS --scenario $s"; done
+
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then
+	COMMIT="$COMMIT-dirty"
+fi
+CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+RERUN="make bench   (or: BENCH_SECONDS=$SECS BENCH_SCENARIOS=\"$SCENARIOS\" sh scripts/bench.sh)"
+
+mkdir -p "$ROOT/run/bench"
+OUT=$ROOT/run/bench/last.txt
+{
+	echo "clawrelay benchmark"
+	echo "  date        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+	echo "  commit      $COMMIT"
+	echo "  machine     $(nproc) CPUs, $CPU, $MEM RAM, $(uname -sr)"
+	echo "  nats-server $(nats-server --version 2>&1 | head -n 1)"
+	echo "  stack       1 each of gateway, relay-session, delivery, notifier, metrics-collector;"
+	echo "              $NRECV receiving + $NSOCK sending connectors; nats-server and the load"
+	echo "              generator on the same machine; default settings (fsync before 202,"
+	echo "              hop events on)${SVC_ENV:+; extra service env: $SVC_ENV}"
+	echo "  load        $NHTTP HTTP sender identities, $CONC concurrent requests, payload $PAYLOAD B,"
+	echo "              $SECS s per scenario, fixed rate $RATE msg/s"
+	echo "  floors      http >= 2500 msg/s e2e; socket >= 5000 msg/s e2e; fixed: p99 e2e < 50 ms"
+	echo
+} >"$OUT"
+cat "$OUT"
+
+# shellcheck disable=SC2086
+"$LG" run $LG_ARGS $SOCK_ARGS $WATCH >"$WORK/loadgen.out" 2>&1 &
+LGPID=$!
+PIDS="$LGPID $PIDS"
+tail -f "$WORK/loadgen.out" --pid="$LGPID" 2>/dev/null
+wait "$LGPID"
+RC=$?
+PIDS=$(echo "$PIDS" | sed "s/^$LGPID //")
+cat "$WORK/loadgen.out" >>"$OUT"
+{
+	echo
+	echo "rerun: $RERUN"
+} | tee -a "$OUT"
+for f in "$WORK"/*.log; do
+	n=$(grep -c '"level":"error"' "$f" 2>/dev/null)
+	[ "${n:-0}" -gt 0 ] && echo "note: $(basename "$f") has $n error lines" | tee -a "$OUT"
+done
+echo "report written to $OUT" >&2
+[ $RC -eq 0 ] && exit 0
+[ $RC -eq 1 ] && exit 1
+echo "bench: the load generator failed (exit $RC)" >&2
+exit 2

@@ -1,0 +1,164 @@
+/*
+ * lg.h - private header of clawrelay-loadgen (nothing outside tools/loadgen
+ * includes it).
+ *
+ * The load generator drives the real stack and measures it end to end:
+ *   lg_send.c  - sender threads: signed HTTP POSTs straight to the gateway, or
+ *                POSTs to sending connectors' local API (which forward them
+ *                over their socket with `enqueue`), open loop at a fixed rate
+ *                or as fast as the concurrency allows.
+ *   lg_hook.c  - the embedded hook server (civetweb) the receiving connectors
+ *                call: it parses the payload, which carries the scenario, a
+ *                sequence number and the send time, and records the arrival.
+ *   lg_stats.c - percentiles, per-process CPU from /proc, the report.
+ *   main.c     - options, helper commands for scripts/bench.sh, the run.
+ *
+ * Payload: "clawbench s=<scenario> q=<seq> t=<send time, monotonic us>;"
+ * padded with 'x' to the requested size. Sender and hook live in one process,
+ * so both ends read the same CLOCK_MONOTONIC and e2e latency = arrival - t.
+ * For fixed-rate runs t is the *intended* send time, so a sender that falls
+ * behind shows up in the latency (no coordinated omission).
+ *
+ * Threads and ownership:
+ *   - struct lg_run is built by main before any thread starts and is
+ *     read-only afterwards, except for the struct lg_rec it points to.
+ *   - struct lg_rec: the arrays are allocated before the scenario's threads
+ *     start and freed by main after they are joined and the hook has been
+ *     pointed away; slots are written with atomics (bitmap) or by the one
+ *     thread that owns the slot (seq is handed out once; the latency array
+ *     index by an atomic counter). Counters are atomics.
+ *   - the hook handlers run on civetweb's workers and only touch the lg_rec
+ *     of the scenario named in the payload, through lg_hook_set().
+ */
+#ifndef LG_H
+#define LG_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LG_MAX_SCEN     8
+#define LG_MAX_IDS      256
+#define LG_MAX_WATCH    32
+#define LG_PAYLOAD_MAX  (64 * 1024)
+
+struct auth_key;
+
+enum lg_kind {
+	LG_KIND_HTTP = 0,    /* signed POST to the gateway */
+	LG_KIND_SOCKET       /* POST to a sending connector's local API -> enqueue frame */
+};
+
+/* one sender identity for signed HTTP */
+struct lg_sender {
+	char id[130];
+	struct auth_key *key;        /* owned; freed by lg_run_free */
+};
+
+/* one watched process (CPU accounting per scenario) */
+struct lg_watch {
+	char name[64];
+	int pid;
+	uint64_t ticks0;             /* utime+stime at scenario start */
+	uint64_t sys0;               /* stime at scenario start */
+};
+
+/* The measurements of one scenario. */
+struct lg_rec {
+	int id;                      /* scenario number, in the payload */
+	size_t cap;                  /* max sequence numbers */
+	uint64_t t0_us;              /* monotonic start of sending */
+	uint64_t t_end_us;           /* sending stops at this time */
+	_Atomic uint64_t t_last_send_us;
+
+	atomic_size_t next_seq;      /* handed out to senders */
+	atomic_size_t sent;          /* requests completed (any answer) */
+	atomic_size_t accepted;      /* 202 (or 200) answers */
+	atomic_size_t refused[6];    /* 4xx other, 429, 503, 507, 5xx other, transport */
+	char first_refusal[256];     /* status and body of the first refusal */
+	atomic_int have_refusal;
+
+	uint32_t *acc_us;            /* [cap] request round trip of accepted ones, 0 = none */
+	_Atomic uint64_t *seen;      /* [cap/64+1] bitmap of seqs delivered */
+	uint32_t *lat_us;            /* [cap] e2e latency per unique delivery, arrival order */
+	atomic_size_t delivered;     /* unique deliveries (= filled lat_us slots) */
+	atomic_size_t delivered_in_window; /* unique deliveries before t_end_us */
+	atomic_size_t dups;          /* a seq delivered again */
+	_Atomic uint64_t t_last_deliver_us;
+};
+
+/* A scenario as asked for. */
+struct lg_scen {
+	char name[32];               /* "http", "socket", "fixed" */
+	enum lg_kind kind;
+	double rate;                 /* msg/s; 0 = as fast as possible */
+	double seconds;
+	int concurrency;             /* sender threads */
+	double floor_rate;           /* delivered/s floor, 0 = none */
+	double floor_p99_ms;         /* p99 e2e floor, 0 = none */
+	int report;                  /* 0 for the warm-up */
+};
+
+/* Everything the run needs (main.c fills it). */
+struct lg_run {
+	char gateway[256];           /* http://127.0.0.1:port */
+	struct lg_sender senders[LG_MAX_IDS];
+	int nsenders;
+	char recipients[LG_MAX_IDS][130];
+	int nrecipients;
+	char sock_urls[LG_MAX_IDS][256];   /* connectors' local API base URLs */
+	int nsock;
+	size_t payload_bytes;
+	double drain_seconds;
+	double settle_seconds;
+	char run_tag[24];            /* random, makes nonces unique across runs */
+	struct lg_watch watch[LG_MAX_WATCH];
+	int nwatch;
+};
+
+/* --- lg_send.c -------------------------------------------------------- */
+
+/* lg_send_run - run scenario sc against rec (borrowed) with its sender
+ * threads until its time is up; returns when every thread has finished */
+int lg_send_run(const struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec);
+/* lg_payload - write the payload of (scenario, seq, t_us) padded to n bytes
+ * into buf (at least n+1 bytes); returns its length */
+size_t lg_payload(char *buf, size_t n, int scen, size_t seq, uint64_t t_us);
+
+/* --- lg_hook.c -------------------------------------------------------- */
+
+/* lg_hook_start - start the hook server on 127.0.0.1:port; 0 or -1 */
+int lg_hook_start(int port);
+/* lg_hook_stop - stop it (joins civetweb's threads) */
+void lg_hook_stop(void);
+/* lg_hook_set - the record deliveries of scenario rec->id go to (borrowed
+ * until lg_hook_set(NULL) returns); NULL: deliveries are only counted as stray */
+void lg_hook_set(struct lg_rec *rec);
+/* lg_hook_stray - deliveries that named no current scenario (late ones from
+ * an earlier scenario, or unparsable payloads) */
+size_t lg_hook_stray(void);
+/* lg_hook_calls - every hook request so far */
+size_t lg_hook_calls(void);
+
+/* --- lg_stats.c ------------------------------------------------------- */
+
+/* lg_rec_new - a record with room for cap sequence numbers; caller frees
+ * with lg_rec_free */
+struct lg_rec *lg_rec_new(int id, size_t cap);
+/* lg_rec_free - NULL does nothing */
+void lg_rec_free(struct lg_rec *rec);
+/* lg_mono_us - CLOCK_MONOTONIC in microseconds */
+uint64_t lg_mono_us(void);
+/* lg_sleep_until_us - sleep until the monotonic time t_us */
+void lg_sleep_until_us(uint64_t t_us);
+/* lg_proc_ticks - utime+stime (clock ticks) of pid and its threads, 0 if
+ * gone; the system part in *sys when sys is not NULL */
+uint64_t lg_proc_ticks(int pid, uint64_t *sys);
+/* lg_watch_begin - remember every watched process's CPU ticks now */
+void lg_watch_begin(struct lg_run *run);
+/* lg_report - print one scenario's results (and its floors) on stdout;
+ * returns 1 if every floor of sc was met, 0 if not */
+int lg_report(struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec,
+    double cpu_seconds);
+
+#endif
