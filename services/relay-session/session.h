@@ -72,9 +72,8 @@ enum session_presence { AG_UNKNOWN = 0, AG_ONLINE, AG_OFFLINE };
 struct session_agent {
 	struct session_agent *next;     /* hash chain */
 	char *id;
-	uint64_t n[SESSION_LANES];      /* committed messages per lane */
-	uint64_t bytes;                 /* committed value bytes */
-	uint64_t reserved, reserved_bytes; /* submitted, not yet committed */
+	uint64_t n[SESSION_LANES];      /* messages per lane (committed or being committed) */
+	uint64_t bytes;                 /* their value bytes */
 	uint64_t cursor[SESSION_LANES]; /* next seq the dispatcher looks at */
 	struct session_slot *slots;
 	size_t nslots, capslots;
@@ -83,6 +82,7 @@ struct session_agent {
 	char socket_id[64];
 	unsigned fails;                 /* consecutive failed attempts */
 	uint64_t next_try;              /* mono ms: end of backoff / next probe */
+	uint32_t round;                 /* bumped whenever a backoff starts */
 	uint64_t expired, shed, failed; /* since the last reconnect_ack */
 	uint64_t delivered;             /* since start (status) */
 };
@@ -114,7 +114,7 @@ struct session_part {
 	uint64_t nagents;
 	struct session_idem_pending *idem[SESSION_IDEM_BUCKETS];
 	uint64_t next_seq;
-	uint64_t depth;                 /* committed messages in the partition */
+	uint64_t depth;                 /* messages in the partition (as n above) */
 	uint64_t inflight;
 	/* lease (main thread only) */
 	int leased;

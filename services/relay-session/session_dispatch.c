@@ -38,6 +38,7 @@ struct dispatch_ctx {
 	uint64_t seq;
 	uint32_t token;
 	uint64_t sent_at;          /* mono ms */
+	uint32_t round;            /* the agent's backoff round when sent */
 };
 
 struct session_send {
@@ -348,6 +349,7 @@ make_send(struct session_part *pp, struct session_agent *a, struct session_slot 
 	ctx->seq = sl->seq;
 	ctx->token = sl->token;
 	ctx->sent_at = mono_ms();
+	ctx->round = a->round;
 	sd->ctx = ctx;
 	sd->env = e;
 	if (w->tail)
@@ -607,9 +609,13 @@ on_reply(void *arg, enum cr_err err, natsMsg *reply)
 	default: /* NACKED, RETRY, BREAKER_OPEN, timeout, no responders */
 		sl->state = SLOT_WAITING;
 		metric_add(m_retries, 1);
-		a->fails++;
-		a->next_try = mono_ms() + backoff_ms(a->fails - 1,
-		    (uint64_t)s->cfg.backoff_base_ms, (uint64_t)s->cfg.backoff_max_ms);
+		/* one failed round of the window is one step of backoff, not 32 */
+		if (ctx->round == a->round) {
+			a->fails++;
+			a->round++;
+			a->next_try = mono_ms() + backoff_ms(a->fails - 1,
+			    (uint64_t)s->cfg.backoff_base_ms, (uint64_t)s->cfg.backoff_max_ms);
+		}
 		if (s->cfg.max_attempts > 0 && sl->attempts >= (uint64_t)s->cfg.max_attempts)
 			session_drop_locked(pp, a, sl,
 			    CLAWRELAY__V1__FAILURE_REASON__FAIL_ATTEMPTS_EXHAUSTED,

@@ -133,12 +133,14 @@ enq_done(void *arg, enum cr_err result)
 	mine = c->gen == pp->gen && pp->open;
 	if (mine) {
 		struct session_agent *a = c->a;
-		a->reserved--;
-		a->reserved_bytes -= c->vlen;
-		if (result == CR_OK) {
-			a->n[c->lane]++;
-			a->bytes += c->vlen;
-			pp->depth++;
+		/* counted at submit: a dispatch may see the commit (and even
+		 * finish the message) before this callback runs */
+		if (result != CR_OK) {
+			if (a->n[c->lane] > 0)
+				a->n[c->lane]--;
+			a->bytes = a->bytes > c->vlen ? a->bytes - c->vlen : 0;
+			if (pp->depth > 0)
+				pp->depth--;
 		}
 		depth = depth_of(a);
 		if (c->ip != NULL)
@@ -378,8 +380,8 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 		goto out;
 	if ((a = session_agent_get(pp, e->recipient, 1)) == NULL)
 		goto nomem;
-	if (depth_of(a) + a->reserved + 1 > (uint64_t)s->cfg.queue_max ||
-	    a->bytes + a->reserved_bytes + vlen > (uint64_t)s->cfg.queue_max_bytes) {
+	if (depth_of(a) + 1 > (uint64_t)s->cfg.queue_max ||
+	    a->bytes + vlen > (uint64_t)s->cfg.queue_max_bytes) {
 		/* low is shed first: a more urgent message takes a low one's place */
 		if (lane == 2 || a->n[2] == 0 || !shed_one_locked(pp, a, &w)) {
 			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUE_FULL,
@@ -445,13 +447,15 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 			idem_pending_remove(pp, c->ip);
 		goto nomem;
 	}
-	a->reserved++;
-	a->reserved_bytes += vlen;
+	a->n[lane]++;
+	a->bytes += vlen;
+	pp->depth++;
 	err = store_committer_submit(pp->com, b, enq_done, c);
 	b = NULL;
 	if (err != CR_OK) {
-		a->reserved--;
-		a->reserved_bytes -= vlen;
+		a->n[lane]--;
+		a->bytes -= vlen;
+		pp->depth--;
 		if (c->ip)
 			idem_pending_remove(pp, c->ip);
 		free(c->reply);
