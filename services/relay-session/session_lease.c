@@ -14,6 +14,8 @@
  *     of them, unless a key has stayed free for more than a lease time
  *     (then anyone takes it: takeover after a crash never waits for
  *     fairness);
+ *   - takes back at once a key holding its own instance id (a restart
+ *     with the same CLAWRELAY_INSTANCE), by compare-and-set;
  *   - on drain, closes its partitions and deletes their keys so another
  *     replica can take them over immediately.
  * Everything here runs on the main thread (tick, drain).
@@ -107,9 +109,28 @@ acquire(struct session *s, uint64_t now)
 		if (st == NATS_OK) {
 			const char *v = kvEntry_Value(ent);
 			int vl = kvEntry_ValueLen(ent);
-			if (vl > 0 && !((size_t)vl == strlen(inst) && memcmp(v, inst, (size_t)vl) == 0))
-				nh = holder_add(holders, nh, v, (size_t)vl);
+			uint64_t rev = 0;
+
 			pp->free_since = 0;
+			if ((size_t)vl == strlen(inst) && memcmp(v, inst, (size_t)vl) == 0) {
+				/* ours from before a restart (instance ids are unique
+				 * per replica): take it back now, by CAS */
+				if (kvStore_Update(&rev, s->leases, key, inst, vl,
+				    kvEntry_Revision(ent)) == NATS_OK) {
+					pp->leased = 1;
+					pp->lease_rev = rev;
+					pp->lease_ok = mono_ms();
+					if (session_part_open(s, pp) == CR_OK) {
+						owned++;
+						renew(s, pp, mono_ms());
+					} else {
+						kvStore_Delete(s->leases, key);
+						pp->leased = 0;
+					}
+				}
+			} else if (vl > 0) {
+				nh = holder_add(holders, nh, v, (size_t)vl);
+			}
 			kvEntry_Destroy(ent);
 		} else if (st == NATS_NOT_FOUND) {
 			if (pp->free_since == 0)

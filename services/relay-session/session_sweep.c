@@ -1,7 +1,7 @@
 /*
  * session_sweep.c - the partition's periodic work on the main tick:
  *   - expiry: walk DB q from a saved key, at most SWEEP_BATCH entries per
- *     tick, and end every expired message that no slot holds (Failure
+ *     tick, and end every expired message that is not in flight (Failure
  *     expired + HOP_EXPIRED, counted for the next reconnect_ack);
  *   - idempotency: every few seconds, walk DB idem the same way and delete
  *     entries older than the window;
@@ -57,8 +57,15 @@ sweep_expired(struct session_part *pp, struct session_work *w)
 			continue;
 		if ((a = session_agent_get(pp, rcpt, 1)) == NULL)
 			continue;
-		if (session_slot_find(a, lane, seq) != NULL)
-			continue;	/* in flight or waiting: its own path ends it */
+		if ((sl = session_slot_find(a, lane, seq)) != NULL) {
+			/* in flight or being deleted: its own path ends it; waiting
+			 * (offline, backing off): it ends here */
+			if (sl->state == SLOT_WAITING)
+				session_drop_locked(pp, a, sl,
+				    CLAWRELAY__V1__FAILURE_REASON__FAIL_EXPIRED,
+				    "ttl passed while waiting to be retried", w);
+			continue;
+		}
 		e = clawrelay__v1__envelope__unpack(NULL, vl - SESSION_VHDR,
 		    (const unsigned char *)v + SESSION_VHDR);
 		if (e == NULL) {
