@@ -193,8 +193,14 @@ shed_one_locked(struct session_part *pp, struct session_agent *a, struct session
 		struct session_slot *sl;
 		Envelope *e;
 
-		if (session_slot_find(a, 2, seq) != NULL)
-			continue;
+		if ((sl = session_slot_find(a, 2, seq)) != NULL) {
+			if (sl->state != SLOT_WAITING)
+				continue;	/* in flight: it may be delivered now */
+			session_drop_locked(pp, a, sl, CLAWRELAY__V1__FAILURE_REASON__FAIL_SHED,
+			    "queue near capacity: low priority shed", w);
+			done = 1;
+			break;
+		}
 		if (vl < SESSION_VHDR)
 			continue;
 		e = clawrelay__v1__envelope__unpack(NULL, vl - SESSION_VHDR,
