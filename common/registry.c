@@ -269,6 +269,10 @@ reg_trust_list(kvStore *kv, void (*fn)(void *arg, const char *from, const char *
 /* ---- cache ---- */
 
 #define CACHE_SLOTS 4096
+/* "unknown" answers are kept briefly, so an agent or pair just added with
+ * the CLI is usable within a second while floods of lookups for unknown IDs
+ * still do not reach the bucket one by one */
+#define NEGATIVE_TTL_MS 1000
 
 struct centry {
 	char key[300];       /* "a\0id" style text key: "a:<id>" or "t:<from>\n<to>" */
@@ -315,6 +319,12 @@ reg_cache_free(struct reg_cache *c)
 	free(c);
 }
 
+static uint64_t
+min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
 /* Look up key; returns 1 and copies the entry if present (fresh or not). */
 static int
 cache_get(struct reg_cache *c, const char *key, struct centry *out)
@@ -352,7 +362,7 @@ reg_cache_agent(struct reg_cache *c, const char *id, struct reg_agent *out)
 		return CR_ERR_INVALID;
 	snprintf(key, sizeof(key), "a:%s", id);
 	have = cache_get(c, key, &e);
-	if (have && now - e.fetched_ms < c->ttl_ms)
+	if (have && now - e.fetched_ms < (e.found ? c->ttl_ms : min_u64(c->ttl_ms, NEGATIVE_TTL_MS)))
 		goto hit;
 	memset(&e, 0, sizeof(e));
 	enum cr_err err = reg_agent_get(c->kv, id, &e.agent);
@@ -389,7 +399,7 @@ reg_cache_trust(struct reg_cache *c, const char *from, const char *to, struct re
 		return CR_ERR_INVALID;
 	snprintf(key, sizeof(key), "t:%s\n%s", from, to);
 	have = cache_get(c, key, &e);
-	if (have && now - e.fetched_ms < c->ttl_ms)
+	if (have && now - e.fetched_ms < (e.found ? c->ttl_ms : min_u64(c->ttl_ms, NEGATIVE_TTL_MS)))
 		goto hit;
 	memset(&e, 0, sizeof(e));
 	enum cr_err err = reg_trust_get(c->kv, from, to, &e.trust);
