@@ -45,6 +45,8 @@ status_help(FILE *f)
 	    "Exit 0 when the message is known, 1 otherwise.\n");
 }
 
+/* The same shape as the gateway's GET /v1/messages/{id} answer (times in ms
+ * since the epoch), plus the times in ISO form for people ("time", "updated"). */
 static cJSON *
 status_json(const StatusRecord *r)
 {
@@ -58,22 +60,21 @@ status_json(const StatusRecord *r)
 	cJSON_AddStringToObject(o, "sender", r->sender);
 	cJSON_AddStringToObject(o, "recipient", r->recipient);
 	cJSON_AddStringToObject(o, "state", r->state);
-	cJSON_AddNumberToObject(o, "attempts", r->attempts);
-	if (r->last_error && *r->last_error)
-		cJSON_AddStringToObject(o, "lastError", r->last_error);
-	if (r->failure_reason && *r->failure_reason)
-		cJSON_AddStringToObject(o, "failureReason", r->failure_reason);
-	cli_iso_time(r->updated_at_ms, when);
-	cJSON_AddStringToObject(o, "updatedAt", when);
 	h = cJSON_AddArrayToObject(o, "history");
 	for (size_t i = 0; h != NULL && i < r->n_history; i++) {
 		cJSON *e = cJSON_CreateObject();
 		cli_iso_time(r->history[i]->at_ms, when);
 		cJSON_AddStringToObject(e, "state", r->history[i]->state);
-		cJSON_AddStringToObject(e, "at", when);
-		cJSON_AddNumberToObject(e, "atMs", (double)r->history[i]->at_ms);
+		cJSON_AddNumberToObject(e, "at", (double)r->history[i]->at_ms);
+		cJSON_AddStringToObject(e, "time", when);
 		cJSON_AddItemToArray(h, e);
 	}
+	cJSON_AddNumberToObject(o, "attempts", r->attempts);
+	cJSON_AddStringToObject(o, "lastError", r->last_error ? r->last_error : "");
+	cJSON_AddStringToObject(o, "failureReason", r->failure_reason ? r->failure_reason : "");
+	cJSON_AddNumberToObject(o, "updatedAt", (double)r->updated_at_ms);
+	cli_iso_time(r->updated_at_ms, when);
+	cJSON_AddStringToObject(o, "updated", when);
 	return o;
 }
 
@@ -92,7 +93,8 @@ status_nats(struct cli_ctx *c, const char *cid)
 
 	if (b == NULL)
 		return CLI_FAIL;
-	if (subj_token(cid, tok, sizeof(tok)) == 0)
+	/* PROTOCOL.md: "c.<kvtok(correlation_id)>" (KV keys cannot hold % or :) */
+	if (kv_token(cid, tok, sizeof(tok)) == 0)
 		return cli_err("cannot encode the correlation ID");
 	snprintf(key, sizeof(key), "c.%s", tok);
 	/* bind only: the notifier creates the bucket with its own TTL */
@@ -266,9 +268,12 @@ trace_print(const TraceReply *t, const char *cid, int json)
 		const HopEvent *h = t->hops[i];
 		cli_iso_time(h->ts_ms ? h->ts_ms : hop_us(h) / 1000, when);
 		snprintf(svc, sizeof(svc), "%s/%s", nz(h->service), nz(h->instance));
-		printf("%s  +%9.3f ms  %-17s %-28s %-7s %s\n", when,
-		    (double)(hop_us(h) - prev) / 1000.0, env_hop_name(h->hop), svc, nz(h->outcome),
-		    h->detail ? h->detail : "");
+		int has_detail = h->detail != NULL && *h->detail != '\0';
+		/* no padding after the last column */
+		printf("%s  +%9.3f ms  %-17s %-28s %-*s%s%s\n", when,
+		    (double)(hop_us(h) - prev) / 1000.0, env_hop_name(h->hop), svc,
+		    has_detail ? 7 : 0, nz(h->outcome), has_detail ? " " : "",
+		    has_detail ? h->detail : "");
 		prev = hop_us(h);
 	}
 	printf("total %.3f ms over %zu hops\n",
