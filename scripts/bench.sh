@@ -22,6 +22,8 @@
 #   BENCH_SOCKET_SENDERS   sending connectors (default 4)
 #   BENCH_CONCURRENCY      concurrent requests of http and socket (default 32)
 #   BENCH_FIXED_RATE       rate of the fixed scenario (default 1000)
+#   BENCH_FIXED_CONCURRENCY sender threads of the fixed scenario (default 128, so
+#                          the load generator keeps the rate even when answers are slow)
 #   BENCH_PAYLOAD_BYTES    payload size (default 256)
 #   BENCH_WARMUP           warm-up seconds per kind (default 2)
 #   BENCH_DRAIN_SECONDS    give up on deliveries after this long without one (default 15)
@@ -39,6 +41,7 @@ NHTTP=${BENCH_HTTP_SENDERS:-4}
 NSOCK=${BENCH_SOCKET_SENDERS:-4}
 CONC=${BENCH_CONCURRENCY:-32}
 RATE=${BENCH_FIXED_RATE:-1000}
+FCONC=${BENCH_FIXED_CONCURRENCY:-128}
 PAYLOAD=${BENCH_PAYLOAD_BYTES:-256}
 WARMUP=${BENCH_WARMUP:-2}
 DRAIN=${BENCH_DRAIN_SECONDS:-15}
@@ -92,16 +95,17 @@ started() {
 }
 
 # ports: one per line, all different
-PORTS=$("$LG" free-port $((8 + NRECV + NSOCK))) || die "no free ports"
+PORTS=$("$LG" free-port $((9 + NRECV + NSOCK))) || die "no free ports"
 port() { echo "$PORTS" | sed -n "$1p"; }
 NATS_PORT=$(port 1)
 HOOK_PORT=$(port 2)
 GW_PORT=$(port 3)
+MON_PORT=$(port $((9 + NRECV + NSOCK)))
 NATS_URL=nats://127.0.0.1:$NATS_PORT
 GW_URL=http://127.0.0.1:$GW_PORT
 
 echo "bench: working in $WORK" >&2
-nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/jetstream" >"$WORK/nats.log" 2>&1 &
+nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -m "$MON_PORT" -sd "$WORK/jetstream" >"$WORK/nats.log" 2>&1 &
 started nats-server $!
 i=0
 until grep -q "Server is ready" "$WORK/nats.log" 2>/dev/null; do
@@ -127,7 +131,10 @@ start_svc relay-session "$(port 4)"
 start_svc delivery "$(port 5)"
 start_svc notifier "$(port 6)"
 start_svc metrics-collector "$(port 7)"
-start_svc gateway "$GW_PORT" CLAWRELAY_HTTP_THREADS=$((CONC + NRECV + NSOCK + 64))
+MAXC=$CONC
+[ "$FCONC" -gt "$MAXC" ] && MAXC=$FCONC
+# civetweb holds a thread per connection: every sender and every socket, plus room
+start_svc gateway "$GW_PORT" CLAWRELAY_HTTP_THREADS=$((MAXC + NRECV + NSOCK + 64))
 for n in 4 5 6 7 3; do
 	"$LG" wait-ready "http://127.0.0.1:$(port $n)/readyz" 30 ||
 	    die "a service did not become ready (logs in $WORK; BENCH_KEEP=1 keeps them)"
@@ -191,7 +198,7 @@ for p in $CONN_PORTS; do
 done
 
 LG_ARGS="--gateway $GW_URL --hook-port $HOOK_PORT --seconds $SECS --concurrency $CONC"
-LG_ARGS="$LG_ARGS --fixed-rate $RATE --payload-bytes $PAYLOAD --warmup $WARMUP"
+LG_ARGS="$LG_ARGS --fixed-rate $RATE --fixed-concurrency $FCONC --payload-bytes $PAYLOAD --warmup $WARMUP"
 LG_ARGS="$LG_ARGS --drain-seconds $DRAIN"
 for r in $RECV; do LG_ARGS="$LG_ARGS --recipient $r"; done
 for s in $HS; do LG_ARGS="$LG_ARGS --sender $s=$WORK/keys/$s.key"; done
@@ -202,6 +209,7 @@ if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then
 	COMMIT="$COMMIT-dirty"
 fi
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+BUSY=$("$LG" machine-busy 2)
 MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 RERUN="make bench   (or: BENCH_SECONDS=$SECS BENCH_SCENARIOS=\"$SCENARIOS\" sh scripts/bench.sh)"
 
@@ -213,12 +221,14 @@ OUT=$ROOT/run/bench/last.txt
 	echo "  commit      $COMMIT"
 	echo "  machine     $(nproc) CPUs, $CPU, $MEM RAM, $(uname -sr)"
 	echo "  nats-server $(nats-server --version 2>&1 | head -n 1)"
+	echo "  background  CPU busy $BUSY over 2 s with the stack idle, before the run (other"
+	echo "              programs on the machine; the CPU lines below show them during each scenario)"
 	echo "  stack       1 each of gateway, relay-session, delivery, notifier, metrics-collector;"
 	echo "              $NRECV receiving + $NSOCK sending connectors; nats-server and the load"
 	echo "              generator on the same machine; default settings (fsync before 202,"
 	echo "              hop events on)${SVC_ENV:+; extra service env: $SVC_ENV}"
 	echo "  load        $NHTTP HTTP sender identities, $CONC concurrent requests, payload $PAYLOAD B,"
-	echo "              $SECS s per scenario, fixed rate $RATE msg/s"
+	echo "              $SECS s per scenario, fixed rate $RATE msg/s from $FCONC sender threads"
 	echo "  floors      http >= 2500 msg/s e2e; socket >= 5000 msg/s e2e; fixed: p99 e2e < 50 ms"
 	echo
 } >"$OUT"
@@ -233,9 +243,24 @@ wait "$LGPID"
 RC=$?
 PIDS=$(echo "$PIDS" | sed "s/^$LGPID //")
 cat "$WORK/loadgen.out" >>"$OUT"
+# counters of every part after the run, for finding where the time went
+SNAP=$ROOT/run/bench/last-metrics
+rm -rf "$SNAP"
+mkdir -p "$SNAP"
+for pair in relay-session:4 delivery:5 notifier:6 metrics-collector:7 gateway:3; do
+	"$LG" get "http://127.0.0.1:$(port "${pair#*:}")/metrics" >"$SNAP/${pair%%:*}.metrics" 2>&1
+	"$LG" get "http://127.0.0.1:$(port "${pair#*:}")/v1/status" >"$SNAP/${pair%%:*}.status.json" 2>&1
+done
+set -- $CONN_PORTS
+"$LG" get "http://127.0.0.1:$1/metrics" >"$SNAP/connector-receiver-1.metrics" 2>&1
+"$LG" get "http://127.0.0.1:$1/v1/status" >"$SNAP/connector-receiver-1.status.json" 2>&1
+"$LG" get "http://127.0.0.1:$MON_PORT/varz" >"$SNAP/nats-varz.json" 2>&1
+"$LG" get "http://127.0.0.1:$MON_PORT/jsz?streams=true" >"$SNAP/nats-jsz.json" 2>&1
+"$LG" get "http://127.0.0.1:$MON_PORT/connz?subs=false" >"$SNAP/nats-connz.json" 2>&1
 {
 	echo
 	echo "rerun: $RERUN"
+	echo "counters after the run (every service's /metrics and /v1/status, nats /varz /jsz): $SNAP"
 } | tee -a "$OUT"
 for f in "$WORK"/*.log; do
 	n=$(grep -c '"level":"error"' "$f" 2>/dev/null)

@@ -40,6 +40,7 @@
 #define LG_MAX_SCEN     8
 #define LG_MAX_IDS      256
 #define LG_MAX_WATCH    32
+#define LG_MAX_CONC     1024  /* sender threads of one scenario */
 #define LG_PAYLOAD_MAX  (64 * 1024)
 
 struct auth_key;
@@ -79,6 +80,8 @@ struct lg_rec {
 	atomic_int have_refusal;
 
 	uint32_t *acc_us;            /* [cap] request round trip of accepted ones, 0 = none */
+	uint32_t *send_ms;           /* [cap] send time - t0 in ms (sender thread of the seq) */
+	uint32_t *e2e_by_seq;        /* [cap] e2e latency in us + 1, 0 = not delivered (hook) */
 	_Atomic uint64_t *seen;      /* [cap/64+1] bitmap of seqs delivered */
 	uint32_t *lat_us;            /* [cap] e2e latency per unique delivery, arrival order */
 	atomic_size_t delivered;     /* unique deliveries (= filled lat_us slots) */
@@ -121,6 +124,8 @@ struct lg_run {
 /* lg_send_run - run scenario sc against rec (borrowed) with its sender
  * threads until its time is up; returns when every thread has finished */
 int lg_send_run(const struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec);
+/* lg_send_cleanup - close the kept connections (after the last scenario) */
+void lg_send_cleanup(void);
 /* lg_payload - write the payload of (scenario, seq, t_us) padded to n bytes
  * into buf (at least n+1 bytes); returns its length */
 size_t lg_payload(char *buf, size_t n, int scen, size_t seq, uint64_t t_us);

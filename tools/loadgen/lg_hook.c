@@ -66,6 +66,7 @@ record(int scen, size_t seq, uint64_t t, uint64_t arrival)
 	uint64_t lat = arrival > t ? arrival - t : 0;
 	size_t i = atomic_fetch_add(&rec->delivered, 1);
 	rec->lat_us[i] = lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
+	rec->e2e_by_seq[seq] = lat >= UINT32_MAX ? UINT32_MAX : (uint32_t)lat + 1;
 	if (arrival < rec->t_end_us)
 		atomic_fetch_add(&rec->delivered_in_window, 1);
 	uint64_t last = atomic_load(&rec->t_last_deliver_us);

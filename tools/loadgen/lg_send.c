@@ -31,6 +31,11 @@
 #include "lg.h"
 #include "util.h"
 
+/* one easy handle (one keep-alive connection) per worker slot, kept across
+ * scenarios so a scenario does not pay for new connections; slot i is used
+ * only by worker i of the running scenario, and scenarios run one at a time */
+static CURL *handles[LG_MAX_CONC];
+
 struct lg_worker {
 	const struct lg_run *run;
 	const struct lg_scen *sc;
@@ -188,8 +193,10 @@ worker_main(void *arg)
 	struct lg_body body;
 	char nonce[96];
 	char *payload = malloc(run->payload_bytes + 1);
-	CURL *h = curl_easy_init();
+	CURL *h = handles[w->idx];
 
+	if (h == NULL)
+		h = handles[w->idx] = curl_easy_init();
 	if (payload == NULL || h == NULL)
 		goto out;
 	sock_hl = curl_slist_append(NULL, "Content-Type: text/plain");
@@ -221,6 +228,7 @@ worker_main(void *arg)
 			if (t >= rec->t_end_us)
 				break;
 		}
+		rec->send_ms[seq] = t > rec->t0_us ? (uint32_t)((t - rec->t0_us) / 1000) : 0;
 		const char *rcpt = run->recipients[seq % (size_t)run->nrecipients];
 		size_t len = lg_payload(payload, run->payload_bytes, rec->id, seq, t);
 		uint64_t start = lg_mono_us();
@@ -246,8 +254,6 @@ worker_main(void *arg)
 	}
 out:
 	curl_slist_free_all(sock_hl);
-	if (h)
-		curl_easy_cleanup(h);
 	free(payload);
 	return NULL;
 }
@@ -257,9 +263,11 @@ int
 lg_send_run(const struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec)
 {
 	int n = sc->concurrency, rc = 0;
-	struct lg_worker *w = calloc((size_t)n, sizeof(*w));
+	struct lg_worker *w;
 
-	if (w == NULL)
+	if (n > LG_MAX_CONC)
+		n = LG_MAX_CONC;
+	if ((w = calloc((size_t)n, sizeof(*w))) == NULL)
 		return -1;
 	for (int i = 0; i < n; i++) {
 		w[i].run = run;
@@ -278,4 +286,15 @@ lg_send_run(const struct lg_run *run, const struct lg_scen *sc, struct lg_rec *r
 			pthread_join(w[i].th, NULL);
 	free(w);
 	return rc;
+}
+
+/* lg_send_cleanup - close every kept connection */
+void
+lg_send_cleanup(void)
+{
+	for (int i = 0; i < LG_MAX_CONC; i++) {
+		if (handles[i])
+			curl_easy_cleanup(handles[i]);
+		handles[i] = NULL;
+	}
 }

@@ -49,7 +49,10 @@ lg_rec_new(int id, size_t cap)
 	r->acc_us = calloc(cap, sizeof(*r->acc_us));
 	r->lat_us = calloc(cap, sizeof(*r->lat_us));
 	r->seen = calloc(cap / 64 + 1, sizeof(*r->seen));
-	if (r->acc_us == NULL || r->lat_us == NULL || r->seen == NULL) {
+	r->send_ms = calloc(cap, sizeof(*r->send_ms));
+	r->e2e_by_seq = calloc(cap, sizeof(*r->e2e_by_seq));
+	if (r->acc_us == NULL || r->lat_us == NULL || r->seen == NULL || r->send_ms == NULL ||
+	    r->e2e_by_seq == NULL) {
 		lg_rec_free(r);
 		return NULL;
 	}
@@ -65,6 +68,8 @@ lg_rec_free(struct lg_rec *rec)
 	free(rec->acc_us);
 	free(rec->lat_us);
 	free(rec->seen);
+	free(rec->send_ms);
+	free(rec->e2e_by_seq);
 	free(rec);
 }
 
@@ -145,6 +150,36 @@ pct_ms(const uint32_t *v, size_t n, double p)
 	return v[i] / 1000.0;
 }
 
+/* per second of sending: messages accepted, and the worst accept and e2e
+ * latency of the messages sent in that second (stalls show up here) */
+static void
+timeline(const struct lg_rec *rec, size_t top, double seconds)
+{
+	size_t nb = (size_t)seconds + 2, acc[64] = { 0 };
+	uint32_t worst_acc[64] = { 0 }, worst_e2e[64] = { 0 };
+
+	if (nb > 64)
+		nb = 64;
+	for (size_t i = 0; i < top; i++) {
+		size_t b = rec->send_ms[i] / 1000;
+		if (rec->acc_us[i] == 0 || b >= nb)
+			continue;
+		acc[b]++;
+		if (rec->acc_us[i] > worst_acc[b])
+			worst_acc[b] = rec->acc_us[i];
+		if (rec->e2e_by_seq[i] > worst_e2e[b])
+			worst_e2e[b] = rec->e2e_by_seq[i];
+	}
+	printf("  per second        accepted / worst accept ms / worst e2e ms:");
+	for (size_t b = 0; b < nb; b++) {
+		if (acc[b] == 0)
+			continue;
+		printf("%s %zus:%zu/%.0f/%.0f", b % 5 == 0 ? "\n   " : "", b + 1, acc[b],
+		    worst_acc[b] / 1000.0, worst_e2e[b] ? (worst_e2e[b] - 1) / 1000.0 : -1.0);
+	}
+	printf("\n");
+}
+
 /* lg_report - print one scenario's results and floors; 1 if all met */
 int
 lg_report(struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec,
@@ -216,6 +251,7 @@ lg_report(struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec,
 		    " drain gave up\n", acc - del);
 	printf("  e2e latency       p50 %.2f ms  p95 %.2f ms  p99 %.2f ms  max %.2f ms\n", p50, p95,
 	    p99, pmax);
+	timeline(rec, top, sc->seconds);
 	printf("  CPU               %% of one core over %.1f s (system part), CPU us per delivered"
 	    " message", cpu_seconds);
 	double sum = 0, tck = (double)sysconf(_SC_CLK_TCK);

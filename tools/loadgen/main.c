@@ -4,6 +4,8 @@
  *   clawrelay-loadgen run [options]      drive a running stack, print a report
  *   clawrelay-loadgen free-port [N]      print N free TCP ports on 127.0.0.1
  *   clawrelay-loadgen wait-ready URL S   wait up to S seconds for URL to answer 200
+ *   clawrelay-loadgen get URL            print the body of GET URL (status >= 400: exit 1)
+ *   clawrelay-loadgen machine-busy S     print how busy the CPUs were over S seconds
  *
  * `run` starts the embedded hook server (the receiving connectors' hook),
  * then runs each scenario in turn: a warm-up, then sending for --seconds,
@@ -39,6 +41,8 @@ usage(FILE *f)
 	    "                             [--sender ID=KEYFILE]... [--socket URL]... [options]\n"
 	    "       clawrelay-loadgen free-port [N]\n"
 	    "       clawrelay-loadgen wait-ready URL SECONDS\n"
+	    "       clawrelay-loadgen get URL\n"
+	    "       clawrelay-loadgen machine-busy SECONDS\n"
 	    "\n"
 	    "run options:\n"
 	    "  --gateway URL          gateway base URL (http://127.0.0.1:PORT)\n"
@@ -50,7 +54,7 @@ usage(FILE *f)
 	    "  --scenario NAME        http | socket | fixed (repeat; default: every one the\n"
 	    "                         senders allow, in that order)\n"
 	    "  --seconds S            sending time of each scenario (default 10)\n"
-	    "  --concurrency N        sender threads for http and socket (default 32)\n"
+	    "  --concurrency N        sender threads for http and socket, 1-1024 (default 32)\n"
 	    "  --fixed-rate R         msg/s of the fixed scenario (default 1000)\n"
 	    "  --fixed-concurrency N  sender threads of the fixed scenario (default 32)\n"
 	    "  --payload-bytes B      payload size, 64-65536 (default 256)\n"
@@ -126,6 +130,68 @@ cmd_wait_ready(int argc, char **argv)
 	if (rc)
 		fprintf(stderr, "loadgen: %s not ready\n", argv[1]);
 	return rc;
+}
+
+static size_t
+to_stdout(char *p, size_t s, size_t n, void *ud)
+{
+	return fwrite(p, s, n, stdout) * s;
+}
+
+/* get: print the body of GET URL */
+static int
+cmd_get(int argc, char **argv)
+{
+	CURL *h;
+	long status = 0;
+	CURLcode rc;
+
+	if (argc < 2)
+		return usage(stderr), 2;
+	if ((h = curl_easy_init()) == NULL)
+		return 2;
+	curl_easy_setopt(h, CURLOPT_URL, argv[1]);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 5000L);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, to_stdout);
+	rc = curl_easy_perform(h);
+	if (rc == CURLE_OK)
+		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_cleanup(h);
+	if (rc != CURLE_OK)
+		fprintf(stderr, "loadgen: GET %s: %s\n", argv[1], curl_easy_strerror(rc));
+	return rc == CURLE_OK && status < 400 ? 0 : 1;
+}
+
+/* machine-busy: share of CPU time not idle over S seconds, in % of one core */
+static int
+cmd_machine_busy(int argc, char **argv)
+{
+	double secs = argc > 1 ? atof(argv[1]) : 1;
+	unsigned long long a[8], b[8];
+	FILE *f;
+
+	if (secs <= 0 || secs > 600)
+		return usage(stderr), 2;
+	for (int k = 0; k < 2; k++) {
+		unsigned long long *v = k ? b : a;
+		if (k)
+			lg_sleep_until_us(lg_mono_us() + (uint64_t)(secs * 1e6));
+		if ((f = fopen("/proc/stat", "r")) == NULL)
+			return 2;
+		int got = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+		    &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+		fclose(f);
+		if (got != 8)
+			return 2;
+	}
+	unsigned long long tot = 0, idle = (b[3] - a[3]) + (b[4] - a[4]);
+	for (int i = 0; i < 8; i++)
+		tot += b[i] - a[i];
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	printf("%.0f%% of %ld00%%\n", tot ? 100.0 * (double)ncpu * (double)(tot - idle) /
+	    (double)tot : 0, ncpu);
+	return 0;
 }
 
 static int
@@ -333,7 +399,9 @@ cmd_run(int argc, char **argv)
 
 	int id = 1, all_met = 1;
 	if (warmup > 0) {
-		struct lg_scen w = { .concurrency = conc, .seconds = warmup, .report = 0 };
+		/* as many senders as any scenario, so every connection is open */
+		struct lg_scen w = { .concurrency = conc > fixed_conc ? conc : fixed_conc,
+			.seconds = warmup, .report = 0 };
 		if (run.nsenders && (has_scen(scen, nscen, "http") || has_scen(scen, nscen, "fixed"))) {
 			snprintf(w.name, sizeof(w.name), "http");
 			w.kind = LG_KIND_HTTP;
@@ -371,6 +439,7 @@ cmd_run(int argc, char **argv)
 	    lg_hook_calls(), lg_hook_stray());
 	printf("FLOORS %s\n", all_met ? "ALL MET" : "NOT ALL MET");
 	fflush(stdout);
+	lg_send_cleanup();
 	lg_hook_stop();
 	rc = all_met ? 0 : 1;
 	goto out;
@@ -397,6 +466,10 @@ main(int argc, char **argv)
 		rc = cmd_free_port(argc - 1, argv + 1);
 	else if (strcmp(argv[1], "wait-ready") == 0)
 		rc = cmd_wait_ready(argc - 1, argv + 1);
+	else if (strcmp(argv[1], "get") == 0)
+		rc = cmd_get(argc - 1, argv + 1);
+	else if (strcmp(argv[1], "machine-busy") == 0)
+		rc = cmd_machine_busy(argc - 1, argv + 1);
 	else if (strcmp(argv[1], "run") == 0)
 		rc = cmd_run(argc - 1, argv + 1);
 	else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
