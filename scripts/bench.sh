@@ -28,6 +28,8 @@
 #   BENCH_WARMUP           warm-up seconds per kind (default 2)
 #   BENCH_DRAIN_SECONDS    give up on deliveries after this long without one (default 15)
 #   BENCH_KEEP=1           keep the temp dir (logs, data) after the run
+#   BENCH_PERF=1           count context switches and syscalls machine-wide with
+#                          `perf stat -a` during the load generator's run
 #   BENCH_SERVICE_ENV      extra "K=V K=V" given to every service (e.g. CLAWRELAY_LOG_LEVEL=warn)
 set -u
 
@@ -234,6 +236,16 @@ OUT=$ROOT/run/bench/last.txt
 } >"$OUT"
 cat "$OUT"
 
+PERFPID=""
+PERF_EV=context-switches,syscalls:sys_enter_futex,syscalls:sys_enter_sendto,syscalls:sys_enter_write
+PERF_EV=$PERF_EV,syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync
+if [ -n "${BENCH_PERF:-}" ] && command -v perf >/dev/null 2>&1; then
+	# counts until the load generator is done (it then creates perf.stop)
+	perf stat -a -x, -e "$PERF_EV" -o "$WORK/perf-stat.txt" -- \
+	    sh -c "while [ ! -e '$WORK/perf.stop' ]; do sleep 0.2; done" >/dev/null 2>&1 &
+	PERFPID=$!
+	PIDS="$PERFPID $PIDS"
+fi
 # shellcheck disable=SC2086
 "$LG" run $LG_ARGS $SOCK_ARGS $WATCH >"$WORK/loadgen.out" 2>&1 &
 LGPID=$!
@@ -241,8 +253,19 @@ PIDS="$LGPID $PIDS"
 tail -f "$WORK/loadgen.out" --pid="$LGPID" 2>/dev/null
 wait "$LGPID"
 RC=$?
-PIDS=$(echo "$PIDS" | sed "s/^$LGPID //")
 cat "$WORK/loadgen.out" >>"$OUT"
+if [ -n "$PERFPID" ]; then
+	touch "$WORK/perf.stop"
+	wait "$PERFPID" 2>/dev/null
+	CALLS=$(sed -n 's/^hook calls \([0-9]*\),.*/\1/p' "$WORK/loadgen.out")
+	{
+		echo
+		echo "machine-wide counts during the whole load generator run (perf stat -a; other"
+		echo "programs included), per hook call (= delivered message, warm-ups included):"
+		awk -F, -v n="${CALLS:-0}" '$1 ~ /^[0-9]+$/ && n > 0 {
+			printf "  %-32s %12d  %8.1f per message\n", $3, $1, $1 / n }' "$WORK/perf-stat.txt"
+	} | tee -a "$OUT"
+fi
 # counters of every part after the run, for finding where the time went
 SNAP=$ROOT/run/bench/last-metrics
 rm -rf "$SNAP"
