@@ -451,6 +451,7 @@ out:
 	return rc;
 }
 
+/* main - dispatch to run, free-port, wait-ready, get or machine-busy */
 int
 main(int argc, char **argv)
 {
