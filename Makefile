@@ -117,6 +117,8 @@ bench: deps
 valgrind: deps
 	$(MAKE) all
 	@sh scripts/valgrind.sh $(UNIT_BINS)
+	@echo "=== valgrind: every service of the round-trip test"
+	@CLAWRELAY_TEST_VALGRIND=1 CLAWRELAY_BIN=$(CURDIR)/$(BIN) $(BUILD)/tests/itest_e2e
 
 docs: $(PROGS)
 	@sh scripts/gen-config-doc.sh

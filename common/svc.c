@@ -308,6 +308,8 @@ out_bus:
 	bus_free(s.bus);
 	s.bus = NULL;
 	hop_init(NULL, def->name, s.instance_buf);
+	if (!def->no_bus)
+		nats_CloseAndWait(2000);	/* nats.c's own threads and memory */
 	if (def->fini)
 		def->fini(&s, st);
 	log_info(NULL, "stopped");

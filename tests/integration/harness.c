@@ -34,6 +34,9 @@ die(const char *fmt, ...)
 	exit(2);
 }
 
+/* processes that ended with valgrind's error exit code */
+int h_valgrind_failures;
+
 /* h_sleep_ms - sleep */
 void
 h_sleep_ms(int ms)
@@ -263,13 +266,27 @@ h_spawn(struct h_stack *s, const char *name, const char *prog, int port,
 	for (int i = 0; env && env[i] && n < 46; i++)
 		envs[n++] = env[i];
 	envs[n] = NULL;
+	char vg_log[600];
+	if (getenv("CLAWRELAY_TEST_VALGRIND") && strstr(prog, "demo-hook") == NULL) {
+		/* run the service under valgrind; h_kill checks its exit code */
+		static char v0[] = "valgrind", v1[] = "-q", v2[] = "--leak-check=full",
+		    v3[] = "--errors-for-leak-kinds=definite", v4[] = "--error-exitcode=99";
+		snprintf(vg_log, sizeof(vg_log), "--log-file=%s/%s.valgrind", s->dir, name);
+		argv[a++] = v0;
+		argv[a++] = v1;
+		argv[a++] = v2;
+		argv[a++] = v3;
+		argv[a++] = v4;
+		argv[a++] = vg_log;
+		p->valgrind = 1;
+	}
 	argv[a++] = path;
 	for (int i = 0; args && args[i] && a < 31; i++)
 		argv[a++] = (char *)(uintptr_t)args[i];
 	argv[a] = NULL;
 	p->port = port;
 	p->pid = spawn(p->log, argv, envs);
-	if (port > 0 && h_wait_ready(port, 20000) < 0)
+	if (port > 0 && h_wait_ready(port, p->valgrind ? 60000 : 20000) < 0)
 		die("%s did not become ready", p->log);
 	return p;
 }
@@ -317,8 +334,13 @@ h_kill(struct h_proc *p, int sig)
 	if (p == NULL || p->pid <= 0)
 		return;
 	kill(p->pid, sig);
-	for (int i = 0; i < 150; i++) {
+	for (int i = 0; i < (p->valgrind ? 600 : 150); i++) {
 		if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
+			if (p->valgrind && sig == SIGTERM && WIFEXITED(st) && WEXITSTATUS(st) == 99) {
+				fprintf(stderr, "harness: valgrind found errors in %s (see %s/%s.valgrind)\n",
+				    p->name, p->log, p->name);
+				h_valgrind_failures++;
+			}
 			p->pid = 0;
 			return;
 		}
@@ -335,7 +357,7 @@ h_stop_all(struct h_stack *s)
 {
 	for (int i = s->nprocs - 1; i >= 0; i--)
 		h_kill(&s->procs[i], SIGTERM);
-	if (getenv("KEEP_TEST_DIR") == NULL) {
+	if (getenv("KEEP_TEST_DIR") == NULL && h_valgrind_failures == 0) {
 		char cmd[400];
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", s->dir);
 		if (system(cmd) != 0)

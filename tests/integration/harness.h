@@ -19,6 +19,7 @@ struct h_proc {
 	char name[64];
 	char log[512];
 	int port;	/* its HTTP port, 0 if none */
+	int valgrind;	/* runs under valgrind (CLAWRELAY_TEST_VALGRIND) */
 };
 
 struct h_stack {
@@ -31,6 +32,9 @@ struct h_stack {
 	int gw_port;
 	char gw_url[64];
 };
+
+/* processes that ended with valgrind's error exit code (see h_kill) */
+extern int h_valgrind_failures;
 
 /* h_stack_init - temp dir, binary dir (CLAWRELAY_BIN or ./bin) */
 void h_stack_init(struct h_stack *s, const char *name);

@@ -103,5 +103,7 @@ it_run(Suite *s)
 	srunner_run_all(sr, CK_NORMAL);
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
-	return failed ? 1 : 0;
+	if (h_valgrind_failures > 0)
+		fprintf(stderr, "%d process(es) had valgrind errors or definite leaks\n", h_valgrind_failures);
+	return (failed || h_valgrind_failures) ? 1 : 0;
 }
