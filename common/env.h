@@ -22,6 +22,7 @@ typedef Clawrelay__V1__Envelope Envelope;
 typedef Clawrelay__V1__EnqueueReply EnqueueReply;
 typedef Clawrelay__V1__ConnectRequest ConnectRequest;
 typedef Clawrelay__V1__HopEvent HopEvent;
+typedef Clawrelay__V1__HopBatch HopBatch;
 typedef Clawrelay__V1__ReconnectAck ReconnectAck;
 typedef Clawrelay__V1__DispatchRequest DispatchRequest;
 typedef Clawrelay__V1__DispatchResult DispatchResult;

@@ -1,27 +1,116 @@
 /*
- * hop.c - hop event emission. hop_init runs once before threads emit; after
- * that the state is read-only, so any thread may call hop_emit.
+ * hop.c - hop event emission, batched.
+ *
+ * A relayed message makes about ten hops; one bus message per hop would make
+ * hop events the largest share of the bus's traffic. So each process appends
+ * every event, already packed, to one HopBatch buffer (the wire format of a
+ * repeated field is just the concatenation of its elements), and a flusher
+ * thread publishes the buffer every HOP_FLUSH_MS or as soon as it holds
+ * HOP_BATCH_BYTES. Emitting costs a pack and a memcpy under one short lock.
+ *
+ * Threads: hop_init runs before other threads emit (and hop_init(NULL, ...)
+ * after they stopped); any thread may emit; the flusher is the only
+ * publisher.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "hop.h"
 #include "log.h"
 #include "util.h"
 
+#define HOP_FLUSH_MS 5
+#define HOP_BATCH_BYTES (64 * 1024)
+#define HOP_BUF_MAX (4 * 1024 * 1024)	/* beyond this (bus stalled) events are dropped */
+
 static struct bus *hop_bus;
 static char hop_service[64], hop_instance[128], hop_subject[256];
 static volatile int hop_enabled = 1;
 
-/* hop_init - remember the bus, service and instance */
+static pthread_mutex_t hop_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hop_cv = PTHREAD_COND_INITIALIZER;
+static struct strbuf hop_buf;        /* packed HopBatch being filled */
+static pthread_t hop_thread;
+static int hop_running, hop_stop;
+static unsigned long long hop_dropped;
+
+/* Publish buf (a packed HopBatch body) outside the lock. */
+static void
+publish(struct strbuf *b)
+{
+	if (b->len > 0 && hop_bus != NULL)
+		bus_publish(hop_bus, hop_subject, b->data, b->len);
+}
+
+static void *
+flusher(void *arg)
+{
+	struct strbuf out;
+	sb_init(&out);
+	pthread_mutex_lock(&hop_mu);
+	for (;;) {
+		if (hop_buf.len < HOP_BATCH_BYTES && !hop_stop) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += HOP_FLUSH_MS * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&hop_cv, &hop_mu, &ts);
+		}
+		/* swap buffers: emitters go on filling a fresh one */
+		struct strbuf full = hop_buf;
+		hop_buf = out;
+		hop_buf.len = 0;
+		int stop = hop_stop;
+		pthread_mutex_unlock(&hop_mu);
+		publish(&full);
+		out = full;
+		out.len = 0;
+		pthread_mutex_lock(&hop_mu);
+		if (stop && hop_buf.len == 0)
+			break;
+	}
+	pthread_mutex_unlock(&hop_mu);
+	sb_free(&out);
+	return NULL;
+}
+
+static void
+hop_shutdown(void)
+{
+	if (!hop_running)
+		return;
+	pthread_mutex_lock(&hop_mu);
+	hop_stop = 1;
+	pthread_cond_signal(&hop_cv);
+	pthread_mutex_unlock(&hop_mu);
+	pthread_join(hop_thread, NULL);
+	hop_running = 0;
+	hop_stop = 0;
+	sb_free(&hop_buf);
+	if (hop_dropped)
+		log_warn(NULL, "hop events dropped while the bus was stalled: %llu", hop_dropped);
+}
+
+/* hop_init - remember the bus, service and instance; start the flusher.
+ * hop_init(NULL, ...) flushes what is pending and stops it. */
 void
 hop_init(struct bus *b, const char *service, const char *instance)
 {
+	hop_shutdown();
 	hop_bus = b;
 	snprintf(hop_service, sizeof(hop_service), "%s", service ? service : "");
 	snprintf(hop_instance, sizeof(hop_instance), "%s", instance ? instance : "");
-	if (b != NULL)
-		bus_subj(b, hop_subject, sizeof(hop_subject), "events.%s", hop_service);
+	if (b == NULL)
+		return;
+	bus_subj(b, hop_subject, sizeof(hop_subject), "events.%s", hop_service);
+	sb_init(&hop_buf);
+	if (pthread_create(&hop_thread, NULL, flusher, NULL) == 0)
+		hop_running = 1;
 }
 
 /* hop_set_enabled - turn emission on/off */
@@ -39,20 +128,42 @@ nz(const char *s)
 	return s ? (char *)(uintptr_t)s : empty;
 }
 
-/* hop_forward - publish a hop event made elsewhere */
+/* hop_forward - queue a hop event made elsewhere (ev borrowed) */
 void
 hop_forward(const HopEvent *ev)
 {
-	uint8_t buf[4096];
-	size_t len;
-	if (hop_bus == NULL || !hop_enabled)
+	uint8_t buf[4096 + 16];
+	size_t len, hl = 0;
+	if (hop_bus == NULL || !hop_enabled || !hop_running)
 		return;
-	if (env_pack_into(&ev->base, buf, sizeof(buf), &len) != CR_OK)
+	/* field 2 (events), wire type 2, then the varint length, then the event */
+	if (env_pack_into(&ev->base, buf + 16, sizeof(buf) - 16, &len) != CR_OK)
 		return;
-	bus_publish(hop_bus, hop_subject, buf, len);
+	uint8_t head[16];
+	head[hl++] = 0x12;
+	for (size_t v = len; ; v >>= 7) {
+		head[hl++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		if (v <= 0x7f)
+			break;
+	}
+	memcpy(buf + 16 - hl, head, hl);
+	pthread_mutex_lock(&hop_mu);
+	if (hop_buf.len + hl + len > HOP_BUF_MAX) {
+		hop_dropped++;
+	} else {
+		if (hop_buf.len == 0) {
+			/* schema_version = 1 (field 1, varint) opens each batch */
+			static const uint8_t version[] = { 0x08, ENV_SCHEMA };
+			sb_append(&hop_buf, version, sizeof(version));
+		}
+		sb_append(&hop_buf, buf + 16 - hl, hl + len);
+		if (hop_buf.len >= HOP_BATCH_BYTES)
+			pthread_cond_signal(&hop_cv);
+	}
+	pthread_mutex_unlock(&hop_mu);
 }
 
-/* hop_emit_ids - publish one hop from bare IDs */
+/* hop_emit_ids - queue one hop from bare IDs */
 void
 hop_emit_ids(const char *correlation_id, const char *message_id, const char *sender,
     const char *recipient, const char *trace_id, Clawrelay__V1__HopKind hop,
@@ -78,7 +189,7 @@ hop_emit_ids(const char *correlation_id, const char *message_id, const char *sen
 	hop_forward(&ev);
 }
 
-/* hop_emit - publish one hop of envelope e */
+/* hop_emit - queue one hop of envelope e */
 void
 hop_emit(const Envelope *e, Clawrelay__V1__HopKind hop, const char *outcome, const char *detail)
 {

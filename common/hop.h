@@ -1,6 +1,7 @@
 /*
- * hop.h - hop events: one per hop of one message, published (buffered) on
- * <prefix>.events.<service> for the metrics-collector. Any thread may emit.
+ * hop.h - hop events: one per hop of one message, sent in HopBatch messages
+ * (a few milliseconds' worth each) on <prefix>.events.<service> for the
+ * metrics-collector. Any thread may emit.
  */
 #ifndef CR_HOP_H
 #define CR_HOP_H
@@ -8,8 +9,8 @@
 #include "bus.h"
 #include "env.h"
 
-/* hop_init - remember the bus, service and instance (copied); bus borrowed
- * until hop_init(NULL, ...) or process end */
+/* hop_init - remember the bus, service and instance (copied) and start the
+ * flusher; bus borrowed until hop_init(NULL, ...), which flushes and stops */
 void hop_init(struct bus *b, const char *service, const char *instance);
 /* hop_set_enabled - turn emission on/off (benchmarks measure the cost) */
 void hop_set_enabled(int on);

@@ -305,9 +305,9 @@ out_http:
 out_bus:
 	if (s.bus)
 		bus_drain_subs(s.bus);
+	hop_init(NULL, def->name, s.instance_buf);	/* flush pending hop events */
 	bus_free(s.bus);
 	s.bus = NULL;
-	hop_init(NULL, def->name, s.instance_buf);
 	if (!def->no_bus)
 		nats_CloseAndWait(2000);	/* nats.c's own threads and memory */
 	if (def->fini)

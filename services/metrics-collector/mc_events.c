@@ -2,7 +2,7 @@
  * mc_events.c - hop events in, traces out.
  *
  * mc_on_event runs on the events subscription's nats.c thread (every
- * replica sees every event): it decodes the HopEvent, counts it by hop kind
+ * replica sees every event): it decodes each HopBatch, counts its events by hop kind
  * and submits one batch (the hop and its retention-index entry) to the
  * group committer, which groups many events into one txn. A malformed
  * event is counted and dropped. On HOP_DELIVERED it looks up the message's
@@ -110,57 +110,66 @@ observe_latency(struct mc *m, const HopEvent *ev)
 	atomic_fetch_add(&m->lat_sum_ms, ms);
 }
 
-/* mc_on_event - store one hop event */
+/* mc_on_event - store the hop events of one HopBatch in one commit */
 void
 mc_on_event(void *arg, natsMsg *msg)
 {
 	struct mc *m = arg;
 	ProtobufCMessage *pm = NULL;
-	HopEvent *ev;
+	HopBatch *hb;
 	struct store_batch *b = NULL;
-	unsigned char key[8 + 129 + 8 + 1 + 4];
-	size_t clen, klen;
+	unsigned char key[8 + 129 + 8 + 1 + 4], val[4096];
+	size_t clen, klen, vlen, stored = 0;
 
-	if (env_unpack_msg(&clawrelay__v1__hop_event__descriptor, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg), &pm) != CR_OK)
-		goto bad;
-	ev = (HopEvent *)pm;
-	if (!mc_id_ok(ev->correlation_id) || (unsigned)ev->hop >= MC_NHOPS)
-		goto bad;
-	if (ev->ts_us == 0)
-		ev->ts_us = ev->ts_ms ? ev->ts_ms * 1000 : now_us();
-	atomic_fetch_add(&m->events, 1);
-	metric_add(m->m_hops[ev->hop], 1);
-
-	/* bytime key = received_ms + hops key; the hops key starts at key + 8 */
-	clen = strlen(ev->correlation_id);
-	put_be64(key, now_ms());
-	memcpy(key + 8, ev->correlation_id, clen + 1);
-	put_be64(key + 8 + clen + 1, ev->ts_us);
-	key[8 + clen + 1 + 8] = (unsigned char)ev->hop;
-	put_be32(key + 8 + clen + 1 + 8 + 1, atomic_fetch_add(&m->seq, 1));
-	klen = clen + 1 + 8 + 1 + 4;
-
-	atomic_fetch_add(&m->pending_commits, 1);
-	b = store_batch_new();
-	if (b == NULL ||
-	    store_batch_put(b, m->db_hops, key + 8, klen, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg)) != CR_OK ||
-	    store_batch_put(b, m->db_bytime, key, klen + 8, "", 0) != CR_OK) {
-		store_batch_free(b);
-		on_committed(m, CR_ERR_NOMEM);
+	if (env_unpack_msg(&clawrelay__v1__hop_batch__descriptor, natsMsg_GetData(msg),
+	    (size_t)natsMsg_GetDataLength(msg), &pm) != CR_OK) {
+		atomic_fetch_add(&m->bad, 1);
+		metric_add(m->m_bad, 1);
+		log_debug(NULL, "dropped a malformed hop batch on %s", natsMsg_GetSubject(msg));
 		goto out;
 	}
-	if (store_committer_submit(m->com, b, on_committed, m) != CR_OK)
-		on_committed(m, CR_ERR_UNAVAILABLE);	/* b freed by the committer */
-	if (ev->hop == CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED)
-		observe_latency(m, ev);
-	goto out;
-bad:
-	atomic_fetch_add(&m->bad, 1);
-	metric_add(m->m_bad, 1);
-	log_debug(NULL, "dropped a malformed hop event on %s", natsMsg_GetSubject(msg));
+	hb = (HopBatch *)pm;
+	b = store_batch_new();
+	if (b == NULL)
+		goto out;
+	for (size_t i = 0; i < hb->n_events; i++) {
+		HopEvent *ev = hb->events[i];
+		if (ev == NULL || !mc_id_ok(ev->correlation_id) || (unsigned)ev->hop >= MC_NHOPS ||
+		    env_pack_into(&ev->base, val, sizeof(val), &vlen) != CR_OK) {
+			atomic_fetch_add(&m->bad, 1);
+			metric_add(m->m_bad, 1);
+			continue;
+		}
+		if (ev->ts_us == 0)
+			ev->ts_us = ev->ts_ms ? ev->ts_ms * 1000 : now_us();
+		atomic_fetch_add(&m->events, 1);
+		metric_add(m->m_hops[ev->hop], 1);
+
+		/* bytime key = received_ms + hops key; the hops key starts at key + 8 */
+		clen = strlen(ev->correlation_id);
+		put_be64(key, now_ms());
+		memcpy(key + 8, ev->correlation_id, clen + 1);
+		put_be64(key + 8 + clen + 1, ev->ts_us);
+		key[8 + clen + 1 + 8] = (unsigned char)ev->hop;
+		put_be32(key + 8 + clen + 1 + 8 + 1, atomic_fetch_add(&m->seq, 1));
+		klen = clen + 1 + 8 + 1 + 4;
+		if (store_batch_put(b, m->db_hops, key + 8, klen, val, vlen) != CR_OK ||
+		    store_batch_put(b, m->db_bytime, key, klen + 8, "", 0) != CR_OK)
+			goto out;
+		stored++;
+	}
+	if (stored > 0) {
+		atomic_fetch_add(&m->pending_commits, 1);
+		if (store_committer_submit(m->com, b, on_committed, m) != CR_OK)
+			on_committed(m, CR_ERR_UNAVAILABLE);	/* b freed by the committer */
+		b = NULL;
+		for (size_t i = 0; i < hb->n_events; i++)
+			if (hb->events[i] != NULL && hb->events[i]->hop == CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED &&
+			    mc_id_ok(hb->events[i]->correlation_id))
+				observe_latency(m, hb->events[i]);
+	}
 out:
+	store_batch_free(b);
 	if (pm != NULL)
 		protobuf_c_message_free_unpacked(pm, NULL);
 }
