@@ -136,11 +136,14 @@ void gw_refusal_count(const struct gw_refusal *rf, const char *what, const char 
 void gw_http_refuse(struct mg_connection *c, const struct gw_refusal *rf, const char *agent,
     const char *correlation_id);
 /* gw_auth_request - the proof checks of DESIGN 5 for the current request
- * of c with its (already read) body: headers, body hash, sender, proof,
- * clock window and nonce. On 0, rq holds the borrowed headers; on -1, rf
- * says why. */
+ * of c with its (already read) body: headers, body hash, sender, proof and
+ * clock window, but not the nonce (gw_auth_nonce, or relay-session for
+ * messages). On 0, rq holds the borrowed headers; on -1, rf says why. */
 int gw_auth_request(struct gw *g, struct mg_connection *c, const void *body, size_t len,
     struct gw_req *rq, struct gw_refusal *rf);
+/* gw_auth_nonce - claim rq's (sender, nonce) in the KV bucket
+ * clawrelay_nonces (synchronous): 0, or -1 with rf (401 replay, 503) */
+int gw_auth_nonce(struct gw *g, const struct gw_req *rq, struct gw_refusal *rf);
 /* gw_check_pair - recipient known (else 404) and sender -> recipient
  * trusted (else 403); 0 or -1 with rf */
 int gw_check_pair(struct gw *g, const char *sender, const char *recipient, struct gw_refusal *rf);

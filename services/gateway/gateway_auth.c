@@ -2,12 +2,15 @@
  * gateway_auth.c - the proof of possession of DESIGN 5, and refusals.
  *
  * Order of the checks (cheap and unauthenticated first, the Ed25519 verify
- * and the KV write last): repeated X-Claw-* headers (400), missing proof
- * headers (401), header syntax (400), clock window (401 expired), body hash
- * (401 tampered), sender known (401), proof (401), nonce not seen before
- * (401 replay, through the KV bucket clawrelay_nonces so that every replica
- * and every restart agrees). Then, for messages, recipient (404) and trust
- * (403) in gw_check_pair.
+ * last): repeated X-Claw-* headers (400), missing proof headers (401), header
+ * syntax (400), clock window (401 expired), body hash (401 tampered), sender
+ * known (401), proof (401). Then the nonce must not have been seen before
+ * (401 replay): for GET requests and the WebSocket upgrade (few) through the
+ * KV bucket clawrelay_nonces (gw_auth_nonce), so that every replica and every
+ * restart agrees; for POSTed messages (many) relay-session checks it in the
+ * same commit as the message (Envelope.nonce, ENQ_REPLAY), which saves a
+ * synchronous JetStream round trip per message. Then, for messages,
+ * recipient (404) and trust (403) in gw_check_pair.
  *
  * The verifier cache maps an agent ID to a struct auth_pubkey built once
  * from the registry's raw key; it is sharded by hash with one mutex per shard
@@ -189,20 +192,20 @@ key_get(struct gw *g, const struct reg_agent *a)
 	return pk;
 }
 
-/* remember (sender, nonce) for twice the clock window; -1 with rf if seen */
-static int
-nonce_claim(struct gw *g, const char *sender, const char *nonce, const char *ts,
-    struct gw_refusal *rf)
+/* gw_auth_nonce - remember (sender, nonce) for twice the clock window in the
+ * KV bucket; -1 with rf if seen */
+int
+gw_auth_nonce(struct gw *g, const struct gw_req *rq, struct gw_refusal *rf)
 {
 	char key[AUTH_ID_MAX * 3 + AUTH_NONCE_MAX + 8];
 	uint64_t rev = 0;
 	natsStatus s;
 
-	if (gw_kv_key("n", sender, key, sizeof(key)) < 0)
+	if (gw_kv_key("n", rq->agent, key, sizeof(key)) < 0)
 		return gw_refuse(rf, 400, "invalid_agent_id", "agent ID cannot be keyed");
 	size_t n = strlen(key);
-	snprintf(key + n, sizeof(key) - n, ".%s", nonce);
-	s = kvStore_Create(&rev, g->nonce_kv, key, ts, (int)strlen(ts));
+	snprintf(key + n, sizeof(key) - n, ".%s", rq->nonce);
+	s = kvStore_Create(&rev, g->nonce_kv, key, rq->timestamp, (int)strlen(rq->timestamp));
 	if (s == NATS_OK)
 		return 0;
 	if (s == NATS_ERR) {
@@ -320,8 +323,7 @@ gw_auth_request(struct gw *g, struct mg_connection *c, const void *body, size_t 
 		return gw_refuse(rf, 400, "invalid_header", "a signed header holds a newline");
 	if (e != CR_OK)
 		return gw_refuse(rf, 401, "bad_proof", "X-Claw-Proof does not verify");
-
-	return nonce_claim(g, rq->agent, rq->nonce, rq->timestamp, rf);
+	return 0;
 }
 
 /* gw_check_pair - recipient known (404) and pair trusted (403) */

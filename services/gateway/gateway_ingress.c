@@ -164,6 +164,9 @@ gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_res
 		set_result(out, 507, "queue_full", retry, r->error && r->error[0] ? r->error :
 		    "the recipient's queue is full");
 		break;
+	case CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REPLAY:
+		set_result(out, 401, "replay", 0, "X-Claw-Nonce was already used");
+		break;
 	case CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED:
 		set_result(out, 400, "rejected", 0, r->error && r->error[0] ? r->error :
 		    "relay-session refused the message");
@@ -281,6 +284,7 @@ gw_handle_post(struct mg_connection *c, void *arg)
 	e.content_type = gw_mut(rq.content_type);
 	e.payload.data = (uint8_t *)body.data;
 	e.payload.len = body.len;
+	e.nonce = gw_mut(rq.nonce);	/* relay-session refuses a replay (ENQ_REPLAY) */
 	if (rq.traceparent != NULL) {
 		gw_fill_trace(rq.traceparent, ids.trace_id, ids.span_id, &e.trace_flags);
 		e.trace_id = ids.trace_id;

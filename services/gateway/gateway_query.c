@@ -87,6 +87,8 @@ query_auth(struct gw *g, struct mg_connection *c, const char *prefix, char *id, 
 	}
 	rc = gw_auth_request(g, c, body.data ? body.data : "", body.len, rq, rf);
 	sb_free(&body);
+	if (rc == 0)
+		rc = gw_auth_nonce(g, rq, rf);
 	return rc;
 }
 

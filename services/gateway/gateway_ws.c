@@ -11,8 +11,9 @@
  * back `reconnect_ack`. Deliver requests from the bus become `deliver` frames
  * and are answered when the connector's `deliver_ack` arrives. `enqueue`
  * frames are queued asynchronously (a window per socket, the reader only
- * waits when the window is full) and answered with `enqueue_ack`. `event`
- * and `dead_letter` frames are checked and forwarded; `heartbeat` is acked.
+ * waits when the window is full) and answered with `enqueue_ack`. `event`,
+ * `event_batch` and `dead_letter` frames are checked and forwarded;
+ * `heartbeat` is acked.
  *
  * Threads and ownership:
  *   - A socket's connect, data and close handlers run on its one civetweb
@@ -684,6 +685,7 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	e = *in;
 	e.sender = sk->agent;
 	e.message_id = NULL;
+	e.nonce = gw_mut("");	/* frames carry no proof, hence no nonce */
 	if (gw_envelope_finish(g, &e, &ids, ttl_s, &rf) < 0)
 		return enq_refuse(sk, rid, &rf, cid);
 	if (in->expires_at_ms != 0)
@@ -755,24 +757,25 @@ short_text(const char *s)
 	return s == NULL || strlen(s) <= WS_TEXT_MAX;
 }
 
-/* event frame: a connector's hop, checked and forwarded */
-static int
-frame_event(struct gw_sock *sk, const HopEvent *in)
+/* one connector hop event: checked, forwarded (hop_forward batches it) and,
+ * for HOOK_ANSWERED ok, turned into the processed receipt and HOP_DELIVERED;
+ * NULL, or why it is refused */
+static const char *
+event_one(struct gw_sock *sk, const HopEvent *in, uint64_t now)
 {
 	struct gw *g = sk->g;
 	HopEvent ev;
-	uint64_t now = now_ms();
 
 	if (in == NULL || in->correlation_id == NULL ||
 	    auth_check_correlation_id(in->correlation_id, NULL) != CR_OK)
-		return bad_frame(sk, "bad_event", "event needs a well-formed correlation_id");
+		return "event needs a well-formed correlation_id";
 	if (!opt_id_ok(in->message_id) || !opt_id_ok(in->sender) || !opt_id_ok(in->recipient))
-		return bad_frame(sk, "bad_event", "event IDs must be well-formed");
+		return "event IDs must be well-formed";
 	if (in->hop <= CLAWRELAY__V1__HOP_KIND__HOP_UNKNOWN || in->hop > CLAWRELAY__V1__HOP_KIND__HOP_PROCESSED)
-		return bad_frame(sk, "bad_event", "unknown hop");
+		return "unknown hop";
 	if (!short_text(in->outcome) || !short_text(in->detail) || !short_text(in->service) ||
 	    !short_text(in->instance) || !short_text(in->trace_id))
-		return bad_frame(sk, "bad_event", "event text fields are too long");
+		return "event text fields are too long";
 	ev = *in;	/* shallow copy: the frame keeps its strings */
 	if ((ev.sender == NULL || ev.sender[0] == '\0') && (ev.recipient == NULL || ev.recipient[0] == '\0')) {
 		if (ev.hop == CLAWRELAY__V1__HOP_KIND__HOP_CONNECTOR_SENT)
@@ -782,7 +785,7 @@ frame_event(struct gw_sock *sk, const HopEvent *in)
 	}
 	if (!((ev.sender && strcmp(ev.sender, sk->agent) == 0) ||
 	    (ev.recipient && strcmp(ev.recipient, sk->agent) == 0)))
-		return bad_frame(sk, "bad_event", "the socket's agent must be the event's sender or recipient");
+		return "the socket's agent must be the event's sender or recipient";
 	if (ev.service == NULL || ev.service[0] == '\0')
 		ev.service = gw_mut("connector");
 	if (ev.instance == NULL || ev.instance[0] == '\0')
@@ -803,11 +806,11 @@ frame_event(struct gw_sock *sk, const HopEvent *in)
 		struct log_ctx lc = { ev.correlation_id, ev.message_id, sk->agent };
 		if (ev.sender == NULL || ev.sender[0] == '\0') {
 			log_warn(&lc, "hook_answered without a sender: no processed receipt");
-			return 1;
+			return NULL;
 		}
 		Receipt r = CLAWRELAY__V1__RECEIPT__INIT;
 		char subj[512];
-		void *wire = NULL;
+		unsigned char wire[2048];
 		size_t wlen = 0;
 		r.schema_version = ENV_SCHEMA;
 		r.message_id = ev.message_id;
@@ -816,15 +819,40 @@ frame_event(struct gw_sock *sk, const HopEvent *in)
 		r.recipient = ev.recipient;
 		r.state = gw_mut("processed");
 		r.at_ms = ev.ts_ms;
+		/* not latency-critical: the buffered connection */
 		if (bus_subj_agent(g->bus, subj, sizeof(subj), "receipt", ev.sender) >= 0 &&
-		    env_pack(&r.base, &wire, &wlen) == CR_OK)
+		    env_pack_into(&r.base, wire, sizeof(wire), &wlen) == CR_OK)
 			bus_publish(g->bus, subj, wire, wlen);
-		free(wire);
 		hop_emit_ids(ev.correlation_id, ev.message_id, ev.sender, ev.recipient, ev.trace_id,
 		    CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED, "ok", NULL);
 		log_debug(&lc, "processed");
 	}
-	return 1;
+	return NULL;
+}
+
+/* event frame: a connector's hop, checked and forwarded */
+static int
+frame_event(struct gw_sock *sk, const HopEvent *in)
+{
+	const char *why = event_one(sk, in, now_ms());
+	return why == NULL ? 1 : bad_frame(sk, "bad_event", why);
+}
+
+/* event_batch frame: several hops; the good ones are forwarded, and a batch
+ * holding bad ones counts as one bad frame */
+static int
+frame_event_batch(struct gw_sock *sk, const HopBatch *b)
+{
+	const char *why = NULL, *w;
+	uint64_t now = now_ms();
+
+	if (b == NULL)
+		return bad_frame(sk, "bad_event", "event_batch without events");
+	for (size_t i = 0; i < b->n_events; i++) {
+		if ((w = event_one(sk, b->events[i], now)) != NULL && why == NULL)
+			why = w;
+	}
+	return why == NULL ? 1 : bad_frame(sk, "bad_event", why);
 }
 
 /* dead_letter frame: the recipient's connector gave up; tell the sender */
@@ -909,6 +937,9 @@ frame_handle(struct gw_sock *sk, const char *data, size_t len)
 	case CLAWRELAY__V1__FRAME__BODY_EVENT:
 		keep = frame_event(sk, f->event);
 		break;
+	case CLAWRELAY__V1__FRAME__BODY_EVENT_BATCH:
+		keep = frame_event_batch(sk, f->event_batch);
+		break;
 	case CLAWRELAY__V1__FRAME__BODY_DEAD_LETTER:
 		keep = frame_dead_letter(sk, f->dead_letter);
 		break;
@@ -952,7 +983,7 @@ ws_auth(struct mg_connection *c, void *arg)
 		gw_refuse(&rf, 503, "draining", "this gateway is shutting down");
 		goto refuse;
 	}
-	if (gw_auth_request(g, c, "", 0, &rq, &rf) < 0)
+	if (gw_auth_request(g, c, "", 0, &rq, &rf) < 0 || gw_auth_nonce(g, &rq, &rf) < 0)
 		goto refuse;
 	mg_set_user_connection_data(c, &auth_mark);
 	return 1;
