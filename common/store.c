@@ -32,6 +32,8 @@ struct store {
 	MDB_env *env;
 	int flags;
 	_Atomic uint64_t commits;
+	_Atomic uint64_t syncs;
+	_Atomic uint64_t lazy_batches;
 	_Atomic uint64_t commit_failures;
 	_Atomic uint64_t ops;
 	_Atomic uint64_t batches;
@@ -58,6 +60,8 @@ struct store_batch {
 	store_done_fn done;
 	void *arg;
 	enum cr_err result;
+	bool lazy;
+	uint64_t deadline_us; /* lazy: commit alone after this (monotonic) */
 	struct store_batch *next;
 };
 
@@ -70,6 +74,8 @@ struct store_committer {
 	pthread_cond_t cv; /* writer waits here for work */
 	struct store_batch *head, *tail;
 	size_t pending_ops;
+	size_t pending_durable;  /* ordinary (not lazy) batches in the FIFO */
+	uint64_t lazy_deadline;  /* earliest deadline of a pending lazy batch */
 	bool stopping;
 };
 
@@ -237,6 +243,9 @@ count_commit(struct store *st, uint64_t t0, size_t nops, size_t nbatches,
 		return;
 	}
 	atomic_fetch_add_explicit(&st->commits, 1, memory_order_relaxed);
+	/* LMDB skips the sync of a txn that changed nothing */
+	if (nops > 0 && !(st->flags & STORE_NOSYNC))
+		atomic_fetch_add_explicit(&st->syncs, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&st->ops, nops, memory_order_relaxed);
 	atomic_store_explicit(&st->last_commit_us, now_us() - t0,
 	    memory_order_relaxed);
@@ -364,6 +373,9 @@ store_stats(const struct store *st, struct store_stats *out)
 	struct store *s = (struct store *)(uintptr_t)st;
 
 	out->commits = atomic_load_explicit(&s->commits, memory_order_relaxed);
+	out->syncs = atomic_load_explicit(&s->syncs, memory_order_relaxed);
+	out->lazy_batches = atomic_load_explicit(&s->lazy_batches,
+	    memory_order_relaxed);
 	out->commit_failures = atomic_load_explicit(&s->commit_failures,
 	    memory_order_relaxed);
 	out->ops = atomic_load_explicit(&s->ops, memory_order_relaxed);
@@ -560,12 +572,35 @@ committer_run_group(struct store_committer *c, struct store_batch *group,
 	}
 	for (b = group; b != NULL; b = next) {
 		next = b->next;
-		if (b->result == CR_OK)
+		if (b->result == CR_OK) {
 			atomic_fetch_add_explicit(&c->st->batches, 1,
 			    memory_order_relaxed);
+			if (b->lazy)
+				atomic_fetch_add_explicit(&c->st->lazy_batches,
+				    1, memory_order_relaxed);
+		}
 		b->done(b->arg, b->result);
 		store_batch_free(b);
 	}
+}
+
+static void
+deadline_ts(struct timespec *ts, uint64_t us)
+{
+	ts->tv_sec = (time_t)(us / 1000000u);
+	ts->tv_nsec = (long)(us % 1000000u) * 1000;
+}
+
+/* under mu: the earliest deadline among the pending lazy batches */
+static uint64_t
+lazy_deadline_scan(const struct store_committer *c)
+{
+	uint64_t d = UINT64_MAX;
+
+	for (const struct store_batch *b = c->head; b != NULL; b = b->next)
+		if (b->lazy && b->deadline_us < d)
+			d = b->deadline_us;
+	return d;
 }
 
 static void *
@@ -573,15 +608,29 @@ committer_main(void *arg)
 {
 	struct store_committer *c = arg;
 	struct store_batch *group, *last;
-	size_t n, ops;
+	size_t n, ops, durable;
 
 	pthread_mutex_lock(&c->mu);
 	for (;;) {
-		while (c->head == NULL && !c->stopping)
-			pthread_cond_wait(&c->cv, &c->mu);
+		/* work: an ordinary batch, a lazy one past its deadline, a
+		 * full FIFO, or stopping (which drains everything) */
+		while (!c->stopping && c->pending_durable == 0 &&
+		    c->pending_ops < c->max_batch) {
+			if (c->head == NULL) {
+				pthread_cond_wait(&c->cv, &c->mu);
+			} else {
+				struct timespec dl;
+
+				if (now_us() >= c->lazy_deadline)
+					break;
+				deadline_ts(&dl, c->lazy_deadline);
+				pthread_cond_timedwait(&c->cv, &c->mu, &dl);
+			}
+		}
 		if (c->head == NULL)
 			break; /* stopping and drained */
 		if (c->max_delay_us > 0 && !c->stopping &&
+		    c->pending_durable > 0 &&
 		    c->pending_ops < c->max_batch) {
 			struct timespec dl;
 			uint64_t ns;
@@ -598,11 +647,13 @@ committer_main(void *arg)
 		/* detach up to max_batch ops; a bigger batch goes alone */
 		group = last = c->head;
 		ops = group->nops;
+		durable = !group->lazy;
 		n = 1;
 		while (last->next != NULL &&
 		    ops + last->next->nops <= c->max_batch) {
 			last = last->next;
 			ops += last->nops;
+			durable += !last->lazy;
 			n++;
 		}
 		c->head = last->next;
@@ -610,6 +661,8 @@ committer_main(void *arg)
 			c->tail = NULL;
 		last->next = NULL;
 		c->pending_ops -= ops;
+		c->pending_durable -= durable;
+		c->lazy_deadline = lazy_deadline_scan(c);
 		pthread_mutex_unlock(&c->mu);
 
 		committer_run_group(c, group, n);
@@ -637,6 +690,7 @@ store_committer_new(struct store *st, unsigned max_batch,
 	c->st = st;
 	c->max_batch = max_batch ? max_batch : 1;
 	c->max_delay_us = max_delay_us;
+	c->lazy_deadline = UINT64_MAX;
 	if (pthread_mutex_init(&c->mu, NULL) != 0)
 		goto fail;
 	mu_ok = true;
@@ -676,10 +730,9 @@ store_committer_free(struct store_committer *c)
 	free(c);
 }
 
-/* store_committer_submit - queue b (takes ownership); done is called once */
-enum cr_err
-store_committer_submit(struct store_committer *c, struct store_batch *b,
-    store_done_fn done, void *arg)
+static enum cr_err
+committer_enqueue(struct store_committer *c, struct store_batch *b,
+    store_done_fn done, void *arg, bool lazy, unsigned max_wait_us)
 {
 	bool wake;
 
@@ -690,16 +743,28 @@ store_committer_submit(struct store_committer *c, struct store_batch *b,
 	b->done = done;
 	b->arg = arg;
 	b->next = NULL;
+	b->lazy = lazy;
+	b->deadline_us = lazy ? now_us() + max_wait_us : 0;
 	pthread_mutex_lock(&c->mu);
 	if (c->stopping) {
 		pthread_mutex_unlock(&c->mu);
 		store_batch_free(b);
 		return CR_ERR_UNAVAILABLE;
 	}
-	/* the writer sleeps only on an empty list or while filling a group */
-	wake = c->head == NULL ||
-	    (c->pending_ops < c->max_batch &&
-	     c->pending_ops + b->nops >= c->max_batch);
+	/* the writer sleeps while it has no ordinary batch (untimed on an
+	 * empty FIFO, else until the earliest lazy deadline), or while it
+	 * fills a group: wake it when that changes */
+	wake = c->pending_ops < c->max_batch &&
+	    c->pending_ops + b->nops >= c->max_batch;
+	if (lazy) {
+		wake = wake || c->head == NULL ||
+		    b->deadline_us < c->lazy_deadline;
+		if (b->deadline_us < c->lazy_deadline)
+			c->lazy_deadline = b->deadline_us;
+	} else {
+		wake = wake || c->pending_durable == 0;
+		c->pending_durable++;
+	}
 	if (c->tail != NULL)
 		c->tail->next = b;
 	else
@@ -710,6 +775,23 @@ store_committer_submit(struct store_committer *c, struct store_batch *b,
 		pthread_cond_signal(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	return CR_OK;
+}
+
+/* store_committer_submit - queue b (takes ownership); done is called once */
+enum cr_err
+store_committer_submit(struct store_committer *c, struct store_batch *b,
+    store_done_fn done, void *arg)
+{
+	return committer_enqueue(c, b, done, arg, false, 0);
+}
+
+/* store_committer_submit_lazy - queue b (takes ownership) to ride with the
+ * next ordinary group, or alone after max_wait_us; done is called once */
+enum cr_err
+store_committer_submit_lazy(struct store_committer *c, struct store_batch *b,
+    store_done_fn done, void *arg, unsigned max_wait_us)
+{
+	return committer_enqueue(c, b, done, arg, true, max_wait_us);
 }
 
 struct store_waiter {

@@ -13,6 +13,11 @@
  *   - store_committer: many callers' batches grouped by one writer thread
  *     into one txn and one fsync; each caller is told the result (through a
  *     callback, after the fsync) so a 202 can be sent only once durable.
+ *     A "lazy" batch (store_committer_submit_lazy) needs no fsync of its
+ *     own: it waits for the next group of ordinary batches and rides in its
+ *     txn, or is committed alone once its wait runs out. Meant for writes
+ *     whose loss in a crash is harmless (relay-session's delete after a
+ *     delivery: the message is delivered again and dropped as a duplicate).
  *
  * Threads:
  *   - LMDB allows one write txn at a time per environment; it serializes
@@ -64,6 +69,8 @@ struct store_iter;
 /* Counters for metrics; a snapshot, each field read atomically. */
 struct store_stats {
 	uint64_t commits;          /* write txns committed (all paths) */
+	uint64_t syncs;            /* of them, synced to disk (fdatasync) */
+	uint64_t lazy_batches;     /* lazy committer batches acknowledged */
 	uint64_t commit_failures;  /* write txns that failed */
 	uint64_t ops;              /* put/del ops committed */
 	uint64_t batches;          /* committer batches acknowledged CR_OK */
@@ -154,6 +161,16 @@ void store_committer_free(struct store_committer *c);
  * is freed at once and done is never called. */
 enum cr_err store_committer_submit(struct store_committer *c,
     struct store_batch *b, store_done_fn done, void *arg);
+
+/* store_committer_submit_lazy - like store_committer_submit, but b needs no
+ * commit (and fsync) of its own: it is added to the next group that holds an
+ * ordinary batch, or committed alone (synced) once max_wait_us has passed
+ * without one. Its done callback runs after that commit. Lazy batches never
+ * wake the writer while ordinary work is pending; store_committer_free
+ * commits them at once. */
+enum cr_err store_committer_submit_lazy(struct store_committer *c,
+    struct store_batch *b, store_done_fn done, void *arg,
+    unsigned max_wait_us);
 
 /* store_committer_submit_wait - submit b (takes ownership) and block until
  * its group committed; returns the batch's result. Never call it from a

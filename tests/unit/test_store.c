@@ -675,6 +675,101 @@ START_TEST(test_committer_wait_and_edges)
 }
 END_TEST
 
+/* --- lazy batches --- */
+
+struct lazy_res {
+	atomic_int called;
+	atomic_int result;
+	_Atomic double at;	/* now_s() when the callback ran */
+};
+
+static void
+lazy_done(void *arg, enum cr_err result)
+{
+	struct lazy_res *r = arg;
+
+	atomic_store(&r->result, (int)result);
+	atomic_store(&r->at, now_s());
+	atomic_fetch_add(&r->called, 1);
+}
+
+static void
+lazy_wait_called(struct lazy_res *r, double limit_s)
+{
+	double t0 = now_s();
+
+	while (atomic_load(&r->called) == 0 && now_s() - t0 < limit_s)
+		usleep(1000);
+	ck_assert_int_eq(atomic_load(&r->called), 1);
+	ck_assert_int_eq(atomic_load(&r->result), CR_OK);
+}
+
+/* a lazy batch waits for an ordinary one and shares its commit (and sync);
+ * alone it is committed once its wait is over, not before; free commits a
+ * waiting one at once */
+START_TEST(test_committer_lazy)
+{
+	struct store_batch *b;
+	struct store *st;
+	struct store_committer *c;
+	struct store_stats s0, s1;
+	struct lazy_res r1 = {0}, r2 = {0}, r3 = {0};
+	unsigned db;
+	void *v;
+	size_t vl, n;
+	double t0;
+
+	/* a syncing store: the sync counter is what relay-session reports */
+	ck_assert_int_eq(store_open(subdir("lazy"), 1 << 20, 4, 0, &st), CR_OK);
+	ck_assert_int_eq(store_db(st, "q", &db), CR_OK);
+	ck_assert_ptr_nonnull(c = store_committer_new(st, 1024, 0));
+
+	/* 1. rides with the next ordinary batch: one commit, one sync */
+	store_stats(st, &s0);
+	b = store_batch_new();
+	ck_assert_int_eq(store_batch_put(b, db, "lazy", 4, "1", 1), CR_OK);
+	ck_assert_int_eq(store_committer_submit_lazy(c, b, lazy_done, &r1,
+	    10 * 1000 * 1000), CR_OK);
+	usleep(50 * 1000);
+	ck_assert_int_eq(atomic_load(&r1.called), 0);
+	ck_assert_int_eq(store_get(st, db, "lazy", 4, &v, &vl), CR_ERR_NOT_FOUND);
+	b = store_batch_new();
+	ck_assert_int_eq(store_batch_put(b, db, "durable", 7, "2", 1), CR_OK);
+	ck_assert_int_eq(store_committer_submit_wait(c, b), CR_OK);
+	lazy_wait_called(&r1, 1.0);
+	store_stats(st, &s1);
+	ck_assert_uint_eq(s1.commits - s0.commits, 1);
+	ck_assert_uint_eq(s1.syncs - s0.syncs, 1);
+	ck_assert_uint_eq(s1.lazy_batches - s0.lazy_batches, 1);
+	ck_assert_uint_eq(s1.batches - s0.batches, 2);
+	ck_assert_int_eq(store_get(st, db, "lazy", 4, &v, &vl), CR_OK);
+	free(v);
+
+	/* 2. alone: committed after its wait (150 ms), not much before */
+	t0 = now_s();
+	b = store_batch_new();
+	ck_assert_int_eq(store_batch_del(b, db, "lazy", 4), CR_OK);
+	ck_assert_int_eq(store_committer_submit_lazy(c, b, lazy_done, &r2,
+	    150 * 1000), CR_OK);
+	lazy_wait_called(&r2, 5.0);
+	ck_assert(atomic_load(&r2.at) - t0 >= 0.140);
+	ck_assert_int_eq(store_get(st, db, "lazy", 4, &v, &vl), CR_ERR_NOT_FOUND);
+
+	/* 3. free does not wait for the deadline */
+	b = store_batch_new();
+	ck_assert_int_eq(store_batch_put(b, db, "late", 4, "3", 1), CR_OK);
+	ck_assert_int_eq(store_committer_submit_lazy(c, b, lazy_done, &r3,
+	    60u * 1000 * 1000), CR_OK);
+	t0 = now_s();
+	store_committer_free(c);
+	ck_assert(now_s() - t0 < 5.0);
+	ck_assert_int_eq(atomic_load(&r3.called), 1);
+	ck_assert_int_eq(store_count(st, db, &n), CR_OK);
+	ck_assert_uint_eq(n, 2);	/* durable, late */
+	store_close(st);
+}
+END_TEST
+
 /* --- map full --- */
 
 struct full_res {
@@ -892,6 +987,7 @@ store_suite(void)
 	tcase_add_test(tc, test_fork_exit_keeps_acknowledged);
 	tcase_add_test(tc, test_committer_concurrent);
 	tcase_add_test(tc, test_committer_wait_and_edges);
+	tcase_add_test(tc, test_committer_lazy);
 	tcase_add_test(tc, test_map_full);
 	tcase_add_test(tc, test_committer_throughput);
 	suite_add_tcase(s, tc);
