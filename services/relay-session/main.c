@@ -56,6 +56,12 @@ static const struct cfg_item session_cfg[] = {
 	  &state.cfg.commit_delay_us },
 	{ "SWEEP_BATCH", CFG_INT, "512", 1, 1000000,
 	  "queue/idempotency entries examined per partition per tick", &state.cfg.sweep_batch },
+	{ "NONCE_TTL_S", CFG_INT, "600", 1, 31536000,
+	  "how long a request nonce (sender, X-Claw-Nonce) is remembered for the replay check "
+	  "(at least twice the gateway's clock window)", &state.cfg.nonce_ttl_s },
+	{ "DELETE_DELAY_MS", CFG_INT, "20", 0, 10000,
+	  "a delivered message's delete waits at most this long to ride with the next enqueue "
+	  "commit instead of its own fsync (0: own durable commit)", &state.cfg.delete_delay_ms },
 	{ "FSYNC", CFG_BOOL, "1", 0, 0,
 	  "fsync every group commit (0 only for tests and benchmarks)", &state.cfg.fsync },
 };
@@ -168,7 +174,7 @@ static void
 session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 {
 	struct session *s = arg;
-	uint64_t commits = 0, fails = 0, ops = 0, batches = 0;
+	uint64_t commits = 0, fails = 0, ops = 0, batches = 0, syncs = 0, lazy = 0;
 	uint32_t owned = 0;
 
 	sb_printf(sb, "# HELP clawrelay_session_last_commit_ops ops in the last group commit\n"
@@ -181,6 +187,8 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 		if (pp->open && pp->st != NULL) {
 			store_stats(pp->st, &ss);
 			commits += ss.commits;
+			syncs += ss.syncs;
+			lazy += ss.lazy_batches;
 			fails += ss.commit_failures;
 			ops += ss.ops;
 			batches += ss.batches;
@@ -200,9 +208,16 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 	    "# HELP clawrelay_session_commit_batches batches acknowledged\n"
 	    "# TYPE clawrelay_session_commit_batches gauge\nclawrelay_session_commit_batches %llu\n"
 	    "# HELP clawrelay_session_partitions_owned partitions served\n"
-	    "# TYPE clawrelay_session_partitions_owned gauge\nclawrelay_session_partitions_owned %u\n",
+	    "# TYPE clawrelay_session_partitions_owned gauge\nclawrelay_session_partitions_owned %u\n"
+	    "# HELP clawrelay_session_commit_syncs commits synced to disk (fdatasync)\n"
+	    "# TYPE clawrelay_session_commit_syncs gauge\nclawrelay_session_commit_syncs %llu\n"
+	    "# HELP clawrelay_session_commit_lazy_batches batches committed without a sync of "
+	    "their own (deletes, sweeps)\n"
+	    "# TYPE clawrelay_session_commit_lazy_batches gauge\n"
+	    "clawrelay_session_commit_lazy_batches %llu\n",
 	    (unsigned long long)commits, (unsigned long long)fails, (unsigned long long)ops,
-	    (unsigned long long)batches, owned);
+	    (unsigned long long)batches, owned, (unsigned long long)syncs,
+	    (unsigned long long)lazy);
 }
 
 static void

@@ -8,6 +8,9 @@
  *   DB "idem": "<sender>\0<idempotency key>" -> struct in session_queue.c
  *   DB "meta": "c<agent>" -> <expired be64><shed be64><failed be64>
  *              (failures since the agent's last reconnect_ack)
+ *   DB "nonce": "<sender>\0<nonce>" -> <seen_ms be64>: the request nonces of
+ *              queued messages (replay check), written in the message's
+ *              commit, kept NONCE_TTL_S, swept on the tick
  * seq is one counter per partition, started above every stored seq and
  * above the wall clock in microseconds, so a key never repeats.
  *
@@ -22,6 +25,10 @@
  *   - Enqueue/connect/disconnect run on the partition subscription's nats.c
  *     thread, commit callbacks on the committer thread, dispatch replies on
  *     the bus reply/timer threads, lease/sweep/probe work on the main tick.
+ *   - Deletes of delivered messages are lazy commits (no fsync of their
+ *     own): they ride with the next enqueue group, or go alone after
+ *     DELETE_DELAY_MS. Lost in a crash, the message is dispatched again and
+ *     the connector's inbox drops it by message_id.
  *   - A callback that outlives its partition's open period is recognised by
  *     gen (bumped on every close) and only finishes what it owes others
  *     (the enqueue reply), never touching the agents.
@@ -42,6 +49,7 @@
 #define SESSION_LANES 3
 #define SESSION_AGENT_BUCKETS 1024
 #define SESSION_IDEM_BUCKETS 256
+#define SESSION_NONCE_BUCKETS 1024
 #define SESSION_VHDR 16            /* expires + accepted before the envelope */
 #define SESSION_KEY_MAX (128 + 1 + 1 + 8)
 /* protobuf-c fields are char *: borrowed strings are only read by pack */
@@ -97,6 +105,13 @@ struct session_idem_pending {
 	unsigned char sha[32];
 };
 
+/* A nonce whose message's commit is still pending ("<sender>\0<nonce>"). */
+struct session_nonce_pending {
+	struct session_nonce_pending *next;
+	size_t klen;
+	unsigned char key[];
+};
+
 struct session;
 
 struct session_part {
@@ -108,11 +123,12 @@ struct session_part {
 	uint64_t gen;
 	struct store *st;
 	struct store_committer *com;
-	unsigned dbq, dbidem, dbmeta;
+	unsigned dbq, dbidem, dbmeta, dbnonce;
 	natsSubscription *sub;
 	struct session_agent *agents[SESSION_AGENT_BUCKETS];
 	uint64_t nagents;
 	struct session_idem_pending *idem[SESSION_IDEM_BUCKETS];
+	struct session_nonce_pending *nonces[SESSION_NONCE_BUCKETS];
 	uint64_t next_seq;
 	uint64_t depth;                 /* messages in the partition (as n above) */
 	uint64_t inflight;
@@ -127,6 +143,9 @@ struct session_part {
 	unsigned char idem_key[STORE_KEY_MAX];
 	size_t idem_klen;
 	uint64_t idem_next;             /* mono ms of the next idem sweep */
+	unsigned char nonce_key[STORE_KEY_MAX + 1];
+	size_t nonce_klen;
+	uint64_t nonce_next;            /* mono ms of the next nonce sweep pass */
 	struct metric *m_depth, *m_inflight;
 };
 
@@ -135,7 +154,7 @@ struct session_cfg {
 	long long map_size_mb, lease_ms, queue_max, queue_max_bytes, inflight;
 	long long dispatch_timeout_ms, backoff_base_ms, backoff_max_ms, max_attempts;
 	long long offline_probe_ms, idem_window_s, default_ttl_s, commit_delay_us;
-	long long sweep_batch;
+	long long sweep_batch, nonce_ttl_s, delete_delay_ms;
 	int strict_order, fsync;
 };
 
@@ -159,6 +178,7 @@ struct session_work {
 	struct session_send *head, *tail;
 	struct store_batch *batch;
 	struct session_del *del;
+	int durable;                    /* batch needs its own durable commit */
 };
 
 static inline void

@@ -165,7 +165,16 @@ session_work_flush_unlock(struct session_part *pp, struct session_work *w)
 
 	if (w->batch != NULL) {
 		struct session_del *d = w->del;
-		if (pp->com == NULL || store_committer_submit(pp->com, w->batch, del_done, d) != CR_OK) {
+		enum cr_err err = CR_ERR_UNAVAILABLE;
+
+		/* deletes of delivered messages need no fsync of their own (see
+		 * session.h); failure counters and drops do */
+		if (pp->com != NULL && !w->durable && s->cfg.delete_delay_ms > 0)
+			err = store_committer_submit_lazy(pp->com, w->batch, del_done, d,
+			    (unsigned)s->cfg.delete_delay_ms * 1000u);
+		else if (pp->com != NULL)
+			err = store_committer_submit(pp->com, w->batch, del_done, d);
+		if (err != CR_OK) {
 			/* stopping: the messages stay in LMDB for the next owner */
 			if (pp->com == NULL)
 				store_batch_free(w->batch);
@@ -181,6 +190,7 @@ session_work_flush_unlock(struct session_part *pp, struct session_work *w)
 		}
 		w->batch = NULL;
 		w->del = NULL;
+		w->durable = 0;
 	} else if (w->del != NULL) {
 		del_free(w->del);
 		w->del = NULL;
@@ -336,6 +346,7 @@ make_send(struct session_part *pp, struct session_agent *a, struct session_slot 
 	sl->attempts++;
 	sl->token++;
 	e->attempt = sl->attempts;
+	e->queue_seq = sl->seq;	/* the connector may keep lane order by it */
 	dr.schema_version = ENV_SCHEMA;
 	dr.envelope = e;
 	dr.partition = pp->idx;

@@ -184,6 +184,7 @@ session_counters_put(struct session_part *pp, struct session_agent *a, struct se
 
 	if (w->batch == NULL && (w->batch = store_batch_new()) == NULL)
 		return;
+	w->durable = 1;
 	key[0] = 'c';
 	memcpy(key + 1, a->id, n);
 	session_be64_put(val, a->expired);
@@ -419,6 +420,13 @@ agents_free(struct session_part *pp)
 			free(ip);
 		}
 	}
+	for (int i = 0; i < SESSION_NONCE_BUCKETS; i++) {
+		while (pp->nonces[i]) {
+			struct session_nonce_pending *np = pp->nonces[i];
+			pp->nonces[i] = np->next;
+			free(np);
+		}
+	}
 	pp->nagents = 0;
 	pp->depth = 0;
 	pp->inflight = 0;
@@ -442,7 +450,8 @@ session_part_open(struct session *s, struct session_part *pp)
 	}
 	if ((err = store_db(pp->st, "q", &pp->dbq)) != CR_OK ||
 	    (err = store_db(pp->st, "idem", &pp->dbidem)) != CR_OK ||
-	    (err = store_db(pp->st, "meta", &pp->dbmeta)) != CR_OK)
+	    (err = store_db(pp->st, "meta", &pp->dbmeta)) != CR_OK ||
+	    (err = store_db(pp->st, "nonce", &pp->dbnonce)) != CR_OK)
 		goto fail;
 	pp->com = store_committer_new(pp->st, 8192, (unsigned)s->cfg.commit_delay_us);
 	if (pp->com == NULL) {
@@ -455,6 +464,7 @@ session_part_open(struct session *s, struct session_part *pp)
 		pp->open = 1;
 		pp->sweep_klen = 0;
 		pp->idem_klen = 0;
+		pp->nonce_klen = 0;
 	}
 	pthread_mutex_unlock(&pp->mu);
 	if (err != CR_OK)

@@ -9,6 +9,12 @@
  * Until its commit lands an entry also sits in the partition's in-memory
  * pending table, so two racing requests with one key cannot both queue.
  *
+ * Replay check: a non-empty Envelope.nonce (the request's X-Claw-Nonce) is
+ * remembered as "<sender>\0<nonce>" in DB nonce, in the same commit as the
+ * message, and in a pending table until then; a (sender, nonce) seen within
+ * NONCE_TTL_S is answered ENQ_REPLAY. A replay names the same recipient
+ * (the path is signed), so the recipient's partition always sees both.
+ *
  * Threads: session_enqueue runs on the partition subscription's thread and
  * takes mu; enq_done runs on the committer thread (see session.h).
  */
@@ -30,16 +36,20 @@ struct enq_ctx {
 	uint64_t gen;
 	struct session_agent *a;       /* valid while gen matches */
 	struct session_idem_pending *ip; /* valid while gen matches */
+	struct session_nonce_pending *np; /* valid while gen matches */
 	char *reply;
 	Envelope *e;
 	int lane;
 	uint64_t seq, vlen;
 };
 
-static struct metric *m_enq[7], *m_enq_bad;
+#define ENQ_NSTATUS 8
 
-static const char *const enq_names[7] = {
-	"queued", "duplicate", "conflict", "rate_limited", "queue_full", "rejected", "unavailable"
+static struct metric *m_enq[ENQ_NSTATUS], *m_enq_bad;
+
+static const char *const enq_names[ENQ_NSTATUS] = {
+	"queued", "duplicate", "conflict", "rate_limited", "queue_full", "rejected", "unavailable",
+	"replay"
 };
 
 static void
@@ -49,7 +59,7 @@ metrics_once(void)
 
 	if (m_enq_bad != NULL)
 		return;
-	for (int i = 0; i < 7; i++) {
+	for (int i = 0; i < ENQ_NSTATUS; i++) {
 		snprintf(lab, sizeof(lab), "status=\"%s\"", enq_names[i]);
 		m_enq[i] = metric_counter("clawrelay_session_enqueue_total", lab,
 		    "enqueue requests by answer");
@@ -66,7 +76,7 @@ reply_to(struct session *s, const char *reply, int status, const char *mid, cons
 	unsigned char buf[1024];
 	size_t len;
 
-	if (status >= 0 && status < 7)
+	if (status >= 0 && status < ENQ_NSTATUS)
 		metric_add(m_enq[status], 1);
 	if (reply == NULL || *reply == '\0')
 		return;
@@ -116,6 +126,76 @@ idem_pending_remove(struct session_part *pp, struct session_idem_pending *ip)
 	free(ip);
 }
 
+static uint32_t
+nonce_hash(const unsigned char *k, size_t kl)
+{
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < kl; i++)
+		h = (h ^ k[i]) * 16777619u;
+	return h % SESSION_NONCE_BUCKETS;
+}
+
+static void
+nonce_pending_remove(struct session_part *pp, struct session_nonce_pending *np)
+{
+	uint32_t h = nonce_hash(np->key, np->klen);
+
+	for (struct session_nonce_pending **pnp = &pp->nonces[h]; *pnp; pnp = &(*pnp)->next) {
+		if (*pnp == np) {
+			*pnp = np->next;
+			break;
+		}
+	}
+	free(np);
+}
+
+/* 1 if (sender, nonce) was seen within NONCE_TTL_S (committed or pending);
+ * caller holds mu */
+static int
+nonce_seen_locked(struct session_part *pp, const unsigned char *key, size_t klen)
+{
+	void *v = NULL;
+	size_t vl = 0;
+	int seen = 0;
+
+	for (struct session_nonce_pending *np = pp->nonces[nonce_hash(key, klen)]; np;
+	    np = np->next)
+		if (np->klen == klen && memcmp(np->key, key, klen) == 0)
+			return 1;
+	if (store_get(pp->st, pp->dbnonce, key, klen, &v, &vl) != CR_OK)
+		return 0;
+	/* an entry the sweep has not reached yet no longer counts */
+	seen = vl >= 8 && session_be64_get(v) + (uint64_t)pp->s->cfg.nonce_ttl_s * 1000u >=
+	    now_ms();
+	free(v);
+	return seen;
+}
+
+/* add (sender, nonce) to b and to the pending table; NULL on ENOMEM.
+ * Caller holds mu. */
+static struct session_nonce_pending *
+nonce_add_locked(struct session_part *pp, struct store_batch *b, const unsigned char *key,
+    size_t klen, uint64_t wall)
+{
+	struct session_nonce_pending *np = malloc(sizeof(*np) + klen);
+	unsigned char val[8];
+	uint32_t h = nonce_hash(key, klen);
+
+	if (np == NULL)
+		return NULL;
+	session_be64_put(val, wall);
+	if (store_batch_put(b, pp->dbnonce, key, klen, val, sizeof(val)) != CR_OK) {
+		free(np);
+		return NULL;
+	}
+	np->klen = klen;
+	memcpy(np->key, key, klen);
+	np->next = pp->nonces[h];
+	pp->nonces[h] = np;
+	return np;
+}
+
 /* commit finished (committer thread): answer, then dispatch */
 static void
 enq_done(void *arg, enum cr_err result)
@@ -145,6 +225,8 @@ enq_done(void *arg, enum cr_err result)
 		depth = depth_of(a);
 		if (c->ip != NULL)
 			idem_pending_remove(pp, c->ip);
+		if (c->np != NULL)
+			nonce_pending_remove(pp, c->np);
 	}
 	pthread_mutex_unlock(&pp->mu);
 
@@ -303,9 +385,9 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	struct session_agent *a;
 	unsigned char *val = NULL;
 	size_t plen, vlen;
-	unsigned char qkey[SESSION_KEY_MAX], sha[32];
+	unsigned char qkey[SESSION_KEY_MAX], sha[32], nkey[STORE_KEY_MAX];
 	char *ikey = NULL;
-	size_t iklen = 0, qkl;
+	size_t iklen = 0, qkl, nklen = 0;
 	uint64_t wall = now_ms(), seq;
 	int lane, locked = 0;
 	enum cr_err err;
@@ -348,6 +430,18 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	if (e->accepted_at_ms == 0)
 		e->accepted_at_ms = wall;
 	e->attempt = 0;
+	if (e->nonce != NULL && e->nonce[0] != '\0') {
+		size_t sl = strlen(e->sender), nl = strlen(e->nonce);
+
+		if (sl + 1 + nl > sizeof(nkey)) {
+			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED,
+			    e->message_id, e->correlation_id, NULL, 0, 0, "nonce too long");
+			goto out;
+		}
+		memcpy(nkey, e->sender, sl + 1);
+		memcpy(nkey + sl + 1, e->nonce, nl);
+		nklen = sl + 1 + nl;
+	}
 	lane = env_lane(e->priority);
 	if (lane < 0 || lane >= SESSION_LANES)
 		lane = 1;
@@ -380,6 +474,12 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	if (!pp->open) {
 		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, e->message_id,
 		    e->correlation_id, NULL, 0, 1, "partition moving to another replica");
+		goto out;
+	}
+	if (nklen > 0 && nonce_seen_locked(pp, nkey, nklen)) {
+		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REPLAY, e->message_id,
+		    e->correlation_id, NULL, 0, 0, "replay: nonce already used");
+		log_info(&lc, "replayed nonce refused");
 		goto out;
 	}
 	if (ikey != NULL && idem_check_locked(pp, reply, e, ikey, iklen, sha))
@@ -440,6 +540,11 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 			goto nomem;
 		}
 	}
+	if (nklen > 0 && (c->np = nonce_add_locked(pp, b, nkey, nklen, wall)) == NULL) {
+		if (c->ip)
+			idem_pending_remove(pp, c->ip);
+		goto nomem;
+	}
 	c->pp = pp;
 	c->gen = pp->gen;
 	c->a = a;
@@ -451,6 +556,8 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	if (c->reply == NULL) {
 		if (c->ip)
 			idem_pending_remove(pp, c->ip);
+		if (c->np)
+			nonce_pending_remove(pp, c->np);
 		goto nomem;
 	}
 	a->n[lane]++;
@@ -464,6 +571,8 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 		pp->depth--;
 		if (c->ip)
 			idem_pending_remove(pp, c->ip);
+		if (c->np)
+			nonce_pending_remove(pp, c->np);
 		free(c->reply);
 		c->e = NULL;
 		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, e->message_id,

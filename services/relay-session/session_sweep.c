@@ -5,6 +5,7 @@
  *     expired + HOP_EXPIRED, counted for the next reconnect_ack);
  *   - idempotency: every few seconds, walk DB idem the same way and delete
  *     entries older than the window;
+ *   - nonces: the same for DB nonce and NONCE_TTL_S;
  *   - dispatch for agents whose backoff ended or whose offline probe is due.
  * Work per tick is bounded, so a long backlog costs several ticks, never a
  * long stall of the lease renewals that share the main thread.
@@ -116,8 +117,48 @@ sweep_idem(struct session_part *pp)
 		pp->idem_next = mono_ms() + 10000;
 	}
 	store_iter_free(it);
+	/* a lost sweep delete is swept again: no fsync of its own */
 	if (b != NULL)
-		store_committer_submit(pp->com, b, idem_done, NULL);
+		store_committer_submit_lazy(pp->com, b, idem_done, NULL,
+		    (unsigned)s->cfg.delete_delay_ms * 1000u);
+}
+
+/* caller holds mu; like sweep_idem for DB nonce */
+static void
+sweep_nonce(struct session_part *pp)
+{
+	struct session *s = pp->s;
+	struct store_iter *it = NULL;
+	struct store_batch *b = NULL;
+	const void *k, *v;
+	size_t kl, vl;
+	long long budget = s->cfg.sweep_batch;
+	uint64_t cutoff = now_ms() - (uint64_t)s->cfg.nonce_ttl_s * 1000u;
+	int r = 0;
+
+	if (store_iter_new_at(pp->st, pp->dbnonce, NULL, 0, pp->nonce_key, pp->nonce_klen,
+	    &it) != CR_OK)
+		return;
+	while (budget-- > 0 && (r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
+		if (kl < sizeof(pp->nonce_key)) {
+			memcpy(pp->nonce_key, k, kl);
+			pp->nonce_key[kl] = 0;
+			pp->nonce_klen = kl + 1;
+		}
+		if (vl >= 8 && session_be64_get(v) >= cutoff)
+			continue;
+		if (b == NULL && (b = store_batch_new()) == NULL)
+			break;
+		store_batch_del(b, pp->dbnonce, k, kl);
+	}
+	if (r == 0) {
+		pp->nonce_klen = 0;
+		pp->nonce_next = mono_ms() + 1000;
+	}
+	store_iter_free(it);
+	if (b != NULL)
+		store_committer_submit_lazy(pp->com, b, idem_done, NULL,
+		    (unsigned)s->cfg.delete_delay_ms * 1000u);
 }
 
 /* session_sweep - bounded expiry and idempotency sweeps, due dispatches */
@@ -136,6 +177,8 @@ session_sweep(struct session *s, struct session_part *pp)
 	sweep_expired(pp, &w);
 	if (now >= pp->idem_next)
 		sweep_idem(pp);
+	if (now >= pp->nonce_next)
+		sweep_nonce(pp);
 	for (int i = 0; i < SESSION_AGENT_BUCKETS; i++) {
 		for (struct session_agent *a = pp->agents[i]; a != NULL; a = a->next) {
 			int has_waiting = 0;
