@@ -37,6 +37,7 @@
 #define GW_KEY_SHARDS    64
 #define GW_CT_MAX        255  /* Content-Type bytes kept in an envelope */
 #define GW_DEFAULT_CT    "application/octet-stream"
+#define GW_NATS_LOCK_SPIN 0   /* nats.c lock spins before sleeping (its default: 2000) */
 
 /* gw_mut - a protobuf-c string field from a borrowed const string; the
  * message is only packed, never modified through it */

@@ -50,6 +50,7 @@
 #define WS_OP_PING  0x9
 #define WS_OP_PONG  0xa
 #define WS_FIN      0x80
+#define WS_HDR_MAX  10     /* an unmasked frame header: 2 + 8 length bytes */
 #define WS_TEXT_MAX 1024   /* outcome/detail/reason strings kept from frames */
 #define WS_STATUS_MAX 500  /* agents listed in /v1/status */
 
@@ -138,17 +139,63 @@ sock_unref(struct gw_sock *sk)
 	free(sk);
 }
 
-/* write one WebSocket message; -1 once the socket is closed or broken */
-static int
-sock_write_raw(struct gw_sock *sk, int opcode, const void *data, size_t len)
+/* the header of an unmasked server frame (FIN set) for a payload of len
+ * bytes, written so that it ends at end; returns its length */
+static size_t
+ws_header(unsigned char *end, int opcode, size_t len)
 {
+	unsigned char h[WS_HDR_MAX];
+	size_t n = 0;
+
+	h[n++] = (unsigned char)(WS_FIN | (opcode & 0x0f));
+	if (len < 126) {
+		h[n++] = (unsigned char)len;
+	} else if (len <= 0xffff) {
+		h[n++] = 126;
+		h[n++] = (unsigned char)(len >> 8);
+		h[n++] = (unsigned char)len;
+	} else {
+		h[n++] = 127;
+		for (int i = 7; i >= 0; i--)
+			h[n++] = (unsigned char)((uint64_t)len >> (8 * i));
+	}
+	memcpy(end - n, h, n);
+	return n;
+}
+
+/* write one WebSocket message whose payload (len bytes) starts at
+ * buf + WS_HDR_MAX: the header goes in front of it, so that frame and
+ * header leave in one send (mg_websocket_write makes two); -1 once the
+ * socket is closed or broken */
+static int
+sock_send(struct gw_sock *sk, int opcode, unsigned char *buf, size_t len)
+{
+	size_t hl = ws_header(buf + WS_HDR_MAX, opcode, len);
+	const unsigned char *start = buf + WS_HDR_MAX - hl;
 	int rc = -1;
 
 	pthread_mutex_lock(&sk->wmu);
-	if (!sk->wclosed && mg_websocket_write(sk->conn, opcode, data, len) > 0)
-		rc = 0;
+	if (!sk->wclosed) {
+		mg_lock_connection(sk->conn);
+		if (mg_write(sk->conn, start, hl + len) == (int)(hl + len))
+			rc = 0;
+		mg_unlock_connection(sk->conn);
+	}
 	pthread_mutex_unlock(&sk->wmu);
 	return rc;
+}
+
+/* write one WebSocket message from a payload anywhere (small control frames) */
+static int
+sock_write_raw(struct gw_sock *sk, int opcode, const void *data, size_t len)
+{
+	unsigned char buf[WS_HDR_MAX + 256];
+
+	if (len > sizeof(buf) - WS_HDR_MAX)
+		len = sizeof(buf) - WS_HDR_MAX;	/* control frames are at most 125 bytes */
+	if (len > 0)
+		memcpy(buf + WS_HDR_MAX, data, len);
+	return sock_send(sk, opcode, buf, len);
 }
 
 /* pack and write one Frame */
@@ -156,16 +203,20 @@ static int
 sock_write_frame(struct gw_sock *sk, Frame *f)
 {
 	unsigned char stack[4096];
-	void *heap = NULL;
+	unsigned char *heap;
 	size_t len = 0;
 	int rc;
 
 	f->schema_version = ENV_SCHEMA;
-	if (env_pack_into(&f->base, stack, sizeof(stack), &len) == CR_OK)
-		return sock_write_raw(sk, WS_OP_BIN, stack, len);
-	if (env_pack(&f->base, &heap, &len) != CR_OK)
+	len = protobuf_c_message_get_packed_size(&f->base);
+	if (len <= sizeof(stack) - WS_HDR_MAX) {
+		protobuf_c_message_pack(&f->base, stack + WS_HDR_MAX);
+		return sock_send(sk, WS_OP_BIN, stack, len);
+	}
+	if ((heap = malloc(WS_HDR_MAX + len)) == NULL)
 		return -1;
-	rc = sock_write_raw(sk, WS_OP_BIN, heap, len);
+	protobuf_c_message_pack(&f->base, heap + WS_HDR_MAX);
+	rc = sock_send(sk, WS_OP_BIN, heap, len);
 	free(heap);
 	return rc;
 }
