@@ -34,6 +34,7 @@ struct store {
 	_Atomic uint64_t commits;
 	_Atomic uint64_t syncs;
 	_Atomic uint64_t lazy_batches;
+	_Atomic uint64_t lazy_commits;
 	_Atomic uint64_t commit_failures;
 	_Atomic uint64_t ops;
 	_Atomic uint64_t batches;
@@ -376,6 +377,8 @@ store_stats(const struct store *st, struct store_stats *out)
 	out->syncs = atomic_load_explicit(&s->syncs, memory_order_relaxed);
 	out->lazy_batches = atomic_load_explicit(&s->lazy_batches,
 	    memory_order_relaxed);
+	out->lazy_commits = atomic_load_explicit(&s->lazy_commits,
+	    memory_order_relaxed);
 	out->commit_failures = atomic_load_explicit(&s->commit_failures,
 	    memory_order_relaxed);
 	out->ops = atomic_load_explicit(&s->ops, memory_order_relaxed);
@@ -662,6 +665,9 @@ committer_main(void *arg)
 		last->next = NULL;
 		c->pending_ops -= ops;
 		c->pending_durable -= durable;
+		if (durable == 0)
+			atomic_fetch_add_explicit(&c->st->lazy_commits, 1,
+			    memory_order_relaxed);
 		c->lazy_deadline = lazy_deadline_scan(c);
 		pthread_mutex_unlock(&c->mu);
 

@@ -71,6 +71,7 @@ struct store_stats {
 	uint64_t commits;          /* write txns committed (all paths) */
 	uint64_t syncs;            /* of them, synced to disk (fdatasync) */
 	uint64_t lazy_batches;     /* lazy committer batches acknowledged */
+	uint64_t lazy_commits;     /* committer txns of lazy batches only */
 	uint64_t commit_failures;  /* write txns that failed */
 	uint64_t ops;              /* put/del ops committed */
 	uint64_t batches;          /* committer batches acknowledged CR_OK */

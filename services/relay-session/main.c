@@ -174,7 +174,7 @@ static void
 session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 {
 	struct session *s = arg;
-	uint64_t commits = 0, fails = 0, ops = 0, batches = 0, syncs = 0, lazy = 0;
+	uint64_t commits = 0, fails = 0, ops = 0, batches = 0, syncs = 0, lazy = 0, lazyc = 0;
 	uint32_t owned = 0;
 
 	sb_printf(sb, "# HELP clawrelay_session_last_commit_ops ops in the last group commit\n"
@@ -189,6 +189,7 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 			commits += ss.commits;
 			syncs += ss.syncs;
 			lazy += ss.lazy_batches;
+			lazyc += ss.lazy_commits;
 			fails += ss.commit_failures;
 			ops += ss.ops;
 			batches += ss.batches;
@@ -214,10 +215,13 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 	    "# HELP clawrelay_session_commit_lazy_batches batches committed without a sync of "
 	    "their own (deletes, sweeps)\n"
 	    "# TYPE clawrelay_session_commit_lazy_batches gauge\n"
-	    "clawrelay_session_commit_lazy_batches %llu\n",
+	    "clawrelay_session_commit_lazy_batches %llu\n"
+	    "# HELP clawrelay_session_commits_lazy_only commits that held lazy batches only\n"
+	    "# TYPE clawrelay_session_commits_lazy_only gauge\n"
+	    "clawrelay_session_commits_lazy_only %llu\n",
 	    (unsigned long long)commits, (unsigned long long)fails, (unsigned long long)ops,
 	    (unsigned long long)batches, owned, (unsigned long long)syncs,
-	    (unsigned long long)lazy);
+	    (unsigned long long)lazy, (unsigned long long)lazyc);
 }
 
 static void

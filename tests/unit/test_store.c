@@ -741,6 +741,7 @@ START_TEST(test_committer_lazy)
 	ck_assert_uint_eq(s1.commits - s0.commits, 1);
 	ck_assert_uint_eq(s1.syncs - s0.syncs, 1);
 	ck_assert_uint_eq(s1.lazy_batches - s0.lazy_batches, 1);
+	ck_assert_uint_eq(s1.lazy_commits - s0.lazy_commits, 0);
 	ck_assert_uint_eq(s1.batches - s0.batches, 2);
 	ck_assert_int_eq(store_get(st, db, "lazy", 4, &v, &vl), CR_OK);
 	free(v);
@@ -753,6 +754,8 @@ START_TEST(test_committer_lazy)
 	    150 * 1000), CR_OK);
 	lazy_wait_called(&r2, 5.0);
 	ck_assert(atomic_load(&r2.at) - t0 >= 0.140);
+	store_stats(st, &s0);
+	ck_assert_uint_eq(s0.lazy_commits - s1.lazy_commits, 1);
 	ck_assert_int_eq(store_get(st, db, "lazy", 4, &v, &vl), CR_ERR_NOT_FOUND);
 
 	/* 3. free does not wait for the deadline */
