@@ -179,6 +179,25 @@ char *gw_enq_json(const struct gw_enq_result *r);
 /* gw_handle_post - POST /v1/agents/{recipient}/messages (civetweb handler) */
 int gw_handle_post(struct mg_connection *c, void *arg);
 
+/* --- gateway_reqpool.c ----------------------------------------------- */
+
+/* gw_reqpool_init - the gateway's own send-asap connections for hot
+ * requests and replies; 0 or -1 (main thread, in gw_init) */
+int gw_reqpool_init(struct gw *g);
+/* gw_request - like bus_request, on this thread's pool connection with the
+ * answer delivered straight to this thread; *reply: caller destroys */
+enum cr_err gw_request(struct gw *g, const char *subj, const void *data, size_t len,
+    int timeout_ms, natsMsg **reply);
+/* gw_publish_asap - like bus_publish_asap, on this thread's pool connection */
+enum cr_err gw_publish_asap(struct gw *g, const char *subj, const void *data, size_t len);
+/* gw_reqpool_connected - every pool connection is up */
+int gw_reqpool_connected(void);
+/* gw_reqpool_stop - callers go to the bus from now on; wait up to wait_ms
+ * for those inside, then close the pool (drain, main thread) */
+void gw_reqpool_stop(int wait_ms);
+/* gw_reqpool_fini - release the rest (fini, main thread) */
+void gw_reqpool_fini(void);
+
 /* --- gateway_query.c -------------------------------------------------- */
 
 /* gw_handle_message - GET /v1/messages/{correlationId} */

@@ -298,7 +298,7 @@ gw_handle_post(struct mg_connection *c, void *arg)
 		goto refuse;
 	}
 	hop_emit(&e, CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED, "ok", NULL);
-	err = bus_request(g->bus, subj, wire, wlen, (int)g->cfg.session_timeout_ms, &reply);
+	err = gw_request(g, subj, wire, wlen, (int)g->cfg.session_timeout_ms, &reply);
 	gw_enq_map(err, reply, &e, &res);
 	if (res.status == 200 || res.status == 202) {
 		char *json = gw_enq_json(&res);

@@ -263,7 +263,7 @@ deliver_reply(struct gw *g, const char *reply, const char *message_id, int accep
 	da.accepted = accepted ? 1 : 0;
 	da.reason = gw_mut(reason ? reason : "");
 	if (env_pack_into(&da.base, buf, sizeof(buf), &len) == CR_OK)
-		bus_publish_asap(g->bus, reply, buf, len);
+		gw_publish_asap(g, reply, buf, len);
 }
 
 /* a bad frame: an error frame, a log line, a counter; 0 = close now */

@@ -65,6 +65,9 @@ gw_init(struct svc *s, void *st)
 		return 1;
 	}
 
+	if (gw_reqpool_init(g) < 0)
+		return 1;
+
 	g->m_accepted_http = metric_counter("clawrelay_gateway_messages_accepted_total",
 	    "via=\"http\"", "messages relay-session took (202/200)");
 	g->m_accepted_ws = metric_counter("clawrelay_gateway_messages_accepted_total",
@@ -98,7 +101,8 @@ static int
 gw_ready(struct svc *s, void *st)
 {
 	struct gw *g = st;
-	return g->reg_kv != NULL && g->nonce_kv != NULL && bus_is_connected(g->bus);
+	return g->reg_kv != NULL && g->nonce_kv != NULL && bus_is_connected(g->bus) &&
+	    gw_reqpool_connected();
 }
 
 static void
@@ -123,7 +127,11 @@ gw_status(struct svc *s, void *st, cJSON *obj)
 static void
 gw_drain(struct svc *s, void *st)
 {
-	gw_ws_close_all(st);
+	struct gw *g = st;
+
+	gw_ws_close_all(g);
+	/* nats.c is closed before gw_fini: the pool must go now */
+	gw_reqpool_stop((int)g->cfg.session_timeout_ms + 1000);
 }
 
 static void
@@ -137,6 +145,7 @@ gw_fini(struct svc *s, void *st)
 		kvStore_Destroy(g->status_kv);
 	g->status_kv = NULL;
 	gw_auth_fini(g);
+	gw_reqpool_fini();
 	pthread_mutex_destroy(&g->status_mu);
 	pthread_mutex_destroy(&g->sock_mu);
 }

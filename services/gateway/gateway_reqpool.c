@@ -1,0 +1,319 @@
+/*
+ * gateway_reqpool.c - the gateway's own NATS connections for its hot
+ * requests (a POST's enqueue) and replies (deliver acks).
+ *
+ * Why not the bus's request connection: every civetweb worker and socket
+ * thread publishing on one connection queues up on its one lock (nats.c
+ * writes a send-asap publish to the socket while holding it), and a
+ * natsConnection_Request costs two thread hand-offs for the answer (reader
+ * thread -> the response subscription's thread -> the waiting thread).
+ * Here the threads share GW_REQ_CONNS send-asap connections round-robin, and
+ * each thread that makes requests has its own synchronous subscription on
+ * its own inbox "<inbox>.*": the reader thread hands the answer straight to
+ * the waiting thread. A thread makes one request at a time, so an answer
+ * whose sequence number is not the current one is a late answer to a request
+ * that already timed out and is dropped.
+ *
+ * Threads: gw_reqpool_init, _stop and _fini on the main thread. The
+ * skeleton closes nats.c before the service's fini, while the HTTP server
+ * still runs during drain: so gw_reqpool_stop (drain) first turns new
+ * callers away to the bus (pool_stopping), waits until no caller is inside
+ * the pool (pool_active), then closes it. A slot belongs to the thread that
+ * created it (thread-specific data), the slot list to pool_mu.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gateway.h"
+#include "log.h"
+
+#define GW_REQ_CONNS 4
+
+/* One thread's request state. */
+struct gw_rslot {
+	natsConnection *nc;          /* borrowed from the pool */
+	natsSubscription *sub;       /* sync, on "<inbox>.*"; created at the first request */
+	char inbox[64];
+	uint64_t seq;
+	struct gw_rslot *next;       /* under pool_mu */
+};
+
+static natsConnection *pool_nc[GW_REQ_CONNS];
+static int pool_n;
+static unsigned pool_next;           /* atomic: round robin */
+static pthread_key_t pool_key;
+static int pool_key_ok;
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct gw_rslot *pool_slots;  /* under pool_mu */
+static int pool_stopping;            /* atomic: callers use the bus instead */
+static int pool_active;              /* atomic: callers inside the pool */
+
+/* enter the pool; 0 when it is stopping (then use the bus) */
+static int
+pool_enter(void)
+{
+	__atomic_add_fetch(&pool_active, 1, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&pool_stopping, __ATOMIC_SEQ_CST))
+		return 1;
+	__atomic_sub_fetch(&pool_active, 1, __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+static void
+pool_leave(void)
+{
+	__atomic_sub_fetch(&pool_active, 1, __ATOMIC_SEQ_CST);
+}
+
+static natsStatus
+pool_connect(const char **urls, int n, int i, natsConnection **out)
+{
+	natsOptions *o = NULL;
+	char name[64];
+	natsStatus s;
+
+	snprintf(name, sizeof(name), "gateway-req%d", i);
+	s = natsOptions_Create(&o);
+	if (s == NATS_OK)
+		s = natsOptions_SetServers(o, urls, n);
+	if (s == NATS_OK)
+		s = natsOptions_SetName(o, name);
+	if (s == NATS_OK)
+		s = natsOptions_SetSendAsap(o, true);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxReconnect(o, -1);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectWait(o, 250);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectJitter(o, 100, 1000);
+	if (s == NATS_OK)
+		s = natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
+	if (s == NATS_OK) {
+		s = natsConnection_Connect(out, o);
+		if (s == NATS_NOT_YET_CONNECTED)	/* it keeps trying */
+			s = NATS_OK;
+	}
+	natsOptions_Destroy(o);
+	return s;
+}
+
+/* gw_reqpool_init - connect the pool to the bus's servers (the configured
+ * CLAWRELAY_NATS_URL, credentials included); 0 or -1 */
+int
+gw_reqpool_init(struct gw *g)
+{
+	const char *env = getenv("CLAWRELAY_NATS_URL");
+	char *copy = NULL, *save = NULL, **known = NULL;
+	const char *urls[16];
+	int n = 0, nknown = 0, rc = -1;
+	natsStatus s;
+
+	if (env != NULL && env[0] != '\0') {
+		if ((copy = strdup(env)) == NULL)
+			return -1;
+		for (char *t = strtok_r(copy, ",", &save); t != NULL && n < 16;
+		    t = strtok_r(NULL, ",", &save))
+			urls[n++] = t;
+	} else if (natsConnection_GetServers(bus_nc(g->bus), &known, &nknown) == NATS_OK) {
+		for (int i = 0; i < nknown && n < 16; i++)
+			urls[n++] = known[i];
+	}
+	if (n == 0) {
+		log_error(NULL, "request connections: no NATS server to connect to");
+		goto out;
+	}
+	if (pthread_key_create(&pool_key, NULL) != 0)
+		goto out;
+	pool_key_ok = 1;
+	for (pool_n = 0; pool_n < GW_REQ_CONNS; pool_n++) {
+		s = pool_connect(urls, n, pool_n, &pool_nc[pool_n]);
+		if (s != NATS_OK) {
+			log_error(NULL, "request connection %d: %s", pool_n, natsStatus_GetText(s));
+			gw_reqpool_stop(0);
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	for (int i = 0; i < nknown; i++)
+		free(known[i]);
+	free(known);
+	free(copy);
+	return rc;
+}
+
+/* this thread's slot, made at its first use; NULL when out of memory */
+static struct gw_rslot *
+slot_get(void)
+{
+	struct gw_rslot *sl;
+
+	if (!pool_key_ok || pool_n == 0)
+		return NULL;
+	if ((sl = pthread_getspecific(pool_key)) != NULL)
+		return sl;
+	if ((sl = calloc(1, sizeof(*sl))) == NULL)
+		return NULL;
+	sl->nc = pool_nc[__atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED) % (unsigned)pool_n];
+	if (pthread_setspecific(pool_key, sl) != 0) {
+		free(sl);
+		return NULL;
+	}
+	pthread_mutex_lock(&pool_mu);
+	sl->next = pool_slots;
+	pool_slots = sl;
+	pthread_mutex_unlock(&pool_mu);
+	return sl;
+}
+
+static int
+slot_subscribe(struct gw_rslot *sl)
+{
+	char nuid[24], wild[80];
+	natsStatus s;
+
+	rand_hex(nuid, 11);
+	snprintf(sl->inbox, sizeof(sl->inbox), "_INBOX.gw%s", nuid);
+	snprintf(wild, sizeof(wild), "%s.*", sl->inbox);
+	s = natsConnection_SubscribeSync(&sl->sub, sl->nc, wild);
+	if (s != NATS_OK) {
+		log_warn(NULL, "request inbox: %s", natsStatus_GetText(s));
+		sl->sub = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* gw_request - a synchronous request on this thread's pool connection, the
+ * answer straight to this thread. On CR_OK *reply is the answer (caller
+ * destroys with natsMsg_Destroy); CR_ERR_UNAVAILABLE: no responders;
+ * CR_ERR_TIMEOUT: no answer in time. Falls back to bus_request when the
+ * pool cannot be used. */
+enum cr_err
+gw_request(struct gw *g, const char *subj, const void *data, size_t len, int timeout_ms,
+    natsMsg **reply)
+{
+	struct gw_rslot *sl;
+	char rsubj[96];
+	uint64_t deadline;
+	natsStatus s;
+	enum cr_err err;
+
+	*reply = NULL;
+	if (!pool_enter())
+		return bus_request(g->bus, subj, data, len, timeout_ms, reply);
+	sl = slot_get();
+	if (sl == NULL || (sl->sub == NULL && slot_subscribe(sl) < 0)) {
+		pool_leave();
+		return bus_request(g->bus, subj, data, len, timeout_ms, reply);
+	}
+	snprintf(rsubj, sizeof(rsubj), "%s.%llu", sl->inbox, (unsigned long long)++sl->seq);
+	s = natsConnection_PublishRequest(sl->nc, subj, rsubj, data, (int)len);
+	if (s != NATS_OK) {
+		err = bus_err(s);
+		goto out;
+	}
+	deadline = mono_ms() + (uint64_t)timeout_ms;
+	for (;;) {
+		natsMsg *m = NULL;
+		uint64_t now = mono_ms();
+		if (now >= deadline) {
+			err = CR_ERR_TIMEOUT;
+			break;
+		}
+		s = natsSubscription_NextMsg(&m, sl->sub, (int64_t)(deadline - now));
+		if (s != NATS_OK) {
+			err = bus_err(s);	/* timeout, no responders, closed */
+			break;
+		}
+		if (strcmp(natsMsg_GetSubject(m), rsubj) == 0) {
+			*reply = m;
+			err = CR_OK;
+			break;
+		}
+		natsMsg_Destroy(m);	/* late answer to an earlier, timed-out request */
+	}
+out:
+	pool_leave();
+	return err;
+}
+
+/* gw_publish_asap - publish on this thread's pool connection (replies) */
+enum cr_err
+gw_publish_asap(struct gw *g, const char *subj, const void *data, size_t len)
+{
+	struct gw_rslot *sl;
+	enum cr_err err;
+
+	if (!pool_enter())
+		return bus_publish_asap(g->bus, subj, data, len);
+	if ((sl = slot_get()) == NULL)
+		err = bus_publish_asap(g->bus, subj, data, len);
+	else
+		err = bus_err(natsConnection_Publish(sl->nc, subj, data, (int)len));
+	pool_leave();
+	return err;
+}
+
+/* gw_reqpool_connected - is every pool connection up? */
+int
+gw_reqpool_connected(void)
+{
+	int up;
+
+	if (!pool_enter())
+		return 0;
+	up = pool_n > 0;
+	for (int i = 0; i < pool_n; i++) {
+		if (natsConnection_Status(pool_nc[i]) != NATS_CONN_STATUS_CONNECTED)
+			up = 0;
+	}
+	pool_leave();
+	return up;
+}
+
+/* gw_reqpool_stop - turn callers away to the bus, wait (bounded) until none
+ * is inside, close the pool; the HTTP server may still run (drain) */
+void
+gw_reqpool_stop(int wait_ms)
+{
+	__atomic_store_n(&pool_stopping, 1, __ATOMIC_SEQ_CST);
+	for (int waited = 0; __atomic_load_n(&pool_active, __ATOMIC_SEQ_CST) > 0; waited++) {
+		if (waited >= wait_ms) {
+			/* a stuck caller would use what we free: leave it (exit is near) */
+			log_warn(NULL, "request connections still in use at shutdown: left open");
+			return;
+		}
+		struct timespec ts = { 0, 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	pthread_mutex_lock(&pool_mu);
+	while (pool_slots != NULL) {
+		struct gw_rslot *sl = pool_slots;
+		pool_slots = sl->next;
+		if (sl->sub != NULL) {
+			natsSubscription_Unsubscribe(sl->sub);
+			natsSubscription_Destroy(sl->sub);
+		}
+		free(sl);
+	}
+	pthread_mutex_unlock(&pool_mu);
+	for (int i = 0; i < pool_n; i++) {
+		natsConnection_FlushTimeout(pool_nc[i], 1000);
+		natsConnection_Close(pool_nc[i]);
+		natsConnection_Destroy(pool_nc[i]);
+		pool_nc[i] = NULL;
+	}
+	pool_n = 0;
+}
+
+/* gw_reqpool_fini - release what is left (after nats.c is closed) */
+void
+gw_reqpool_fini(void)
+{
+	if (pool_key_ok)
+		pthread_key_delete(pool_key);
+	pool_key_ok = 0;
+}
