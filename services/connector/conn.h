@@ -65,6 +65,7 @@ struct conn_cfg {
 	long long max_body;
 	long long store_map_mb;
 	int store_nosync;
+	int event_batch;
 };
 
 /* a parsed CLAWRELAY_GATEWAY_URL */
@@ -85,7 +86,9 @@ enum conn_fk {
 struct conn_frame {
 	struct conn_frame *next;
 	size_t len;
-	unsigned char *buf;  /* LWS_PRE bytes of room, then len bytes */
+	unsigned char *buf;  /* LWS_PRE bytes of room, then len bytes; events: a
+	                        packed HopEvent right after the struct */
+	int inline_buf;      /* buf is part of this allocation */
 };
 
 struct conn_fq {
@@ -111,11 +114,16 @@ struct conn_ws {
 	int need_hello;              /* lws thread only */
 	unsigned attempt;            /* reconnect attempts since the last ack; lws thread */
 	uint64_t last_rx_mono;       /* lws thread */
+	unsigned char *evout;        /* lws thread: event frame being written */
+	size_t evcap;
 	atomic_int stop;
 
 	pthread_mutex_t mu;          /* guards everything below */
 	enum conn_ws_state state;
 	struct conn_fq q_ctrl, q_keep, q_ev;
+	int kicked;                  /* lws_cancel_service sent, not yet seen */
+	int ev_timer_on;             /* the event flush timer runs (or a kick for it is on its way) */
+	uint64_t ev_seq, ev_seq_seen; /* events queued; as of the timer's last look */
 	uint64_t ev_dropped;
 	uint64_t connects, disconnects;
 	uint64_t connected_at_ms, offline_since_ms;
@@ -157,6 +165,9 @@ struct conn_inbox {
 	int stop;
 	struct conn_skip skip[CONN_SKIP_MAX];  /* under mu */
 	size_t nskip;
+	/* lws thread only: queue_seq seen per lane, for the reorder hold */
+	uint64_t max_seq[3];
+	uint64_t disturbed_until_ms[3];
 };
 
 struct conn_hook {
@@ -198,6 +209,8 @@ enum cr_err conn_ws_start(struct conn *c);
 void conn_ws_stop(struct conn *c);
 /* conn_ws_send - pack f (borrowed) and queue it; any thread */
 enum cr_err conn_ws_send(struct conn *c, const Frame *f, enum conn_fk kind);
+/* conn_ws_queue_event - pack ev (borrowed) onto the bounded event queue; any thread */
+enum cr_err conn_ws_queue_event(struct conn *c, const HopEvent *ev);
 /* conn_ws_event - queue a hop event for envelope e (borrowed); any thread */
 void conn_ws_event(struct conn *c, const Envelope *e, Clawrelay__V1__HopKind hop,
     const char *outcome, const char *detail);
@@ -221,7 +234,7 @@ void conn_ws_status(struct conn *c, cJSON *obj);
 struct conn_entry {
 	void *key;
 	size_t klen;
-	uint64_t arrived_ms;
+	uint64_t due_ms;             /* first hook call not before (wall clock) */
 	uint32_t attempts;
 	Envelope *env;
 };
@@ -249,6 +262,9 @@ enum cr_err conn_inbox_dead(struct conn *c, const struct conn_entry *en, const c
 /* conn_inbox_wait - block the hook worker until a commit, stop, or
  * deadline_mono (0 = 1 s); returns nonzero when stopping */
 int conn_inbox_wait(struct conn *c, uint64_t *seen_gen, uint64_t deadline_mono);
+/* conn_inbox_session_reset - a new socket opened (lws thread): forget the
+ * queue_seq high-water marks of the previous one */
+void conn_inbox_session_reset(struct conn *c);
 /* conn_inbox_wake_all - wake waiters for shutdown */
 void conn_inbox_wake_all(struct conn *c);
 /* conn_inbox_prune - drop done IDs older than the retention (main thread tick) */

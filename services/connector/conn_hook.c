@@ -6,9 +6,11 @@
  * works on the current head of the inbox, re-read after every step, so a
  * critical message that arrives overtakes waiting normal ones.
  *
- * A message stays at least REORDER_MS in the inbox before its first call:
- * the relay may dispatch a lane with several messages in flight, and one
- * that arrives a moment late still sorts before a later one this way.
+ * A message may wait up to REORDER_MS in the inbox before its first call
+ * (its due time, set by conn_inbox_deliver): only when a gap is plausible,
+ * i.e. an older message of its lane may still be on its way (no queue_seq,
+ * or the lane saw an out-of-order arrival lately). A message that arrives in
+ * queue_seq order is called at once.
  *
  * 2xx: the entry moves to the done IDs (one txn). Anything else (status,
  * timeout, refused connection): the attempt count is stored, and the same
@@ -223,9 +225,10 @@ static void *hook_thread(void *arg)
 		}
 		now = mono_ms();
 		wall = now_ms();
-		if (en->attempts == 0 && en->arrived_ms + (uint64_t)c->cfg.reorder_ms > wall &&
-		    en->arrived_ms <= wall) {
-			uint64_t d = en->arrived_ms + (uint64_t)c->cfg.reorder_ms - wall;
+		/* the bound guards against a wall clock that jumped back */
+		if (en->attempts == 0 && en->due_ms > wall &&
+		    en->due_ms <= wall + (uint64_t)c->cfg.reorder_ms) {
+			uint64_t d = en->due_ms - wall;
 
 			conn_entry_free(en);
 			en = NULL;

@@ -3,9 +3,13 @@
  *
  * Databases in <data_dir>:
  *   inbox: key = lane digit ('0' critical, '1' normal, '2' low) + message_id,
- *          value = arrived_ms (u64) + attempts (u32) + packed Envelope. Keys
+ *          value = due_ms (u64) + attempts (u32) + packed Envelope. Keys
  *          sort by lane, then by ULID (time order from the gateway), so the
- *          first key is always the next message for the hook.
+ *          first key is always the next message for the hook. due_ms is when
+ *          the first hook call may happen: the arrival, plus REORDER_MS when
+ *          an older message of the lane may still be on its way (see
+ *          deliver_due; entries written before this field existed hold their
+ *          arrival time, which reads the same).
  *   done:  message_id -> done_ms (u64): handed to the hook, kept for the
  *          retention so a redelivery is acknowledged but not stored again.
  *   dead:  message_id -> dead_ms (u64) + reason NUL + packed Envelope.
@@ -17,10 +21,18 @@
  * transactions, and duplicate checks look in the order pending, inbox, done,
  * dead so that a concurrent move is never missed.
  *
+ * Grouping: a removal the hook took (conn_inbox_done) is a lazy committer
+ * batch: it rides in the txn of the next inbox put, or goes alone after
+ * CONN_DONE_WAIT_US. So a steady flow costs about one fsync per message
+ * instead of two. Until the removal lands the hook skips the entry (skip
+ * slots); a crash in that window means the hook sees the message again (at
+ * least once), as it would have with an fsync lost in the crash.
+ *
  * Threads: conn_inbox_deliver runs on the lws thread only (so pending only
- * grows there); commit callbacks run on the committer thread; the hook
- * worker reads the head and moves entries; the main thread prunes. The
- * pending set and the wake-up generation are under inbox.mu.
+ * grows there; max_seq and disturbed_until_ms are the lws thread's); commit
+ * callbacks run on the committer thread; the hook worker reads the head and
+ * moves entries; the main thread prunes. The pending set, the skip slots
+ * and the wake-up generation are under inbox.mu.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -32,8 +44,10 @@
 #include "metrics.h"
 #include "store.h"
 
-#define VAL_HDR 12u               /* arrived_ms u64 + attempts u32 */
+#define VAL_HDR 12u               /* due_ms u64 + attempts u32 */
 #define PENDING_BUCKETS 4096u
+#define CONN_DONE_WAIT_US 20000u  /* a removal waits at most this for an inbox put */
+#define DISTURB_MS 10000u         /* after an out-of-order arrival, hold the lane this long */
 
 /* registered once in conn_inbox_open (main thread), then only updated */
 static struct metric *m_stored, *m_dups, *m_full;
@@ -151,6 +165,36 @@ static struct conn_pending **pending_slot(struct conn_inbox *ib, const char *id)
 	return pp;
 }
 
+/* conn_inbox_session_reset - a new socket opened (lws thread): forget the
+ * queue_seq high-water marks of the previous one */
+void conn_inbox_session_reset(struct conn *c)
+{
+	memset(c->inbox.max_seq, 0, sizeof(c->inbox.max_seq));
+}
+
+/* lws thread: when may the hook first see e? At once when it arrived in
+ * queue order (its queue_seq is above every one seen in its lane on this
+ * socket: relay-session dispatches a lane in queue_seq order and one socket
+ * keeps the order, so nothing older can still come). REORDER_MS later when
+ * the relay gave no queue_seq, or the lane saw an out-of-order arrival in the
+ * last DISTURB_MS (redelivery, several delivery replicas reordering): then an
+ * older message may be a moment behind and should still go first. */
+static uint64_t deliver_due(struct conn *c, const Envelope *e, uint64_t now)
+{
+	struct conn_inbox *ib = &c->inbox;
+	int lane = env_lane(e->priority);
+	uint64_t hold = (uint64_t)c->cfg.reorder_ms;
+
+	if (lane < 0 || lane > 2 || !e->queue_seq)
+		return now + hold;
+	if (e->queue_seq > ib->max_seq[lane]) {
+		ib->max_seq[lane] = e->queue_seq;
+		return now >= ib->disturbed_until_ms[lane] ? now : now + hold;
+	}
+	ib->disturbed_until_ms[lane] = now + DISTURB_MS;
+	return now + hold;
+}
+
 static void send_ack(struct conn *c, const char *id, int accepted, const char *reason)
 {
 	Frame f = CLAWRELAY__V1__FRAME__INIT;
@@ -182,15 +226,8 @@ static void stored_cb(void *arg, enum cr_err result)
 	struct conn_pending **pp;
 	struct log_ctx lc = { p->corr, p->id, p->sender };
 
-	pthread_mutex_lock(&ib->mu);
-	pp = pending_slot(ib, p->id);
-	if (*pp == p)
-		*pp = p->next;
-	if (result == CR_OK)
-		ib->gen++;
-	pthread_cond_broadcast(&ib->cv);
-	pthread_mutex_unlock(&ib->mu);
-
+	/* ack and stored event before the hook worker wakes: its hook_called
+	 * must come after connector_stored in the trace */
 	if (result == CR_OK) {
 		atomic_fetch_add(&ib->stored, 1);
 		metric_add(m_stored, 1);
@@ -204,6 +241,14 @@ static void stored_cb(void *arg, enum cr_err result)
 		send_ack(c, p->id, 0, "storage_error");
 		log_error(&lc, "inbox commit failed: %s", cr_strerror(result));
 	}
+	pthread_mutex_lock(&ib->mu);
+	pp = pending_slot(ib, p->id);
+	if (*pp == p)
+		*pp = p->next;
+	if (result == CR_OK)
+		ib->gen++;
+	pthread_cond_broadcast(&ib->cv);
+	pthread_mutex_unlock(&ib->mu);
 	free(p);
 }
 
@@ -272,11 +317,15 @@ void conn_inbox_deliver(struct conn *c, const Envelope *e)
 	if ((err = env_pack(&e->base, &packed, &plen)) != CR_OK)
 		goto fail;
 	val = malloc(VAL_HDR + plen);
-	b = store_batch_new();
-	if (!val || !b) {
+	if (!val) {
 		err = CR_ERR_NOMEM;
 		goto fail;
 	}
+	if (!(b = store_batch_new())) {
+		err = CR_ERR_NOMEM;
+		goto fail;
+	}
+	now = deliver_due(c, e, now);
 	memcpy(val, &now, 8);
 	memcpy((char *)val + 8, &zero, 4);
 	memcpy((char *)val + VAL_HDR, packed, plen);
@@ -336,10 +385,14 @@ void conn_entry_free(struct conn_entry *en)
 	free(en);
 }
 
+/* the hook worker skips an entry whose removal is being committed, and one
+ * whose put is committed but whose stored callback (ack, connector_stored
+ * event) has not run yet: the trace shows stored before hook_called */
 static int skipped(struct conn_inbox *ib, const void *k, size_t kl)
 {
 	size_t i;
 	int hit = 0;
+	char id[sizeof(((struct conn_pending *)0)->id)];
 
 	pthread_mutex_lock(&ib->mu);
 	for (i = 0; i < CONN_SKIP_MAX && ib->nskip; i++) {
@@ -347,6 +400,11 @@ static int skipped(struct conn_inbox *ib, const void *k, size_t kl)
 			hit = 1;
 			break;
 		}
+	}
+	if (!hit && kl > 1 && kl - 1 < sizeof(id)) {
+		memcpy(id, (const char *)k + 1, kl - 1);
+		id[kl - 1] = '\0';
+		hit = *pending_slot(ib, id) != NULL;
 	}
 	pthread_mutex_unlock(&ib->mu);
 	return hit;
@@ -375,7 +433,8 @@ static void done_cb(void *arg, enum cr_err result)
 }
 
 /* conn_inbox_done - the hook took it: remove, remember its ID as done. The
- * commit is asynchronous; until it lands, conn_inbox_head skips the entry. */
+ * commit is lazy (see the header); until it lands, conn_inbox_head skips
+ * the entry. */
 enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en)
 {
 	struct conn_inbox *ib = &c->inbox;
@@ -427,7 +486,7 @@ enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en)
 				conn_entry_free(tmp);
 		}
 	}
-	e = store_committer_submit(ib->com, b, done_cb, sk);
+	e = store_committer_submit_lazy(ib->com, b, done_cb, sk, CONN_DONE_WAIT_US);
 	if (e != CR_OK) {
 		pthread_mutex_lock(&ib->mu);
 		sk->used = 0;
@@ -502,7 +561,7 @@ int conn_inbox_head(struct conn *c, struct conn_entry **out)
 		r = -1;
 		goto out;
 	}
-	memcpy(&en->arrived_ms, v, 8);
+	memcpy(&en->due_ms, v, 8);
 	memcpy(&en->attempts, (const char *)v + 8, 4);
 	*out = en;
 	en = NULL;
@@ -527,7 +586,7 @@ static enum cr_err put_entry(struct conn *c, const struct conn_entry *en)
 		e = CR_ERR_NOMEM;
 		goto out;
 	}
-	memcpy(val, &en->arrived_ms, 8);
+	memcpy(val, &en->due_ms, 8);
 	memcpy((char *)val + 8, &en->attempts, 4);
 	memcpy((char *)val + VAL_HDR, packed, plen);
 	if ((e = store_batch_put(b, ib->db_inbox, en->key, en->klen, val, VAL_HDR + plen)) != CR_OK)

@@ -13,10 +13,18 @@
  * Outgoing frames: three queues under ws.mu. ctrl (acks, enqueue,
  * heartbeats) is only taken while OPEN and is emptied when the socket goes
  * (an ack for a gone socket means nothing: the relay redelivers and the inbox
- * drops the duplicate); keep (dead letters) and ev (hop events, bounded,
- * oldest dropped) survive reconnects and drain after the next
- * reconnect_ack. The writer drains ctrl, then keep, then ev, one frame per
- * writable callback as lws requires.
+ * drops the duplicate); keep (dead letters) and ev (hop events as packed
+ * HopEvents, bounded, oldest dropped) survive reconnects and drain after the
+ * next reconnect_ack. The writer drains ctrl, then keep, then ev, several
+ * frames per writable callback (as long as lws buffered no partial write);
+ * queued events leave as one event_batch frame (CLAWRELAY_EVENT_BATCH) or
+ * as single event frames, built by hand around the packed events.
+ *
+ * Wake-ups: another thread's frame makes one lws_cancel_service until the
+ * lws thread saw it (ws.kicked), so a burst costs one wake-up. Events do
+ * not wake the lws thread on their own: they ride with the next control
+ * frame, or with the flush timer (EV_FLUSH_US) that runs while events flow
+ * and sleeps after an idle period (the first event after it kicks once).
  *
  * Threads: wsi, rx, need_hello, attempt, last_rx_mono and the timers belong
  * to the lws thread. Other threads only take ws.mu, queue, and call
@@ -45,7 +53,9 @@ struct conn_waiter {
 };
 
 /* timers: the lws thread only */
-static lws_sorted_usec_list_t sul_connect, sul_heartbeat;
+static lws_sorted_usec_list_t sul_connect, sul_heartbeat, sul_ev;
+/* events that no control frame took along wait at most about this long */
+#define EV_FLUSH_US 5000
 static struct conn *g_conn;   /* the one connector; set before the thread starts */
 static char ws_path[300];
 static char ws_host[300];
@@ -133,7 +143,8 @@ static struct conn_frame *fq_pop(struct conn_fq *q)
 static void frame_free(struct conn_frame *fr)
 {
 	if (fr) {
-		free(fr->buf);
+		if (!fr->inline_buf)
+			free(fr->buf);
 		free(fr);
 	}
 }
@@ -153,6 +164,7 @@ static struct conn_frame *frame_pack(const Frame *f)
 
 	if (!fr || !(fr->buf = malloc(LWS_PRE + n + 1)))
 		goto fail;
+	fr->inline_buf = 0;
 	if (env_pack_into(&f->base, fr->buf + LWS_PRE, n + 1, &len) != CR_OK)
 		goto fail;
 	fr->len = len;
@@ -162,47 +174,81 @@ fail:
 	return NULL;
 }
 
+/* ws.mu held: make the lws thread look at the queues. One kick is enough
+ * until the lws thread has seen it (EVENT_WAIT_CANCELLED clears the flag),
+ * so a burst of frames costs one wake-up, not one pipe write each. */
+static void kick_locked(struct conn_ws *ws)
+{
+	if (!ws->kicked && ws->ctx && ws->state == CONN_WS_OPEN) {
+		ws->kicked = 1;
+		lws_cancel_service(ws->ctx);
+	}
+}
+
 /* conn_ws_send - pack f (borrowed) and queue it; any thread */
 enum cr_err conn_ws_send(struct conn *c, const Frame *f, enum conn_fk kind)
 {
 	struct conn_ws *ws = &c->ws;
-	struct conn_frame *fr = frame_pack(f), *old = NULL;
+	struct conn_frame *fr = frame_pack(f);
 	enum cr_err e = CR_OK;
 
 	if (!fr)
 		return CR_ERR_NOMEM;
-	pthread_mutex_lock(&ws->mu);
-	switch (kind) {
-	case CONN_FK_CTRL:
-		if (ws->state != CONN_WS_OPEN) {
-			e = CR_ERR_UNAVAILABLE;
-			break;
-		}
-		fq_push(&ws->q_ctrl, fr);
-		fr = NULL;
-		break;
-	case CONN_FK_KEEP:
-		fq_push(&ws->q_keep, fr);
-		fr = NULL;
-		break;
-	case CONN_FK_EVENT:
-		if ((long long)ws->q_ev.n >= c->cfg.event_queue_max) {
-			old = fq_pop(&ws->q_ev);
-			ws->ev_dropped++;
-		}
-		fq_push(&ws->q_ev, fr);
-		fr = NULL;
-		break;
+	if (kind == CONN_FK_EVENT) {
+		/* only HopEvent bodies go on the event queue (see conn_ws_queue_event) */
+		frame_free(fr);
+		return f->body_case == CLAWRELAY__V1__FRAME__BODY_EVENT && f->event ?
+		    conn_ws_queue_event(c, f->event) : CR_ERR_INVALID;
 	}
-	if (e == CR_OK && ws->ctx && ws->state == CONN_WS_OPEN)
-		lws_cancel_service(ws->ctx);
+	pthread_mutex_lock(&ws->mu);
+	if (kind == CONN_FK_CTRL && ws->state != CONN_WS_OPEN) {
+		e = CR_ERR_UNAVAILABLE;
+	} else {
+		fq_push(kind == CONN_FK_CTRL ? &ws->q_ctrl : &ws->q_keep, fr);
+		fr = NULL;
+		kick_locked(ws);
+	}
+	pthread_mutex_unlock(&ws->mu);
+	frame_free(fr);
+	return e;
+}
+
+/* conn_ws_queue_event - pack ev (borrowed) onto the bounded event queue; the
+ * writer wraps queued events into event / event_batch frames. Any thread. */
+enum cr_err conn_ws_queue_event(struct conn *c, const HopEvent *ev)
+{
+	struct conn_ws *ws = &c->ws;
+	size_t n = protobuf_c_message_get_packed_size(&ev->base), len = 0;
+	struct conn_frame *fr = malloc(sizeof(*fr) + n + 1), *old = NULL;
+
+	if (!fr)
+		return CR_ERR_NOMEM;
+	fr->buf = (unsigned char *)(fr + 1);
+	if (env_pack_into(&ev->base, fr->buf, n + 1, &len) != CR_OK) {
+		free(fr);
+		return CR_ERR_INTERNAL;
+	}
+	fr->len = len;
+	fr->inline_buf = 1;
+	pthread_mutex_lock(&ws->mu);
+	if ((long long)ws->q_ev.n >= c->cfg.event_queue_max) {
+		old = fq_pop(&ws->q_ev);
+		ws->ev_dropped++;
+	}
+	fq_push(&ws->q_ev, fr);
+	ws->ev_seq++;
+	/* events ride with the next control frame, or go with the flush timer;
+	 * only a dormant timer needs a kick to start it */
+	if (!ws->ev_timer_on && ws->state == CONN_WS_OPEN) {
+		ws->ev_timer_on = 1;
+		kick_locked(ws);
+	}
 	pthread_mutex_unlock(&ws->mu);
 	if (old) {
 		metric_add(m_ev_dropped, 1);
 		frame_free(old);
 	}
-	frame_free(fr);
-	return e;
+	return CR_OK;
 }
 
 /* conn_ws_event_ids - the same from bare IDs (any may be NULL); any thread */
@@ -210,7 +256,6 @@ void conn_ws_event_ids(struct conn *c, const char *correlation_id, const char *m
     const char *sender, const char *recipient, const char *trace_id,
     Clawrelay__V1__HopKind hop, const char *outcome, const char *detail)
 {
-	Frame f = CLAWRELAY__V1__FRAME__INIT;
 	HopEvent ev = CLAWRELAY__V1__HOP_EVENT__INIT;
 	uint64_t us = now_us();
 
@@ -227,10 +272,7 @@ void conn_ws_event_ids(struct conn *c, const char *correlation_id, const char *m
 	ev.sender = conn_str(sender);
 	ev.recipient = conn_str(recipient);
 	ev.trace_id = conn_str(trace_id);
-	f.schema_version = ENV_SCHEMA;
-	f.body_case = CLAWRELAY__V1__FRAME__BODY_EVENT;
-	f.event = &ev;
-	conn_ws_send(c, &f, CONN_FK_EVENT);
+	conn_ws_queue_event(c, &ev);
 }
 
 /* conn_ws_event - queue a hop event for envelope e (borrowed); any thread */
@@ -315,8 +357,7 @@ enum cr_err conn_ws_enqueue(struct conn *c, const Envelope *e, uint64_t timeout_
 	ws->waiters = &w;
 	fq_push(&ws->q_ctrl, fr);
 	fr = NULL;
-	if (ws->ctx)
-		lws_cancel_service(ws->ctx);
+	kick_locked(ws);
 	while (!w.done) {
 		if (pthread_cond_timedwait(&w.cv, &ws->mu, &ts) == ETIMEDOUT)
 			break;
@@ -524,30 +565,197 @@ static int send_hello(struct conn *c, struct lws *wsi)
 	return rc;
 }
 
+static size_t varint_len(uint64_t v)
+{
+	size_t n = 1;
+
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static unsigned char *put_varint(unsigned char *p, uint64_t v)
+{
+	while (v >= 0x80) {
+		*p++ = (unsigned char)(v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (unsigned char)v;
+	return p;
+}
+
+/* Frame keys, written by hand so queued events (already packed HopEvents)
+ * need no unpack/repack: field 1 varint, field 8 (event) and field 14
+ * (event_batch) length-delimited; HopBatch field 1 varint, field 2 LD. */
+#define FK_SCHEMA 0x08u
+#define FK_EVENT 0x42u
+#define FK_EVENT_BATCH 0x72u
+#define HB_EVENTS 0x12u
+#define EV_BATCH_MAX 256u
+#define EV_BATCH_BYTES (60u * 1024u)
+
+/* lws thread: wrap the events of list (linked by next, n of them) into one
+ * frame in ws->evout; returns the frame length, 0 on ENOMEM */
+static size_t build_event_frame(struct conn_ws *ws, struct conn_frame *list, int batch)
+{
+	struct conn_frame *fr;
+	size_t inner = 0, total, need;
+	unsigned char *p;
+
+	for (fr = list; fr; fr = fr->next)
+		inner += 1 + varint_len(fr->len) + fr->len;
+	if (batch) {
+		inner += 2;
+		total = 2 + 1 + varint_len(inner) + inner;
+	} else {
+		/* one event: inner is exactly its LD field; drop the key and length */
+		inner = list->len;
+		total = 2 + 1 + varint_len(inner) + inner;
+	}
+	need = LWS_PRE + total;
+	if (need > ws->evcap) {
+		unsigned char *nb = realloc(ws->evout, need + 4096);
+
+		if (!nb)
+			return 0;
+		ws->evout = nb;
+		ws->evcap = need + 4096;
+	}
+	p = ws->evout + LWS_PRE;
+	*p++ = FK_SCHEMA;
+	*p++ = ENV_SCHEMA;
+	*p++ = batch ? FK_EVENT_BATCH : FK_EVENT;
+	p = put_varint(p, inner);
+	if (batch) {
+		*p++ = FK_SCHEMA;
+		*p++ = ENV_SCHEMA;
+		for (fr = list; fr; fr = fr->next) {
+			*p++ = HB_EVENTS;
+			p = put_varint(p, fr->len);
+			memcpy(p, fr->buf, fr->len);
+			p += fr->len;
+		}
+	} else {
+		memcpy(p, list->buf, list->len);
+		p += list->len;
+	}
+	return (size_t)(p - (ws->evout + LWS_PRE));
+}
+
+/* ws.mu held: detach the events for the next frame (one, or a batch) */
+static struct conn_frame *pop_events(struct conn *c)
+{
+	struct conn_ws *ws = &c->ws;
+	struct conn_frame *head = NULL, **tail = &head, *fr;
+	size_t n = 0, bytes = 0;
+	unsigned max = c->cfg.event_batch ? EV_BATCH_MAX : 1;
+
+	while (n < max && ws->q_ev.head &&
+	    (n == 0 || bytes + ws->q_ev.head->len + 8 <= EV_BATCH_BYTES)) {
+		fr = fq_pop(&ws->q_ev);
+		bytes += fr->len + 8;
+		fr->next = NULL;
+		*tail = fr;
+		tail = &fr->next;
+		n++;
+	}
+	return head;
+}
+
+static void free_list(struct conn_frame *fr)
+{
+	struct conn_frame *nx;
+
+	for (; fr; fr = nx) {
+		nx = fr->next;
+		frame_free(fr);
+	}
+}
+
+/* frames written per writable callback at most (each is one send) */
+#define WRITES_PER_ROUND 64
+
 static int on_writable(struct conn *c, struct lws *wsi)
 {
 	struct conn_ws *ws = &c->ws;
-	struct conn_frame *fr = NULL;
-	int more = 0, rc = 0;
+	struct conn_frame *fr, *evs;
+	int more = 0, rc = 0, i;
+	size_t len;
 
 	if (ws->need_hello) {
 		ws->need_hello = 0;
-		return send_hello(c, wsi);
+		rc = send_hello(c, wsi);
+		if (rc == 0)
+			lws_callback_on_writable(wsi);
+		return rc;
 	}
-	pthread_mutex_lock(&ws->mu);
-	if (ws->state == CONN_WS_OPEN) {
-		if (!(fr = fq_pop(&ws->q_ctrl)) && !(fr = fq_pop(&ws->q_keep)))
-			fr = fq_pop(&ws->q_ev);
-		more = ws->q_ctrl.n || ws->q_keep.n || ws->q_ev.n;
-	}
-	pthread_mutex_unlock(&ws->mu);
-	if (fr) {
-		rc = write_frame(wsi, fr);
-		frame_free(fr);
+	/* several frames per round: lws takes another write as long as the
+	 * previous one went out whole (no partial buffered) */
+	for (i = 0; i < WRITES_PER_ROUND && rc == 0; i++) {
+		if (i > 0 && lws_partial_buffered(wsi)) {
+			more = 1;
+			break;
+		}
+		fr = evs = NULL;
+		pthread_mutex_lock(&ws->mu);
+		if (ws->state == CONN_WS_OPEN) {
+			if (!(fr = fq_pop(&ws->q_ctrl)) && !(fr = fq_pop(&ws->q_keep)))
+				evs = pop_events(c);
+			more = ws->q_ctrl.n || ws->q_keep.n || ws->q_ev.n;
+		}
+		pthread_mutex_unlock(&ws->mu);
+		if (fr) {
+			rc = write_frame(wsi, fr);
+			frame_free(fr);
+		} else if (evs) {
+			len = build_event_frame(ws, evs, c->cfg.event_batch != 0);
+			if (len) {
+				int n = lws_write(wsi, ws->evout + LWS_PRE, len, LWS_WRITE_BINARY);
+
+				rc = n < (int)len ? -1 : 0;
+			}
+			free_list(evs);
+		} else {
+			break;
+		}
+		if (!more)
+			break;
 	}
 	if (rc == 0 && more)
 		lws_callback_on_writable(wsi);
 	return rc;
+}
+
+/* lws thread: the event flush timer. It runs every EV_FLUSH_US while
+ * events keep coming (sending what no control frame took along) and goes
+ * dormant after a period without any; the next event wakes it (one kick).
+ * So events cost at most ~1000000/EV_FLUSH_US wake-ups a second, whatever
+ * the message rate. */
+static void ev_flush_cb(lws_sorted_usec_list_t *sul)
+{
+	struct conn *c = g_conn;
+	struct conn_ws *ws;
+	int pending = 0, rearm = 0;
+
+	(void)sul;
+	if (!c || atomic_load(&c->ws.stop))
+		return;
+	ws = &c->ws;
+	pthread_mutex_lock(&ws->mu);
+	if (ws->state == CONN_WS_OPEN && ws->wsi) {
+		pending = ws->q_ev.n != 0;
+		rearm = ws->ev_seq != ws->ev_seq_seen;
+		ws->ev_seq_seen = ws->ev_seq;
+	}
+	if (!rearm)
+		ws->ev_timer_on = 0;
+	pthread_mutex_unlock(&ws->mu);
+	if (pending)
+		lws_callback_on_writable(ws->wsi);
+	if (rearm)
+		lws_sul_schedule(ws->ctx, 0, &sul_ev, ev_flush_cb, (lws_usec_t)EV_FLUSH_US);
 }
 
 static void on_reconnect_ack(struct conn *c, const ReconnectAck *a)
@@ -563,8 +771,12 @@ static void on_reconnect_ack(struct conn *c, const ReconnectAck *a)
 	ws->connected_at_ms = now_ms();
 	ws->connects++;
 	ws->last_error[0] = '\0';
+	/* the writable callback after the ack drains every queued event; a
+	 * kick lost with the old socket must not leave the timer marked on */
+	ws->ev_timer_on = 0;
 	pthread_mutex_unlock(&ws->mu);
 	ws->attempt = 0;
+	conn_inbox_session_reset(c);
 	metric_add(m_connects, 1);
 	metric_set(m_up, 1);
 	if (a->error && a->error[0])
@@ -722,13 +934,22 @@ static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
 			on_down(c, "closed");
 		break;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: {
-		int want;
+		int now_w, later;
 
 		pthread_mutex_lock(&ws->mu);
-		want = ws->state == CONN_WS_OPEN && (ws->q_ctrl.n || ws->q_keep.n || ws->q_ev.n);
+		ws->kicked = 0;
+		now_w = ws->state == CONN_WS_OPEN && (ws->q_ctrl.n || ws->q_keep.n);
+		later = ws->state == CONN_WS_OPEN && ws->ev_timer_on;
+		ws->ev_seq_seen = ws->ev_seq;
 		pthread_mutex_unlock(&ws->mu);
-		if (want && ws->wsi)
+		if (!ws->wsi)
+			break;
+		if (now_w)
 			lws_callback_on_writable(ws->wsi);
+		/* start the flush timer unless it runs already */
+		if (later && lws_dll2_is_detached(&sul_ev.list))
+			lws_sul_schedule(ws->ctx, 0, &sul_ev, ev_flush_cb,
+			    (lws_usec_t)EV_FLUSH_US);
 		break;
 	}
 	default:
@@ -772,6 +993,7 @@ static void *ws_thread(void *arg)
 	}
 	lws_sul_cancel(&sul_connect);
 	lws_sul_cancel(&sul_heartbeat);
+	lws_sul_cancel(&sul_ev);
 	pthread_mutex_lock(&ws->mu);
 	ctx = ws->ctx;
 	ws->ctx = NULL;
@@ -847,6 +1069,9 @@ void conn_ws_stop(struct conn *c)
 	fail_waiters_locked(ws);
 	pthread_mutex_unlock(&ws->mu);
 	sb_free(&ws->rx);
+	free(ws->evout);
+	ws->evout = NULL;
+	ws->evcap = 0;
 	g_conn = NULL;
 }
 

@@ -60,6 +60,10 @@ static const struct cfg_item conn_cfg[] = {
 	  &g_state.cfg.max_body },
 	{ "STORE_MAP_MB", CFG_INT, "1024", 16, 1048576, "LMDB map size, MiB",
 	  &g_state.cfg.store_map_mb },
+	{ "EVENT_BATCH", CFG_BOOL, "true", 0, 0,
+	  "send hop events to the gateway in event_batch frames (several per frame) instead "
+	  "of one event frame each (false: for a gateway older than event_batch)",
+	  &g_state.cfg.event_batch },
 	{ "STORE_NOSYNC", CFG_BOOL, "false", 0, 0, "skip fsync on commit (tests only)",
 	  &g_state.cfg.store_nosync },
 };
