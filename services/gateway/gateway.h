@@ -190,6 +190,22 @@ enum cr_err gw_request(struct gw *g, const char *subj, const void *data, size_t 
     int timeout_ms, natsMsg **reply);
 /* gw_publish_asap - like bus_publish_asap, on this thread's pool connection */
 enum cr_err gw_publish_asap(struct gw *g, const char *subj, const void *data, size_t len);
+/* An async request's answer: err CR_OK with reply (borrowed), or
+ * CR_ERR_UNAVAILABLE / CR_ERR_TIMEOUT with NULL; more = further answers are
+ * already waiting on this thread (writes may be held back until the last) */
+typedef void (*gw_reply_fn)(void *arg, enum cr_err err, natsMsg *reply, int more);
+/* gw_request_async - a request on this thread's pool connection, answered
+ * through fn (inbox thread, or the tick for timeouts); on an error return
+ * fn is not called */
+enum cr_err gw_request_async(struct gw *g, const char *subj, const void *data, size_t len,
+    int timeout_ms, gw_reply_fn fn, void *arg);
+/* gw_reqpool_tick - fail async requests past their deadline (main thread) */
+void gw_reqpool_tick(void);
+/* gw_reqpool_pending - async requests awaiting an answer */
+size_t gw_reqpool_pending(void);
+/* gw_reply_flush - write what the calling thread's answers held back
+ * (gateway_ws.c) */
+void gw_reply_flush(void);
 /* gw_reqpool_connected - every pool connection is up */
 int gw_reqpool_connected(void);
 /* gw_reqpool_stop - callers go to the bus from now on; wait up to wait_ms

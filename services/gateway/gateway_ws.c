@@ -51,6 +51,8 @@
 #define WS_OP_PONG  0xa
 #define WS_FIN      0x80
 #define WS_HDR_MAX  10     /* an unmasked frame header: 2 + 8 length bytes */
+#define WS_OUT_MAX  65536  /* held-back frames of one socket sent at this size */
+#define WS_DIRTY_MAX 64    /* sockets one reply thread holds acks back for */
 #define WS_TEXT_MAX 1024   /* outcome/detail/reason strings kept from frames */
 #define WS_STATUS_MAX 500  /* agents listed in /v1/status */
 
@@ -73,6 +75,7 @@ struct gw_sock {
 
 	pthread_mutex_t wmu;
 	int wclosed;                  /* under wmu */
+	struct strbuf out;            /* under wmu: frames held back, sent with the next write */
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -133,6 +136,7 @@ sock_unref(struct gw_sock *sk)
 		pend_free(p);
 	}
 	sb_free(&sk->frag);
+	sb_free(&sk->out);
 	pthread_cond_destroy(&sk->cv);
 	pthread_mutex_destroy(&sk->mu);
 	pthread_mutex_destroy(&sk->wmu);
@@ -163,26 +167,63 @@ ws_header(unsigned char *end, int opcode, size_t len)
 	return n;
 }
 
-/* write one WebSocket message whose payload (len bytes) starts at
- * buf + WS_HDR_MAX: the header goes in front of it, so that frame and
- * header leave in one send (mg_websocket_write makes two); -1 once the
- * socket is closed or broken */
+/* send n bytes; called with wmu held */
 static int
-sock_send(struct gw_sock *sk, int opcode, unsigned char *buf, size_t len)
+sock_put(struct gw_sock *sk, const void *data, size_t n)
+{
+	int rc = -1;
+
+	mg_lock_connection(sk->conn);
+	if (mg_write(sk->conn, data, n) == (int)n)
+		rc = 0;
+	mg_unlock_connection(sk->conn);
+	return rc;
+}
+
+/* write (or, with defer, hold back) one WebSocket message whose payload
+ * (len bytes) starts at buf + WS_HDR_MAX: the header goes in front of it,
+ * so that header and frame leave in one send (mg_websocket_write makes
+ * two), together with whatever was held back before. A held-back message
+ * goes out with the next write or sock_flush; its writer must make sure
+ * one comes. -1 once the socket is closed or broken. */
+static int
+sock_send_ex(struct gw_sock *sk, int opcode, unsigned char *buf, size_t len, int defer)
 {
 	size_t hl = ws_header(buf + WS_HDR_MAX, opcode, len);
 	const unsigned char *start = buf + WS_HDR_MAX - hl;
 	int rc = -1;
 
 	pthread_mutex_lock(&sk->wmu);
-	if (!sk->wclosed) {
-		mg_lock_connection(sk->conn);
-		if (mg_write(sk->conn, start, hl + len) == (int)(hl + len))
-			rc = 0;
-		mg_unlock_connection(sk->conn);
+	if (sk->wclosed) {
+		sk->out.len = 0;
+	} else if (defer || sk->out.len > 0) {
+		rc = sb_append(&sk->out, start, hl + len);
+		if (rc == 0 && (!defer || sk->out.len >= WS_OUT_MAX))
+			rc = sock_put(sk, sk->out.data, sk->out.len);
+		if (rc < 0 || !defer || sk->out.len >= WS_OUT_MAX)
+			sk->out.len = 0;
+	} else {
+		rc = sock_put(sk, start, hl + len);
 	}
 	pthread_mutex_unlock(&sk->wmu);
 	return rc;
+}
+
+static int
+sock_send(struct gw_sock *sk, int opcode, unsigned char *buf, size_t len)
+{
+	return sock_send_ex(sk, opcode, buf, len, 0);
+}
+
+/* send what was held back */
+static void
+sock_flush(struct gw_sock *sk)
+{
+	pthread_mutex_lock(&sk->wmu);
+	if (sk->out.len > 0 && !sk->wclosed)
+		sock_put(sk, sk->out.data, sk->out.len);
+	sk->out.len = 0;
+	pthread_mutex_unlock(&sk->wmu);
 }
 
 /* write one WebSocket message from a payload anywhere (small control frames) */
@@ -198,9 +239,9 @@ sock_write_raw(struct gw_sock *sk, int opcode, const void *data, size_t len)
 	return sock_send(sk, opcode, buf, len);
 }
 
-/* pack and write one Frame */
+/* pack and write (defer: hold back, see sock_send_ex) one Frame */
 static int
-sock_write_frame(struct gw_sock *sk, Frame *f)
+sock_write_frame_ex(struct gw_sock *sk, Frame *f, int defer)
 {
 	unsigned char stack[4096];
 	unsigned char *heap;
@@ -211,14 +252,20 @@ sock_write_frame(struct gw_sock *sk, Frame *f)
 	len = protobuf_c_message_get_packed_size(&f->base);
 	if (len <= sizeof(stack) - WS_HDR_MAX) {
 		protobuf_c_message_pack(&f->base, stack + WS_HDR_MAX);
-		return sock_send(sk, WS_OP_BIN, stack, len);
+		return sock_send_ex(sk, WS_OP_BIN, stack, len, defer);
 	}
 	if ((heap = malloc(WS_HDR_MAX + len)) == NULL)
 		return -1;
 	protobuf_c_message_pack(&f->base, heap + WS_HDR_MAX);
-	rc = sock_send(sk, WS_OP_BIN, heap, len);
+	rc = sock_send_ex(sk, WS_OP_BIN, heap, len, defer);
 	free(heap);
 	return rc;
+}
+
+static int
+sock_write_frame(struct gw_sock *sk, Frame *f)
+{
+	return sock_write_frame_ex(sk, f, 0);
 }
 
 static void
@@ -315,6 +362,12 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 	struct gw_pend *p = NULL, **pp;
 	struct timespec dl;
 	Frame f = CLAWRELAY__V1__FRAME__INIT;
+	int more = 0;
+
+	/* with more deliveries waiting for this socket, this thread writes them
+	 * in one send after the last one (which always comes here) */
+	if (natsSubscription_GetPending(sub, &more, NULL) != NATS_OK)
+		more = 0;
 
 	if (env_unpack(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e, &why) != CR_OK) {
 		log_warn(NULL, "deliver request for %s refused: %s", sk->agent, why ? why : "bad envelope");
@@ -377,7 +430,7 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 
 	f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER;
 	f.deliver = e;
-	if (sock_write_frame(sk, &f) < 0) {
+	if (sock_write_frame_ex(sk, &f, more > 0) < 0) {
 		int mine = 0;
 		pthread_mutex_lock(&sk->mu);
 		for (pp = &sk->pend; p != NULL && *pp != NULL; pp = &(*pp)->next) {
@@ -401,6 +454,8 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 	hop_emit(e, CLAWRELAY__V1__HOP_KIND__HOP_SOCKET_SENT, "ok", NULL);
 	log_debug(&lc, "deliver frame sent");
 out:
+	if (more == 0)
+		sock_flush(sk);
 	env_free(e);
 	natsMsg_Destroy(msg);
 }
@@ -595,7 +650,7 @@ out:
 /* --- enqueue ---------------------------------------------------------- */
 
 static void
-send_enq_ack(struct gw_sock *sk, uint32_t request_id, const struct gw_enq_result *r)
+send_enq_ack_ex(struct gw_sock *sk, uint32_t request_id, const struct gw_enq_result *r, int defer)
 {
 	Frame f = CLAWRELAY__V1__FRAME__INIT;
 	EnqueueAck a = CLAWRELAY__V1__ENQUEUE_ACK__INIT;
@@ -611,7 +666,44 @@ send_enq_ack(struct gw_sock *sk, uint32_t request_id, const struct gw_enq_result
 	f.body_case = CLAWRELAY__V1__FRAME__BODY_ENQUEUE_ACK;
 	f.enqueue_ack = &a;
 	f.request_id = request_id;
-	sock_write_frame(sk, &f);
+	sock_write_frame_ex(sk, &f, defer);
+}
+
+static void
+send_enq_ack(struct gw_sock *sk, uint32_t request_id, const struct gw_enq_result *r)
+{
+	send_enq_ack_ex(sk, request_id, r, 0);
+}
+
+/* Sockets whose enqueue_acks this (reply) thread holds back, with a
+ * reference each, until the last answer of a burst. */
+static __thread struct gw_sock *dirty[WS_DIRTY_MAX];
+static __thread int ndirty;
+
+/* gw_reply_flush - write what the calling thread's answers held back */
+void
+gw_reply_flush(void)
+{
+	while (ndirty > 0) {
+		struct gw_sock *sk = dirty[--ndirty];
+		sock_flush(sk);
+		sock_unref(sk);
+	}
+}
+
+/* hold sk's ack back (1), or 0 when this thread cannot track another socket */
+static int
+dirty_add(struct gw_sock *sk)
+{
+	for (int i = 0; i < ndirty; i++) {
+		if (dirty[i] == sk)
+			return 1;
+	}
+	if (ndirty >= WS_DIRTY_MAX)
+		return 0;
+	sock_ref(sk);
+	dirty[ndirty++] = sk;
+	return 1;
 }
 
 static int
@@ -632,9 +724,11 @@ enq_refuse(struct gw_sock *sk, uint32_t request_id, const struct gw_refusal *rf,
 	return 1;
 }
 
-/* relay-session's answer to an enqueue frame (bus reply or timer thread) */
+/* relay-session's answer to an enqueue frame (pool inbox thread, or the
+ * tick for a timeout); with more answers waiting, the ack is held back and
+ * the socket's acks of the burst leave in one send */
 static void
-on_enq_reply(void *arg, enum cr_err err, natsMsg *reply)
+on_enq_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 {
 	struct gw_enq_ctx *ctx = arg;
 	struct gw_sock *sk = ctx->sk;
@@ -652,13 +746,16 @@ on_enq_reply(void *arg, enum cr_err err, natsMsg *reply)
 		snprintf(rf.message, sizeof(rf.message), "%s", r.message);
 		gw_refusal_count(&rf, "enqueue frame", sk->agent, r.correlation_id);
 	}
-	send_enq_ack(sk, ctx->request_id, &r);
+	more = more && dirty_add(sk);
+	send_enq_ack_ex(sk, ctx->request_id, &r, more);
 	pthread_mutex_lock(&sk->mu);
 	sk->inflight--;
 	pthread_cond_broadcast(&sk->cv);
 	pthread_mutex_unlock(&sk->mu);
 	sock_unref(sk);
 	free(ctx);
+	if (!more)
+		gw_reply_flush();
 }
 
 /* enqueue frame: the POST's checks minus the proof, then an async request */
@@ -776,7 +873,7 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	snprintf(ctx->recipient, sizeof(ctx->recipient), "%s", e.recipient);
 	hop_emit(&e, CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED, "ok", NULL);
 	sock_ref(sk);
-	if (bus_request_async(g->bus, subj, wire, wlen, (int)g->cfg.session_timeout_ms,
+	if (gw_request_async(g, subj, wire, wlen, (int)g->cfg.session_timeout_ms,
 	    on_enq_reply, ctx) != CR_OK) {
 		sock_unref(sk);
 		goto fail;
@@ -1067,6 +1164,7 @@ ws_connect(const struct mg_connection *c, void *arg)
 	pthread_mutex_init(&sk->mu, NULL);
 	pthread_cond_init(&sk->cv, NULL);
 	sb_init(&sk->frag);
+	sb_init(&sk->out);
 	pthread_mutex_lock(&g->sock_mu);
 	sk->next = g->socks;
 	g->socks = sk;

@@ -95,6 +95,7 @@ static void
 gw_tick(struct svc *s, void *st)
 {
 	gw_ws_tick(st);
+	gw_reqpool_tick();
 }
 
 static int
@@ -121,7 +122,8 @@ gw_status(struct svc *s, void *st, cJSON *obj)
 	cJSON_AddNumberToObject(m, "eventsForwarded", (double)metric_value(g->m_events));
 	cJSON_AddNumberToObject(m, "framesIn", (double)metric_value(g->m_frames_in));
 	cJSON_AddNumberToObject(m, "framesBad", (double)metric_value(g->m_frames_bad));
-	cJSON_AddNumberToObject(m, "busRequestsPending", (double)bus_pending_requests(g->bus));
+	cJSON_AddNumberToObject(m, "busRequestsPending",
+	    (double)(bus_pending_requests(g->bus) + gw_reqpool_pending()));
 }
 
 static void
