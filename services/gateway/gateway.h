@@ -37,6 +37,8 @@
 #define GW_KEY_SHARDS    64
 #define GW_CT_MAX        255  /* Content-Type bytes kept in an envelope */
 #define GW_DEFAULT_CT    "application/octet-stream"
+#define GW_ENQ_JSON_MAX  2048  /* escaped IDs (<= 6x 130) + state + the rest */
+#define GW_WIRE_STACK    8192  /* envelopes up to this size are packed on the stack */
 #define GW_NATS_LOCK_SPIN 0   /* nats.c lock spins before sleeping (its default: 2000) */
 
 /* gw_mut - a protobuf-c string field from a borrowed const string; the
@@ -174,8 +176,9 @@ struct gw_ids {
  * 0, or -1 with rf (400) */
 int gw_envelope_finish(struct gw *g, Envelope *e, struct gw_ids *ids, uint32_t ttl_s,
     struct gw_refusal *rf);
-/* gw_enq_json - the JSON body of a 200/202 answer; caller frees with free() */
-char *gw_enq_json(const struct gw_enq_result *r);
+/* gw_enq_json - the JSON body of a 200/202 answer into out (sz bytes;
+ * GW_ENQ_JSON_MAX always suffices); its length, or -1 */
+int gw_enq_json(const struct gw_enq_result *r, char *out, size_t sz);
 /* gw_handle_post - POST /v1/agents/{recipient}/messages (civetweb handler) */
 int gw_handle_post(struct mg_connection *c, void *arg);
 

@@ -179,23 +179,63 @@ gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_res
 	protobuf_c_message_free_unpacked(m, NULL);
 }
 
-/* gw_enq_json - the JSON body of a 200/202 answer; caller frees */
-char *
-gw_enq_json(const struct gw_enq_result *r)
+/* s as a JSON string body (no quotes) into out at *n; 0, or -1 if full */
+static int
+json_str(char *out, size_t sz, size_t *n, const char *s)
 {
-	cJSON *o = cJSON_CreateObject();
-	char *s;
+	static const char hex[] = "0123456789abcdef";
 
-	if (o == NULL)
-		return NULL;
-	cJSON_AddStringToObject(o, "messageId", r->message_id);
-	cJSON_AddStringToObject(o, "correlationId", r->correlation_id);
-	cJSON_AddStringToObject(o, "status", r->status == 200 ? "duplicate" : "queued");
-	cJSON_AddStringToObject(o, "state", r->state);
-	cJSON_AddNumberToObject(o, "queueDepth", (double)r->queue_depth);
-	s = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	return s;
+	for (; *s != '\0'; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (*n + 7 >= sz)
+			return -1;
+		if (ch == '"' || ch == '\\') {
+			out[(*n)++] = '\\';
+			out[(*n)++] = (char)ch;
+		} else if (ch < 0x20) {
+			memcpy(out + *n, "\\u00", 4);
+			*n += 4;
+			out[(*n)++] = hex[ch >> 4];
+			out[(*n)++] = hex[ch & 15];
+		} else {
+			out[(*n)++] = (char)ch;
+		}
+	}
+	out[*n] = '\0';
+	return 0;
+}
+
+/* gw_enq_json - the JSON body of a 200/202 answer into out (sz bytes,
+ * GW_ENQ_JSON_MAX is always enough); its length, or -1 */
+int
+gw_enq_json(const struct gw_enq_result *r, char *out, size_t sz)
+{
+	size_t n = 0;
+	int m;
+
+	if (sz < 16)
+		return -1;
+	memcpy(out, "{\"messageId\":\"", 14);
+	n = 14;
+	if (json_str(out, sz, &n, r->message_id) < 0)
+		return -1;
+	m = snprintf(out + n, sz - n, "\",\"correlationId\":\"");
+	if (m < 0 || (size_t)m >= sz - n)
+		return -1;
+	n += (size_t)m;
+	if (json_str(out, sz, &n, r->correlation_id) < 0)
+		return -1;
+	m = snprintf(out + n, sz - n, "\",\"status\":\"%s\",\"state\":\"",
+	    r->status == 200 ? "duplicate" : "queued");
+	if (m < 0 || (size_t)m >= sz - n)
+		return -1;
+	n += (size_t)m;
+	if (json_str(out, sz, &n, r->state) < 0)
+		return -1;
+	m = snprintf(out + n, sz - n, "\",\"queueDepth\":%llu}", (unsigned long long)r->queue_depth);
+	if (m < 0 || (size_t)m >= sz - n)
+		return -1;
+	return (int)(n + (size_t)m);
 }
 
 /* the recipient from "/v1/agents/{recipient}/messages" into out; -1 if the
@@ -232,6 +272,8 @@ gw_handle_post(struct mg_connection *c, void *arg)
 	char recipient[AUTH_ID_MAX + 2], subj[256];
 	const char *why = NULL, *cid = NULL;
 	void *wire = NULL;
+	const void *wdata = NULL;
+	unsigned char wstack[GW_WIRE_STACK];
 	size_t wlen = 0;
 	natsMsg *reply = NULL;
 	enum cr_err err;
@@ -293,23 +335,31 @@ gw_handle_post(struct mg_connection *c, void *arg)
 	if (gw_envelope_finish(g, &e, &ids, rq.ttl_s, &rf) < 0)
 		goto refuse;
 	cid = e.correlation_id;
-	if (env_pack(&e.base, &wire, &wlen) != CR_OK || gw_enq_subject(g, recipient, subj, sizeof(subj)) < 0) {
+	/* most envelopes fit the stack buffer: no allocation */
+	wlen = protobuf_c_message_get_packed_size(&e.base);
+	if (wlen <= sizeof(wstack)) {
+		wlen = protobuf_c_message_pack(&e.base, wstack);
+		wdata = wstack;
+	} else if (env_pack(&e.base, &wire, &wlen) == CR_OK) {
+		wdata = wire;
+	}
+	if (wdata == NULL || gw_enq_subject(g, recipient, subj, sizeof(subj)) < 0) {
 		gw_refuse(&rf, 503, "internal", "the message could not be encoded");
 		goto refuse;
 	}
 	hop_emit(&e, CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED, "ok", NULL);
-	err = gw_request(g, subj, wire, wlen, (int)g->cfg.session_timeout_ms, &reply);
+	err = gw_request(g, subj, wdata, wlen, (int)g->cfg.session_timeout_ms, &reply);
 	gw_enq_map(err, reply, &e, &res);
 	if (res.status == 200 || res.status == 202) {
-		char *json = gw_enq_json(&res);
+		char json[GW_ENQ_JSON_MAX];
+		int jn = gw_enq_json(&res, json, sizeof(json));
 		struct log_ctx lc = { res.correlation_id, res.message_id, rq.agent };
 		log_debug(&lc, "accepted %d for %s", res.status, recipient);
 		metric_add(g->m_accepted_http, 1);
-		if (json != NULL)
-			http_json(c, res.status, json);
+		if (jn > 0)
+			http_reply(c, res.status, "application/json", NULL, json, (size_t)jn);
 		else
-			http_error(c, 503, "internal", "out of memory", res.correlation_id, 1);
-		free(json);
+			http_error(c, 503, "internal", "the answer cannot be encoded", res.correlation_id, 1);
 	} else {
 		rf.status = res.status;
 		rf.code = res.code;
