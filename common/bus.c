@@ -36,6 +36,11 @@ struct kvh {
 	kvStore *kv;
 };
 
+struct conn_tag {
+	const char *name;
+	volatile int *closing;	/* set by bus_free: a deliberate close is not worth a warning */
+};
+
 struct bus {
 	natsConnection *nc, *bulk;
 	jsCtx *js;
@@ -49,6 +54,8 @@ struct bus {
 	pthread_t timer;
 	int timer_started;
 	volatile int stopping;
+	volatile int closing;
+	struct conn_tag tag_req, tag_bulk;
 	struct sub subs[MAX_SUBS];
 	int nsubs;
 	struct kvh kvs[MAX_KV];
@@ -82,18 +89,19 @@ bus_err(natsStatus s)
 	}
 }
 
-static char tag_req[] = "req", tag_bulk[] = "bulk";
-
 static void
 on_disconnected(natsConnection *nc, void *closure)
 {
-	log_warn(NULL, "nats disconnected (%s)", (const char *)closure);
+	const struct conn_tag *t = closure;
+	if (!*t->closing)
+		log_warn(NULL, "nats disconnected (%s)", t->name);
 }
 
 static void
 on_reconnected(natsConnection *nc, void *closure)
 {
-	log_info(NULL, "nats reconnected (%s)", (const char *)closure);
+	const struct conn_tag *t = closure;
+	log_info(NULL, "nats reconnected (%s)", t->name);
 }
 
 static void
@@ -103,7 +111,7 @@ on_async_err(natsConnection *nc, natsSubscription *sub, natsStatus err, void *cl
 }
 
 static natsStatus
-make_conn(const char *url, const char *name, int asap, natsConnection **out)
+make_conn(const char *url, const char *name, int asap, struct conn_tag *tag, natsConnection **out)
 {
 	natsOptions *o = NULL;
 	natsStatus s;
@@ -133,9 +141,9 @@ make_conn(const char *url, const char *name, int asap, natsConnection **out)
 	if (s == NATS_OK)
 		s = natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
 	if (s == NATS_OK)
-		s = natsOptions_SetDisconnectedCB(o, on_disconnected, asap ? tag_req : tag_bulk);
+		s = natsOptions_SetDisconnectedCB(o, on_disconnected, tag);
 	if (s == NATS_OK)
-		s = natsOptions_SetReconnectedCB(o, on_reconnected, asap ? tag_req : tag_bulk);
+		s = natsOptions_SetReconnectedCB(o, on_reconnected, tag);
 	if (s == NATS_OK)
 		s = natsOptions_SetErrorHandler(o, on_async_err, NULL);
 	if (s == NATS_OK) {
@@ -232,13 +240,17 @@ bus_connect(const char *url, const char *name, const char *prefix, struct bus **
 		return CR_ERR_NOMEM;
 	pthread_mutex_init(&b->mu, NULL);
 	snprintf(b->prefix, sizeof(b->prefix), "%s", prefix);
-	s = make_conn(url, name, 1, &b->nc);
+	b->tag_req.name = "req";
+	b->tag_req.closing = &b->closing;
+	b->tag_bulk.name = "bulk";
+	b->tag_bulk.closing = &b->closing;
+	s = make_conn(url, name, 1, &b->tag_req, &b->nc);
 	if (s != NATS_OK) {
 		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
 		goto out;
 	}
 	snprintf(bname, sizeof(bname), "%s-bulk", name);
-	s = make_conn(url, bname, 0, &b->bulk);
+	s = make_conn(url, bname, 0, &b->tag_bulk, &b->bulk);
 	if (s != NATS_OK) {
 		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
 		goto out;
@@ -306,6 +318,7 @@ bus_free(struct bus *b)
 	}
 	for (int i = 0; i < b->nkv; i++)
 		kvStore_Destroy(b->kvs[i].kv);
+	b->closing = 1;
 	jsCtx_Destroy(b->js);
 	if (b->bulk) {
 		natsConnection_FlushTimeout(b->bulk, 1000);
