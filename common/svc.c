@@ -244,6 +244,9 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 	if (!def->no_bus) {
 		char cname[256];
 		snprintf(cname, sizeof(cname), "clawrelay-%s/%s", def->name, s.instance_buf);
+		/* no lock spinning: on a machine with few cores a spinning waiter
+		 * burns the CPU the lock holder needs (a no-op if already opened) */
+		nats_Open(0);
 		log_info(NULL, "connecting to NATS at %s (waits until it answers)", s.nats_url);
 		if (bus_connect(s.nats_url, cname, s.prefix, &s.bus) != CR_OK) {
 			fprintf(stderr, "clawrelay-%s: cannot use CLAWRELAY_NATS_URL=%s\n", def->name, s.nats_url);
