@@ -8,9 +8,10 @@
  *   DB "idem": "<sender>\0<idempotency key>" -> struct in session_queue.c
  *   DB "meta": "c<agent>" -> <expired be64><shed be64><failed be64>
  *              (failures since the agent's last reconnect_ack)
- *   DB "nonce": "<sender>\0<nonce>" -> <seen_ms be64>: the request nonces of
- *              queued messages (replay check), written in the message's
- *              commit, kept NONCE_TTL_S, swept on the tick
+ *   DB "nonce": "<seen_ms be64><sender>\0<nonce>" -> (empty): the request
+ *              nonces of queued messages (replay check), written in the
+ *              message's commit, kept NONCE_TTL_S, swept on the tick; looked
+ *              up in memory (session_nonce.c)
  * seq is one counter per partition, started above every stored seq and
  * above the wall clock in microseconds, so a key never repeats.
  *
@@ -49,7 +50,6 @@
 #define SESSION_LANES 3
 #define SESSION_AGENT_BUCKETS 1024
 #define SESSION_IDEM_BUCKETS 256
-#define SESSION_NONCE_BUCKETS 1024
 #define SESSION_VHDR 16            /* expires + accepted before the envelope */
 #define SESSION_KEY_MAX (128 + 1 + 1 + 8)
 /* protobuf-c fields are char *: borrowed strings are only read by pack */
@@ -105,11 +105,13 @@ struct session_idem_pending {
 	unsigned char sha[32];
 };
 
-/* A nonce whose message's commit is still pending ("<sender>\0<nonce>"). */
-struct session_nonce_pending {
-	struct session_nonce_pending *next;
-	size_t klen;
-	unsigned char key[];
+/* The nonces seen within NONCE_TTL_S: 128 bits of SHA-256 each. */
+struct session_nonce_ent {
+	uint64_t a, b;
+};
+struct session_nonce_set {
+	struct session_nonce_ent *t;
+	size_t cap, used, tomb;
 };
 
 struct session;
@@ -128,7 +130,7 @@ struct session_part {
 	struct session_agent *agents[SESSION_AGENT_BUCKETS];
 	uint64_t nagents;
 	struct session_idem_pending *idem[SESSION_IDEM_BUCKETS];
-	struct session_nonce_pending *nonces[SESSION_NONCE_BUCKETS];
+	struct session_nonce_set nonces;
 	uint64_t next_seq;
 	uint64_t depth;                 /* messages in the partition (as n above) */
 	uint64_t inflight;
@@ -143,9 +145,6 @@ struct session_part {
 	unsigned char idem_key[STORE_KEY_MAX];
 	size_t idem_klen;
 	uint64_t idem_next;             /* mono ms of the next idem sweep */
-	unsigned char nonce_key[STORE_KEY_MAX + 1];
-	size_t nonce_klen;
-	uint64_t nonce_next;            /* mono ms of the next nonce sweep pass */
 	struct metric *m_depth, *m_inflight;
 };
 
@@ -244,6 +243,18 @@ void session_drop_locked(struct session_part *pp, struct session_agent *a,
 void session_publish_receipt(struct session *s, const char *message_id,
     const char *correlation_id, const char *sender, const char *recipient,
     const char *state, uint32_t attempts);
+
+/* session_nonce.c (all under mu) */
+/* session_nonce_hash - the set's entry for "<sender>\0<nonce>"; -1 on error */
+int session_nonce_hash(const unsigned char *key, size_t klen, struct session_nonce_ent *out);
+/* session_nonce_has - 1 if e is in the set */
+int session_nonce_has(const struct session_nonce_set *ns, const struct session_nonce_ent *e);
+/* session_nonce_add - add e; -1 on ENOMEM */
+int session_nonce_add(struct session_nonce_set *ns, const struct session_nonce_ent *e);
+/* session_nonce_del - remove e if present */
+void session_nonce_del(struct session_nonce_set *ns, const struct session_nonce_ent *e);
+/* session_nonce_free - empty the set */
+void session_nonce_free(struct session_nonce_set *ns);
 
 /* session_sweep.c */
 /* session_sweep - bounded expiry and idempotency sweeps, due dispatches (tick) */

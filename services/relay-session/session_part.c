@@ -394,6 +394,24 @@ rebuild(struct session_part *pp)
 		a->failed = session_be64_get(c + 16);
 	}
 	store_iter_free(it);
+	/* the nonces still within their time (older ones the sweep deletes) */
+	if ((err = store_iter_new(pp->st, pp->dbnonce, NULL, 0, &it)) != CR_OK)
+		return err;
+	{
+		uint64_t cutoff = now_ms() - (uint64_t)pp->s->cfg.nonce_ttl_s * 1000u;
+		struct session_nonce_ent ne;
+
+		while ((r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
+			if (kl <= 8 || session_be64_get(k) < cutoff)
+				continue;
+			if (session_nonce_hash((const unsigned char *)k + 8, kl - 8, &ne) != 0 ||
+			    session_nonce_add(&pp->nonces, &ne) != 0) {
+				store_iter_free(it);
+				return CR_ERR_NOMEM;
+			}
+		}
+	}
+	store_iter_free(it);
 	pp->next_seq = now_us();
 	if (maxseq + 1 > pp->next_seq)
 		pp->next_seq = maxseq + 1;
@@ -420,13 +438,7 @@ agents_free(struct session_part *pp)
 			free(ip);
 		}
 	}
-	for (int i = 0; i < SESSION_NONCE_BUCKETS; i++) {
-		while (pp->nonces[i]) {
-			struct session_nonce_pending *np = pp->nonces[i];
-			pp->nonces[i] = np->next;
-			free(np);
-		}
-	}
+	session_nonce_free(&pp->nonces);
 	pp->nagents = 0;
 	pp->depth = 0;
 	pp->inflight = 0;
@@ -464,7 +476,6 @@ session_part_open(struct session *s, struct session_part *pp)
 		pp->open = 1;
 		pp->sweep_klen = 0;
 		pp->idem_klen = 0;
-		pp->nonce_klen = 0;
 	}
 	pthread_mutex_unlock(&pp->mu);
 	if (err != CR_OK)

@@ -10,9 +10,9 @@
  * pending table, so two racing requests with one key cannot both queue.
  *
  * Replay check: a non-empty Envelope.nonce (the request's X-Claw-Nonce) is
- * remembered as "<sender>\0<nonce>" in DB nonce, in the same commit as the
- * message, and in a pending table until then; a (sender, nonce) seen within
- * NONCE_TTL_S is answered ENQ_REPLAY. A replay names the same recipient
+ * remembered in DB nonce in the same commit as the message, and in the
+ * partition's in-memory nonce set from submit on (session_nonce.c); a
+ * (sender, nonce) seen within NONCE_TTL_S is answered ENQ_REPLAY. A replay names the same recipient
  * (the path is signed), so the recipient's partition always sees both.
  *
  * Threads: session_enqueue runs on the partition subscription's thread and
@@ -36,7 +36,8 @@ struct enq_ctx {
 	uint64_t gen;
 	struct session_agent *a;       /* valid while gen matches */
 	struct session_idem_pending *ip; /* valid while gen matches */
-	struct session_nonce_pending *np; /* valid while gen matches */
+	int has_nonce;
+	struct session_nonce_ent nonce;  /* in pp->nonces while gen matches */
 	char *reply;
 	Envelope *e;
 	int lane;
@@ -126,76 +127,6 @@ idem_pending_remove(struct session_part *pp, struct session_idem_pending *ip)
 	free(ip);
 }
 
-static uint32_t
-nonce_hash(const unsigned char *k, size_t kl)
-{
-	uint32_t h = 2166136261u;
-
-	for (size_t i = 0; i < kl; i++)
-		h = (h ^ k[i]) * 16777619u;
-	return h % SESSION_NONCE_BUCKETS;
-}
-
-static void
-nonce_pending_remove(struct session_part *pp, struct session_nonce_pending *np)
-{
-	uint32_t h = nonce_hash(np->key, np->klen);
-
-	for (struct session_nonce_pending **pnp = &pp->nonces[h]; *pnp; pnp = &(*pnp)->next) {
-		if (*pnp == np) {
-			*pnp = np->next;
-			break;
-		}
-	}
-	free(np);
-}
-
-/* 1 if (sender, nonce) was seen within NONCE_TTL_S (committed or pending);
- * caller holds mu */
-static int
-nonce_seen_locked(struct session_part *pp, const unsigned char *key, size_t klen)
-{
-	void *v = NULL;
-	size_t vl = 0;
-	int seen = 0;
-
-	for (struct session_nonce_pending *np = pp->nonces[nonce_hash(key, klen)]; np;
-	    np = np->next)
-		if (np->klen == klen && memcmp(np->key, key, klen) == 0)
-			return 1;
-	if (store_get(pp->st, pp->dbnonce, key, klen, &v, &vl) != CR_OK)
-		return 0;
-	/* an entry the sweep has not reached yet no longer counts */
-	seen = vl >= 8 && session_be64_get(v) + (uint64_t)pp->s->cfg.nonce_ttl_s * 1000u >=
-	    now_ms();
-	free(v);
-	return seen;
-}
-
-/* add (sender, nonce) to b and to the pending table; NULL on ENOMEM.
- * Caller holds mu. */
-static struct session_nonce_pending *
-nonce_add_locked(struct session_part *pp, struct store_batch *b, const unsigned char *key,
-    size_t klen, uint64_t wall)
-{
-	struct session_nonce_pending *np = malloc(sizeof(*np) + klen);
-	unsigned char val[8];
-	uint32_t h = nonce_hash(key, klen);
-
-	if (np == NULL)
-		return NULL;
-	session_be64_put(val, wall);
-	if (store_batch_put(b, pp->dbnonce, key, klen, val, sizeof(val)) != CR_OK) {
-		free(np);
-		return NULL;
-	}
-	np->klen = klen;
-	memcpy(np->key, key, klen);
-	np->next = pp->nonces[h];
-	pp->nonces[h] = np;
-	return np;
-}
-
 /* commit finished (committer thread): answer, then dispatch */
 static void
 enq_done(void *arg, enum cr_err result)
@@ -225,8 +156,9 @@ enq_done(void *arg, enum cr_err result)
 		depth = depth_of(a);
 		if (c->ip != NULL)
 			idem_pending_remove(pp, c->ip);
-		if (c->np != NULL)
-			nonce_pending_remove(pp, c->np);
+		/* a failed commit stored no nonce: the request may come again */
+		if (c->has_nonce && result != CR_OK)
+			session_nonce_del(&pp->nonces, &c->nonce);
 	}
 	pthread_mutex_unlock(&pp->mu);
 
@@ -386,6 +318,7 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	unsigned char *val = NULL;
 	size_t plen, vlen;
 	unsigned char qkey[SESSION_KEY_MAX], sha[32], nkey[STORE_KEY_MAX];
+	struct session_nonce_ent nent;
 	char *ikey = NULL;
 	size_t iklen = 0, qkl, nklen = 0;
 	uint64_t wall = now_ms(), seq;
@@ -433,14 +366,19 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	if (e->nonce != NULL && e->nonce[0] != '\0') {
 		size_t sl = strlen(e->sender), nl = strlen(e->nonce);
 
-		if (sl + 1 + nl > sizeof(nkey)) {
+		if (8 + sl + 1 + nl > sizeof(nkey)) {
 			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED,
 			    e->message_id, e->correlation_id, NULL, 0, 0, "nonce too long");
 			goto out;
 		}
-		memcpy(nkey, e->sender, sl + 1);
-		memcpy(nkey + sl + 1, e->nonce, nl);
-		nklen = sl + 1 + nl;
+		/* "<seen_ms be64><sender>\0<nonce>"; the set hashes the part after
+		 * the time */
+		session_be64_put(nkey, wall);
+		memcpy(nkey + 8, e->sender, sl + 1);
+		memcpy(nkey + 8 + sl + 1, e->nonce, nl);
+		nklen = 8 + sl + 1 + nl;
+		if (session_nonce_hash(nkey + 8, nklen - 8, &nent) != 0)
+			goto nomem_early;
 	}
 	lane = env_lane(e->priority);
 	if (lane < 0 || lane >= SESSION_LANES)
@@ -476,7 +414,7 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 		    e->correlation_id, NULL, 0, 1, "partition moving to another replica");
 		goto out;
 	}
-	if (nklen > 0 && nonce_seen_locked(pp, nkey, nklen)) {
+	if (nklen > 0 && session_nonce_has(&pp->nonces, &nent)) {
 		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REPLAY, e->message_id,
 		    e->correlation_id, NULL, 0, 0, "replay: nonce already used");
 		log_info(&lc, "replayed nonce refused");
@@ -540,10 +478,15 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 			goto nomem;
 		}
 	}
-	if (nklen > 0 && (c->np = nonce_add_locked(pp, b, nkey, nklen, wall)) == NULL) {
-		if (c->ip)
-			idem_pending_remove(pp, c->ip);
-		goto nomem;
+	if (nklen > 0) {
+		if (store_batch_put(b, pp->dbnonce, nkey, nklen, NULL, 0) != CR_OK ||
+		    session_nonce_add(&pp->nonces, &nent) != 0) {
+			if (c->ip)
+				idem_pending_remove(pp, c->ip);
+			goto nomem;
+		}
+		c->has_nonce = 1;
+		c->nonce = nent;
 	}
 	c->pp = pp;
 	c->gen = pp->gen;
@@ -556,8 +499,8 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	if (c->reply == NULL) {
 		if (c->ip)
 			idem_pending_remove(pp, c->ip);
-		if (c->np)
-			nonce_pending_remove(pp, c->np);
+		if (c->has_nonce)
+			session_nonce_del(&pp->nonces, &c->nonce);
 		goto nomem;
 	}
 	a->n[lane]++;
@@ -571,8 +514,8 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 		pp->depth--;
 		if (c->ip)
 			idem_pending_remove(pp, c->ip);
-		if (c->np)
-			nonce_pending_remove(pp, c->np);
+		if (c->has_nonce)
+			session_nonce_del(&pp->nonces, &c->nonce);
 		free(c->reply);
 		c->e = NULL;
 		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, e->message_id,

@@ -5,7 +5,8 @@
  *     expired + HOP_EXPIRED, counted for the next reconnect_ack);
  *   - idempotency: every few seconds, walk DB idem the same way and delete
  *     entries older than the window;
- *   - nonces: the same for DB nonce and NONCE_TTL_S;
+ *   - nonces: delete those past NONCE_TTL_S from the front of DB nonce
+ *     (time-ordered keys: the walk stops at the first one still valid);
  *   - dispatch for agents whose backoff ended or whose offline probe is due.
  * Work per tick is bounded, so a long backlog costs several ticks, never a
  * long stall of the lease renewals that share the main thread.
@@ -123,7 +124,8 @@ sweep_idem(struct session_part *pp)
 		    (unsigned)s->cfg.delete_delay_ms * 1000u);
 }
 
-/* caller holds mu; like sweep_idem for DB nonce */
+/* caller holds mu: delete the nonces past NONCE_TTL_S from the front of DB
+ * nonce (keys start with the time) and from the in-memory set */
 static void
 sweep_nonce(struct session_part *pp)
 {
@@ -134,28 +136,22 @@ sweep_nonce(struct session_part *pp)
 	size_t kl, vl;
 	long long budget = s->cfg.sweep_batch;
 	uint64_t cutoff = now_ms() - (uint64_t)s->cfg.nonce_ttl_s * 1000u;
-	int r = 0;
 
-	if (store_iter_new_at(pp->st, pp->dbnonce, NULL, 0, pp->nonce_key, pp->nonce_klen,
-	    &it) != CR_OK)
+	if (store_iter_new(pp->st, pp->dbnonce, NULL, 0, &it) != CR_OK)
 		return;
-	while (budget-- > 0 && (r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
-		if (kl < sizeof(pp->nonce_key)) {
-			memcpy(pp->nonce_key, k, kl);
-			pp->nonce_key[kl] = 0;
-			pp->nonce_klen = kl + 1;
-		}
-		if (vl >= 8 && session_be64_get(v) >= cutoff)
-			continue;
+	while (budget-- > 0 && store_iter_next(it, &k, &kl, &v, &vl) == 1) {
+		struct session_nonce_ent ne;
+
+		if (kl >= 8 && session_be64_get(k) >= cutoff)
+			break;
 		if (b == NULL && (b = store_batch_new()) == NULL)
 			break;
 		store_batch_del(b, pp->dbnonce, k, kl);
-	}
-	if (r == 0) {
-		pp->nonce_klen = 0;
-		pp->nonce_next = mono_ms() + 1000;
+		if (kl > 8 && session_nonce_hash((const unsigned char *)k + 8, kl - 8, &ne) == 0)
+			session_nonce_del(&pp->nonces, &ne);
 	}
 	store_iter_free(it);
+	/* lost in a crash, they are skipped at open and swept again */
 	if (b != NULL)
 		store_committer_submit_lazy(pp->com, b, idem_done, NULL,
 		    (unsigned)s->cfg.delete_delay_ms * 1000u);
@@ -177,8 +173,7 @@ session_sweep(struct session *s, struct session_part *pp)
 	sweep_expired(pp, &w);
 	if (now >= pp->idem_next)
 		sweep_idem(pp);
-	if (now >= pp->nonce_next)
-		sweep_nonce(pp);
+	sweep_nonce(pp);
 	for (int i = 0; i < SESSION_AGENT_BUCKETS; i++) {
 		for (struct session_agent *a = pp->agents[i]; a != NULL; a = a->next) {
 			int has_waiting = 0;

@@ -188,6 +188,28 @@ START_TEST(replays)
 	const char *env[] = { "CLAWRELAY_MAX_BODY_BYTES=65536", NULL };
 	h_spawn(&st, "gateway-2b", "clawrelay-gateway", gw2_port, env, NULL);
 	expect(&q, 401, "replayed nonce, restarted gateway");
+	/* relay-session keeps POST nonces in LMDB with the message: they
+	 * survive its restart too (503 while it takes its partitions back) */
+	struct h_proc *rs = h_find(&st, "relay-session");
+	char data[400];
+	snprintf(data, sizeof(data), "CLAWRELAY_DATA_DIR=%s/relay-session", st.dir);
+	const char *renv[] = { data, NULL };
+	int rport = rs->port;
+	h_kill(rs, SIGTERM);
+	h_spawn(&st, "relay-session-2", "clawrelay-relay-session", rport, renv, NULL);
+	struct h_resp r;
+	long status = 503;
+	for (int i = 0; i < 100 && status == 503; i++) {
+		memset(&r, 0, sizeof(r));
+		status = do_req(&q, &r);
+		h_resp_free(&r);
+		if (status == 503)
+			usleep(100 * 1000);
+	}
+	ck_assert_int_eq(status, 401);
+	/* a fresh nonce still goes through */
+	q.nonce = "replay-nonce-after-restart-1";
+	expect(&q, 202, "new nonce after relay-session restart");
 }
 END_TEST
 
