@@ -267,10 +267,5 @@ static const struct svc_def session_def = {
 int
 main(int argc, char **argv)
 {
-	/* no lock spinning in nats.c (it spins up to 2000 times before it
-	 * sleeps): a partition's committer, its subscription thread and the
-	 * reply thread publish on one connection, and on two cores the spinning
-	 * only burns the time the lock holder needs. Before any nats.c call. */
-	nats_Open(0);
 	return svc_main(argc, argv, &session_def, &state);
 }
