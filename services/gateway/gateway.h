@@ -39,7 +39,6 @@
 #define GW_DEFAULT_CT    "application/octet-stream"
 #define GW_ENQ_JSON_MAX  2048  /* escaped IDs (<= 6x 130) + state + the rest */
 #define GW_WIRE_STACK    8192  /* envelopes up to this size are packed on the stack */
-#define GW_NATS_LOCK_SPIN 0   /* nats.c lock spins before sleeping (its default: 2000) */
 
 /* gw_mut - a protobuf-c string field from a borrowed const string; the
  * message is only packed, never modified through it */

@@ -169,10 +169,5 @@ static const struct svc_def gw_def = {
 int
 main(int argc, char **argv)
 {
-	/* nats.c spins up to 2000 times on a busy lock before it sleeps; with
-	 * dozens of request threads on two cores that spinning only burns the
-	 * time the lock holder needs (perf: natsMutex_Lock ~6% of the gateway).
-	 * Must come before any other nats.c call. */
-	nats_Open(GW_NATS_LOCK_SPIN);
 	return svc_main(argc, argv, &gw_def, &gw);
 }
