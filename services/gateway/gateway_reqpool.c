@@ -451,7 +451,8 @@ gw_reqpool_stop(int wait_ms)
 		nanosleep(&ts, NULL);
 	}
 	if (areq_sub != NULL) {
-		natsSubscription_Unsubscribe(areq_sub);
+		/* a drain still delivers what is queued, so the inbox thread's last
+		 * answer (more == 0) writes the acks it held back */
 		natsSubscription_Drain(areq_sub);
 		natsSubscription_WaitForDrainCompletion(areq_sub, 2000);
 		natsSubscription_Destroy(areq_sub);
