@@ -3,6 +3,7 @@
  * See bus.h for the thread rules.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,11 +37,6 @@ struct kvh {
 	kvStore *kv;
 };
 
-struct conn_tag {
-	const char *name;
-	volatile int *closing;	/* set by bus_free: a deliberate close is not worth a warning */
-};
-
 struct bus {
 	natsConnection *nc, *bulk;
 	jsCtx *js;
@@ -54,8 +50,6 @@ struct bus {
 	pthread_t timer;
 	int timer_started;
 	volatile int stopping;
-	volatile int closing;
-	struct conn_tag tag_req, tag_bulk;
 	struct sub subs[MAX_SUBS];
 	int nsubs;
 	struct kvh kvs[MAX_KV];
@@ -89,19 +83,23 @@ bus_err(natsStatus s)
 	}
 }
 
+/* Connections being closed on purpose (bus_free): their "disconnected"
+ * callback, which nats.c may run after the bus is gone, is not worth a
+ * warning. The closures are static strings, never the bus. */
+static _Atomic int closing_now;
+static char tag_req[] = "req", tag_bulk[] = "bulk";
+
 static void
 on_disconnected(natsConnection *nc, void *closure)
 {
-	const struct conn_tag *t = closure;
-	if (!*t->closing)
-		log_warn(NULL, "nats disconnected (%s)", t->name);
+	if (atomic_load(&closing_now) == 0)
+		log_warn(NULL, "nats disconnected (%s)", (const char *)closure);
 }
 
 static void
 on_reconnected(natsConnection *nc, void *closure)
 {
-	const struct conn_tag *t = closure;
-	log_info(NULL, "nats reconnected (%s)", t->name);
+	log_info(NULL, "nats reconnected (%s)", (const char *)closure);
 }
 
 static void
@@ -111,7 +109,7 @@ on_async_err(natsConnection *nc, natsSubscription *sub, natsStatus err, void *cl
 }
 
 static natsStatus
-make_conn(const char *url, const char *name, int asap, struct conn_tag *tag, natsConnection **out)
+make_conn(const char *url, const char *name, int asap, natsConnection **out)
 {
 	natsOptions *o = NULL;
 	natsStatus s;
@@ -141,9 +139,9 @@ make_conn(const char *url, const char *name, int asap, struct conn_tag *tag, nat
 	if (s == NATS_OK)
 		s = natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
 	if (s == NATS_OK)
-		s = natsOptions_SetDisconnectedCB(o, on_disconnected, tag);
+		s = natsOptions_SetDisconnectedCB(o, on_disconnected, asap ? tag_req : tag_bulk);
 	if (s == NATS_OK)
-		s = natsOptions_SetReconnectedCB(o, on_reconnected, tag);
+		s = natsOptions_SetReconnectedCB(o, on_reconnected, asap ? tag_req : tag_bulk);
 	if (s == NATS_OK)
 		s = natsOptions_SetErrorHandler(o, on_async_err, NULL);
 	if (s == NATS_OK) {
@@ -240,17 +238,13 @@ bus_connect(const char *url, const char *name, const char *prefix, struct bus **
 		return CR_ERR_NOMEM;
 	pthread_mutex_init(&b->mu, NULL);
 	snprintf(b->prefix, sizeof(b->prefix), "%s", prefix);
-	b->tag_req.name = "req";
-	b->tag_req.closing = &b->closing;
-	b->tag_bulk.name = "bulk";
-	b->tag_bulk.closing = &b->closing;
-	s = make_conn(url, name, 1, &b->tag_req, &b->nc);
+	s = make_conn(url, name, 1, &b->nc);
 	if (s != NATS_OK) {
 		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
 		goto out;
 	}
 	snprintf(bname, sizeof(bname), "%s-bulk", name);
-	s = make_conn(url, bname, 0, &b->tag_bulk, &b->bulk);
+	s = make_conn(url, bname, 0, &b->bulk);
 	if (s != NATS_OK) {
 		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
 		goto out;
@@ -318,7 +312,7 @@ bus_free(struct bus *b)
 	}
 	for (int i = 0; i < b->nkv; i++)
 		kvStore_Destroy(b->kvs[i].kv);
-	b->closing = 1;
+	atomic_fetch_add(&closing_now, 1);
 	jsCtx_Destroy(b->js);
 	if (b->bulk) {
 		natsConnection_FlushTimeout(b->bulk, 1000);
@@ -332,6 +326,7 @@ bus_free(struct bus *b)
 	}
 	pthread_mutex_destroy(&b->mu);
 	free(b);
+	atomic_fetch_sub(&closing_now, 1);
 }
 
 /* bus_is_connected - is the request connection up? */
