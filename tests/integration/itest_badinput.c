@@ -10,6 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "bus.h"
@@ -288,6 +293,221 @@ START_TEST(headers_and_sizes)
 }
 END_TEST
 
+
+/* --- a minimal WebSocket client, to send what no connector would --- */
+
+/* ws_open - upgrade GET /v1/connect signed by signer as agent; returns the
+ * socket and sets *status to the HTTP status of the answer */
+static int
+ws_open(const char *signer, const char *agent, int *status)
+{
+	char ts[32], nonce[40], sha[64], sig[96] = "", keyp[400], req[2048], buf[4096];
+	struct sockaddr_in a;
+	struct timeval tv = { 5, 0 };
+	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)st.gw_port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	snprintf(ts, sizeof(ts), "%llu", (unsigned long long)(now_ms() / 1000));
+	rand_hex(nonce, 12);
+	auth_sha256_b64url("", 0, sha);
+	struct auth_key *k = NULL;
+	h_key_path(&st, signer, keyp, sizeof(keyp));
+	ck_assert_int_eq(auth_key_load_private(keyp, &k), CR_OK);
+	struct auth_proof_input in = { .method = "GET", .path = "/v1/connect", .agent = agent,
+		.timestamp = ts, .nonce = nonce, .body_sha256 = sha };
+	ck_assert_int_eq(auth_sign_request(k, &in, sig), CR_OK);
+	auth_key_free(k);
+	int n = snprintf(req, sizeof(req), "GET /v1/connect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+	    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+	    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Claw-Agent: %s\r\n"
+	    "X-Claw-Timestamp: %s\r\nX-Claw-Nonce: %s\r\nX-Claw-Body-SHA256: %s\r\n"
+	    "X-Claw-Proof: %s\r\n\r\n", agent, ts, nonce, sha, sig);
+	ck_assert_int_eq(write(fd, req, (size_t)n), n);
+	size_t got = 0;
+	while (got < sizeof(buf) - 1) {
+		ssize_t r = read(fd, buf + got, 1);	/* byte by byte: stop at the end of the head */
+		if (r <= 0)
+			break;
+		got++;
+		buf[got] = '\0';
+		if (got >= 4 && memcmp(buf + got - 4, "\r\n\r\n", 4) == 0)
+			break;
+	}
+	buf[got] = '\0';
+	*status = 0;
+	sscanf(buf, "HTTP/1.1 %d", status);
+	return fd;
+}
+
+/* ws_send - one masked binary frame */
+static void
+ws_send(int fd, const void *data, size_t len)
+{
+	unsigned char h[14], mask[4] = { 0x12, 0x34, 0x56, 0x78 };
+	size_t hl = 0;
+	h[hl++] = 0x82;
+	if (len < 126) {
+		h[hl++] = (unsigned char)(0x80 | len);
+	} else {
+		h[hl++] = 0x80 | 126;
+		h[hl++] = (unsigned char)(len >> 8);
+		h[hl++] = (unsigned char)len;
+	}
+	memcpy(h + hl, mask, 4);
+	hl += 4;
+	unsigned char *buf = malloc(hl + len);
+	memcpy(buf, h, hl);
+	for (size_t i = 0; i < len; i++)
+		buf[hl + i] = ((const unsigned char *)data)[i] ^ mask[i % 4];
+	ck_assert_int_eq(write(fd, buf, hl + len), (ssize_t)(hl + len));
+	free(buf);
+}
+
+static int
+read_full(int fd, void *p, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = read(fd, (char *)p + got, n - got);
+		if (r <= 0)
+			return -1;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+/* ws_recv - next binary frame decoded as a Frame (caller frees with
+ * protobuf_c_message_free_unpacked); NULL on close or timeout */
+static Frame *
+ws_recv(int fd)
+{
+	for (;;) {
+		unsigned char h[2], ext[8];
+		uint64_t len;
+		if (read_full(fd, h, 2) < 0)
+			return NULL;
+		len = h[1] & 0x7f;
+		if (len == 126) {
+			if (read_full(fd, ext, 2) < 0)
+				return NULL;
+			len = (uint64_t)ext[0] << 8 | ext[1];
+		} else if (len == 127) {
+			if (read_full(fd, ext, 8) < 0)
+				return NULL;
+			len = 0;
+			for (int i = 0; i < 8; i++)
+				len = len << 8 | ext[i];
+		}
+		unsigned char *p = malloc(len + 1);
+		if (read_full(fd, p, len) < 0) {
+			free(p);
+			return NULL;
+		}
+		int op = h[0] & 0x0f;
+		if (op == 0x8) {
+			free(p);
+			return NULL;
+		}
+		if (op != 0x2) {	/* ping, text: not what we wait for */
+			free(p);
+			continue;
+		}
+		ProtobufCMessage *m = NULL;
+		enum cr_err e = env_unpack_msg(&clawrelay__v1__frame__descriptor, p, len, &m);
+		free(p);
+		ck_assert_int_eq(e, CR_OK);
+		return (Frame *)m;
+	}
+}
+
+/* ws_send_frame - pack and send f */
+static void
+ws_send_frame(int fd, Frame *f)
+{
+	uint8_t buf[4096];
+	size_t len;
+	f->schema_version = ENV_SCHEMA;
+	ck_assert_int_eq(env_pack_into(&f->base, buf, sizeof(buf), &len), CR_OK);
+	ws_send(fd, buf, len);
+}
+
+/* expect_error_frame - the next frame is an error with this code */
+static void
+expect_error_frame(int fd, const char *code)
+{
+	Frame *f = ws_recv(fd);
+	ck_assert_msg(f != NULL, "no frame (wanted error %s)", code);
+	ck_assert_msg(f->body_case == CLAWRELAY__V1__FRAME__BODY_ERROR, "frame %d, wanted error %s",
+	    f->body_case, code);
+	ck_assert_str_eq(f->error->code, code);
+	protobuf_c_message_free_unpacked(&f->base, NULL);
+}
+
+START_TEST(malformed_frames)
+{
+	int status;
+	/* a wrong proof on the upgrade: a complete HTTP 401, no socket */
+	int fd = ws_open("mallory", "alice", &status);
+	ck_assert_int_eq(status, 401);
+	close(fd);
+
+	/* garbage as the first frame */
+	fd = ws_open("alice", "alice", &status);
+	ck_assert_int_eq(status, 101);
+	ws_send(fd, "\xff\xfe\x01garbage", 10);
+	expect_error_frame(fd, "bad_frame");
+	/* anything but reconnect first: an error and the socket is closed */
+	Frame f = CLAWRELAY__V1__FRAME__INIT;
+	Heartbeat hb = CLAWRELAY__V1__HEARTBEAT__INIT;
+	f.body_case = CLAWRELAY__V1__FRAME__BODY_HEARTBEAT;
+	f.heartbeat = &hb;
+	ws_send_frame(fd, &f);
+	expect_error_frame(fd, "reconnect_required");
+	ck_assert_ptr_null(ws_recv(fd));	/* closed */
+	close(fd);
+
+	/* after a proper reconnect: bad frames get error frames, the socket lives on */
+	fd = ws_open("alice", "alice", &status);
+	ck_assert_int_eq(status, 101);
+	Frame rf = CLAWRELAY__V1__FRAME__INIT;
+	Reconnect rc = CLAWRELAY__V1__RECONNECT__INIT;
+	rf.body_case = CLAWRELAY__V1__FRAME__BODY_RECONNECT;
+	rf.reconnect = &rc;
+	ws_send_frame(fd, &rf);
+	Frame *ack = ws_recv(fd);
+	ck_assert_ptr_nonnull(ack);
+	ck_assert_int_eq(ack->body_case, CLAWRELAY__V1__FRAME__BODY_RECONNECT_ACK);
+	protobuf_c_message_free_unpacked(&ack->base, NULL);
+	ws_send(fd, "\x0a\xff\xff", 3);
+	expect_error_frame(fd, "bad_frame");
+	Frame ef = CLAWRELAY__V1__FRAME__INIT;	/* enqueue without an envelope */
+	ef.body_case = CLAWRELAY__V1__FRAME__BODY_ENQUEUE;
+	ef.enqueue = NULL;
+	ef.request_id = 7;
+	ws_send_frame(fd, &ef);
+	Frame *r = ws_recv(fd);
+	ck_assert_ptr_nonnull(r);
+	/* either an error frame or an enqueue_ack carrying a 400 */
+	if (r->body_case == CLAWRELAY__V1__FRAME__BODY_ENQUEUE_ACK)
+		ck_assert_uint_eq(r->enqueue_ack->http_status, 400);
+	else
+		ck_assert_int_eq(r->body_case, CLAWRELAY__V1__FRAME__BODY_ERROR);
+	protobuf_c_message_free_unpacked(&r->base, NULL);
+	ws_send_frame(fd, &f);	/* a heartbeat still gets its answer */
+	Frame *hack = ws_recv(fd);
+	ck_assert_ptr_nonnull(hack);
+	ck_assert_int_eq(hack->body_case, CLAWRELAY__V1__FRAME__BODY_HEARTBEAT_ACK);
+	protobuf_c_message_free_unpacked(&hack->base, NULL);
+	close(fd);
+	ck_assert_int_eq(h_wait_ready(st.gw_port, 3000), 0);
+}
+END_TEST
+
 START_TEST(malformed_bus_messages)
 {
 	struct bus *b = NULL;
@@ -344,6 +564,7 @@ main(void)
 	tcase_add_test(tc, recipients);
 	tcase_add_test(tc, dotted_id_reaches_only_its_own);
 	tcase_add_test(tc, headers_and_sizes);
+	tcase_add_test(tc, malformed_frames);
 	tcase_add_test(tc, malformed_bus_messages);
 	suite_add_tcase(s, tc);
 	return it_run(s);
