@@ -188,21 +188,28 @@ token_safe(unsigned char c)
 	    (c >= '0' && c <= '9') || c == ':' || c == '_' || c == '-';
 }
 
-/* subj_token - agent ID as one subject token (see util.h) */
-size_t
-subj_token(const char *id, char *out, size_t outsz)
+static int
+kv_safe(unsigned char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+	    (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+/* Copy id to out, writing every byte that safe() refuses as <esc>XX. */
+static size_t
+escape_token(const char *id, char *out, size_t outsz, int (*safe)(unsigned char), char esc)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	size_t o = 0;
 	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-		if (token_safe(*p)) {
+		if (safe(*p)) {
 			if (o + 1 >= outsz)
 				return 0;
 			out[o++] = (char)*p;
 		} else {
 			if (o + 3 >= outsz)
 				return 0;
-			out[o++] = '%';
+			out[o++] = esc;
 			out[o++] = hex[*p >> 4];
 			out[o++] = hex[*p & 15];
 		}
@@ -213,31 +220,18 @@ subj_token(const char *id, char *out, size_t outsz)
 	return o;
 }
 
+/* subj_token - agent ID as one subject token (see util.h) */
+size_t
+subj_token(const char *id, char *out, size_t outsz)
+{
+	return escape_token(id, out, outsz, token_safe, '%');
+}
+
 /* kv_token - ID as one JetStream KV key token (see util.h) */
 size_t
 kv_token(const char *id, char *out, size_t outsz)
 {
-	static const char hex[] = "0123456789ABCDEF";
-	size_t o = 0;
-	for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-		int safe = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
-		    (*p >= '0' && *p <= '9') || *p == '_' || *p == '-';
-		if (safe) {
-			if (o + 1 >= outsz)
-				return 0;
-			out[o++] = (char)*p;
-		} else {
-			if (o + 3 >= outsz)
-				return 0;
-			out[o++] = '=';
-			out[o++] = hex[*p >> 4];
-			out[o++] = hex[*p & 15];
-		}
-	}
-	if (o >= outsz || o == 0)
-		return 0;
-	out[o] = '\0';
-	return o;
+	return escape_token(id, out, outsz, kv_safe, '=');
 }
 
 static int
