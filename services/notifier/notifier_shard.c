@@ -3,8 +3,11 @@
  *
  * Each shard has a pending table (correlation ID -> merged delta), guarded
  * by the shard's mutex: bus handlers merge into it, the shard's writer
- * thread swaps it out every COALESCE_MS and writes each entry with one KV
- * operation where it can:
+ * thread takes each entry out COALESCE_MS after the first delta of its
+ * message arrived (the list is in arrival order, so it takes a prefix), so
+ * the receipts of one message within COALESCE_MS of its first always become
+ * one write (a fixed tick split them whenever a tick fell between them), and
+ * writes each entry with one KV operation where it can:
  *   - a record this writer wrote recently is in its cache with its
  *     revision: kvStore_Update(last = that revision);
  *   - a new message (the delta has accepted or queued): kvStore_Create;
@@ -32,7 +35,7 @@
 struct ntf_ent {
 	struct ntf_rec r;
 	uint64_t rev;          /* cache: KV revision of r */
-	uint64_t used;         /* cache: mono_ms of last use */
+	uint64_t used;         /* cache: mono_ms of last use; pending: mono_ms it is due */
 	uint32_t hash;
 	struct ntf_ent *hnext; /* bucket chain */
 	struct ntf_ent *lnext; /* pending: arrival order */
@@ -83,7 +86,7 @@ ntf_shards_add(struct ntf *n, const struct ntf_rec *d)
 	e->r = *d;
 	e->hash = h;
 	e->rev = 0;
-	e->used = 0;
+	e->used = mono_ms() + (uint64_t)n->coalesce_ms;
 	e->hnext = sh->ptab[b];
 	sh->ptab[b] = e;
 	e->lnext = NULL;
@@ -270,27 +273,42 @@ writer_main(void *arg)
 	struct ntf *n = sh->n;
 
 	for (;;) {
-		struct ntf_ent *batch;
+		struct ntf_ent *batch, **tailp;
 		int quit;
+		uint64_t now, wait_ms;
 		struct timespec ts;
 
 		pthread_mutex_lock(&sh->mu);
-		if (!sh->quit) {
+		now = mono_ms();
+		if (!sh->quit && (sh->plist == NULL || sh->plist->used > now)) {
+			wait_ms = sh->plist ? sh->plist->used - now : (uint64_t)n->coalesce_ms;
 			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += (long)(n->coalesce_ms % 1000) * 1000000L;
-			ts.tv_sec += (time_t)(n->coalesce_ms / 1000);
+			ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+			ts.tv_sec += (time_t)(wait_ms / 1000);
 			if (ts.tv_nsec >= 1000000000L) {
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000L;
 			}
 			pthread_cond_timedwait(&sh->cv, &sh->mu, &ts);
+			now = mono_ms();
 		}
-		batch = sh->plist;
-		for (struct ntf_ent *e = batch; e; e = e->lnext)
-			sh->ptab[(e->hash / n->nshards) % PEND_BUCKETS] = NULL;
-		sh->plist = sh->ptail = NULL;
-		sh->npending = 0;
 		quit = sh->quit;
+		/* take the due prefix (all of it when quitting) out of the table */
+		batch = sh->plist;
+		tailp = &batch;
+		while (*tailp != NULL && (quit || (*tailp)->used <= now)) {
+			struct ntf_ent *e = *tailp, **pp;
+			for (pp = &sh->ptab[(e->hash / n->nshards) % PEND_BUCKETS]; *pp != e;
+			    pp = &(*pp)->hnext)
+				;
+			*pp = e->hnext;
+			sh->npending--;
+			tailp = &e->lnext;
+		}
+		sh->plist = *tailp;
+		if (sh->plist == NULL)
+			sh->ptail = NULL;
+		*tailp = NULL;
 		pthread_mutex_unlock(&sh->mu);
 
 		while (batch != NULL) {
