@@ -213,7 +213,11 @@ fi
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 BUSY=$("$LG" machine-busy 2)
 MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-RERUN="make bench   (or: BENCH_SECONDS=$SECS BENCH_SCENARIOS=\"$SCENARIOS\" sh scripts/bench.sh)"
+# every setting that shapes the run, so the line reproduces it exactly
+RERUN="BENCH_RECEIVERS=$NRECV BENCH_HTTP_SENDERS=$NHTTP BENCH_SOCKET_SENDERS=$NSOCK"
+RERUN="$RERUN BENCH_CONCURRENCY=$CONC BENCH_FIXED_RATE=$RATE BENCH_FIXED_CONCURRENCY=$FCONC"
+RERUN="$RERUN BENCH_PAYLOAD_BYTES=$PAYLOAD BENCH_WARMUP=$WARMUP${SVC_ENV:+ BENCH_SERVICE_ENV=\"$SVC_ENV\"}"
+RERUN="$RERUN BENCH_SECONDS=$SECS BENCH_SCENARIOS=\"$SCENARIOS\" sh scripts/bench.sh"
 
 mkdir -p "$ROOT/run/bench"
 OUT=$ROOT/run/bench/last.txt
@@ -226,8 +230,10 @@ OUT=$ROOT/run/bench/last.txt
 	echo "  background  CPU busy $BUSY over 2 s with the stack idle, before the run (other"
 	echo "              programs on the machine; the CPU lines below show them during each scenario)"
 	echo "  stack       1 each of gateway, relay-session, delivery, notifier, metrics-collector;"
-	echo "              $NRECV receiving + $NSOCK sending connectors; nats-server and the load"
-	echo "              generator on the same machine; default settings (fsync before 202,"
+	echo "              $NRECV receiving connectors (BENCH_RECEIVERS, default 8), one per recipient"
+	echo "              agent, messages spread over them round-robin; $NSOCK sending connectors;"
+	echo "              nats-server and the load generator (with the receivers' hook server)"
+	echo "              on the same machine; default settings (fsync before 202,"
 	echo "              hop events on)${SVC_ENV:+; extra service env: $SVC_ENV}"
 	echo "  load        $NHTTP HTTP sender identities, $CONC concurrent requests, payload $PAYLOAD B,"
 	echo "              $SECS s per scenario, fixed rate $RATE msg/s from $FCONC sender threads"
