@@ -50,6 +50,13 @@ id_ok(const char *s, size_t max)
 	return 1;
 }
 
+/* env_id_ok - 1..128 chars of the ID alphabet [A-Za-z0-9._:@+-] (DESIGN 3) */
+int
+env_id_ok(const char *s)
+{
+	return id_ok(s, 128);
+}
+
 /* env_validate - field rules: IDs present and well-formed, sizes, priority */
 enum cr_err
 env_validate(const Envelope *e, const char **why)

@@ -61,6 +61,9 @@ enum cr_err env_validate(const Envelope *e, const char **why);
 enum cr_err env_unpack_msg(const ProtobufCMessageDescriptor *desc, const void *data, size_t len,
     ProtobufCMessage **out);
 
+/* env_id_ok - 1..128 chars of the ID alphabet [A-Za-z0-9._:@+-] (DESIGN 3) */
+int env_id_ok(const char *s);
+
 /* Priority names "critical"/"normal"/"low" */
 const char *env_priority_name(int p);
 /* env_priority_parse - name to enum; -1 if not exactly one of the three */

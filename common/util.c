@@ -41,6 +41,21 @@ mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* iso_time_ms - ms since the epoch as ISO 8601 UTC with milliseconds */
+void
+iso_time_ms(uint64_t ms, char out[32])
+{
+	time_t s = (time_t)(ms / 1000);
+	struct tm tm;
+
+	if (ms == 0 || gmtime_r(&s, &tm) == NULL) {
+		snprintf(out, 32, "-");
+		return;
+	}
+	size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out + n, 32 - n, ".%03uZ", (unsigned)(ms % 1000));
+}
+
 static void
 os_random(void *p, size_t n)
 {

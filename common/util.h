@@ -17,6 +17,9 @@ uint64_t now_us(void);
 /* mono_ms - monotonic clock for timers */
 uint64_t mono_ms(void);
 
+/* iso_time_ms - ms since the epoch as "2024-05-01T12:00:00.123Z" ("-" for 0) */
+void iso_time_ms(uint64_t ms, char out[32]);
+
 /* ulid_new - a new ULID (26 chars + NUL), monotonic within one process */
 void ulid_new(char out[ULID_LEN + 1]);
 /* ulid_valid - is s a well-formed ULID? */

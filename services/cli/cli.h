@@ -60,8 +60,6 @@ int cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* cli_usage_err - print "clawrelay: <fmt>" and a hint to --help; returns CLI_USAGE */
 int cli_usage_err(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* cli_iso_time - ms since the epoch as "2024-05-01T12:00:00.123Z" into out (32) */
-void cli_iso_time(uint64_t ms, char out[32]);
 /* cli_parse_uint - decimal text to *out within [min, max]; 0 ok, -1 bad */
 int cli_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 /* cli_read_file - whole file (or stdin for "-") into a malloc'd buffer of at

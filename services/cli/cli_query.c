@@ -23,10 +23,10 @@
 
 #include "auth.h"
 #include "cli.h"
+#include "status.h"
 #include "env.h"
 #include "util.h"
 
-#define STATUS_BUCKET "clawrelay_status"
 
 static void
 status_help(FILE *f)
@@ -45,39 +45,6 @@ status_help(FILE *f)
 	    "Exit 0 when the message is known, 1 otherwise.\n");
 }
 
-/* The same shape as the gateway's GET /v1/messages/{id} answer (times in ms
- * since the epoch), plus the times in ISO form for people ("time", "updated"). */
-static cJSON *
-status_json(const StatusRecord *r)
-{
-	cJSON *o = cJSON_CreateObject(), *h;
-	char when[32];
-
-	if (o == NULL)
-		return NULL;
-	cJSON_AddStringToObject(o, "correlationId", r->correlation_id);
-	cJSON_AddStringToObject(o, "messageId", r->message_id);
-	cJSON_AddStringToObject(o, "sender", r->sender);
-	cJSON_AddStringToObject(o, "recipient", r->recipient);
-	cJSON_AddStringToObject(o, "state", r->state);
-	h = cJSON_AddArrayToObject(o, "history");
-	for (size_t i = 0; h != NULL && i < r->n_history; i++) {
-		cJSON *e = cJSON_CreateObject();
-		cli_iso_time(r->history[i]->at_ms, when);
-		cJSON_AddStringToObject(e, "state", r->history[i]->state);
-		cJSON_AddNumberToObject(e, "at", (double)r->history[i]->at_ms);
-		cJSON_AddStringToObject(e, "time", when);
-		cJSON_AddItemToArray(h, e);
-	}
-	cJSON_AddNumberToObject(o, "attempts", r->attempts);
-	cJSON_AddStringToObject(o, "lastError", r->last_error ? r->last_error : "");
-	cJSON_AddStringToObject(o, "failureReason", r->failure_reason ? r->failure_reason : "");
-	cJSON_AddNumberToObject(o, "updatedAt", (double)r->updated_at_ms);
-	cli_iso_time(r->updated_at_ms, when);
-	cJSON_AddStringToObject(o, "updated", when);
-	return o;
-}
-
 static int
 status_nats(struct cli_ctx *c, const char *cid)
 {
@@ -86,7 +53,7 @@ status_nats(struct cli_ctx *c, const char *cid)
 	kvEntry *ent = NULL;
 	ProtobufCMessage *m = NULL;
 	cJSON *j = NULL;
-	char tok[AUTH_ID_MAX * 3 + 1], key[AUTH_ID_MAX * 3 + 8], *s;
+	char key[AUTH_ID_MAX * 3 + 8], *s;
 	natsStatus ns;
 	enum cr_err e;
 	int rc = CLI_FAIL;
@@ -94,9 +61,8 @@ status_nats(struct cli_ctx *c, const char *cid)
 	if (b == NULL)
 		return CLI_FAIL;
 	/* PROTOCOL.md: "c.<kvtok(correlation_id)>" (KV keys cannot hold % or :) */
-	if (kv_token(cid, tok, sizeof(tok)) == 0)
+	if (status_key(cid, key, sizeof(key)) == 0)
 		return cli_err("cannot encode the correlation ID");
-	snprintf(key, sizeof(key), "c.%s", tok);
 	/* bind only: the notifier creates the bucket with its own TTL */
 	ns = js_KeyValue(&kv, bus_js(b), STATUS_BUCKET);
 	if (ns == NATS_NOT_FOUND)
@@ -196,24 +162,6 @@ trace_help(FILE *f)
 	    "--json prints the timeline as JSON. Exit 1 if no hop is recorded.\n");
 }
 
-static uint64_t
-hop_us(const HopEvent *h)
-{
-	return h->ts_us ? h->ts_us : h->ts_ms * 1000;
-}
-
-/* by time, ties broken by the hop's place in the round trip (DESIGN 5) */
-static int
-hop_cmp(const void *a, const void *b)
-{
-	const HopEvent *x = *(HopEvent *const *)a, *y = *(HopEvent *const *)b;
-	uint64_t tx = hop_us(x), ty = hop_us(y);
-
-	if (tx != ty)
-		return tx < ty ? -1 : 1;
-	return (x->hop > y->hop) - (x->hop < y->hop);
-}
-
 static const char *
 nz(const char *s)
 {
@@ -224,34 +172,13 @@ static int
 trace_print(const TraceReply *t, const char *cid, int json)
 {
 	char when[32], svc[256];
-	uint64_t first = hop_us(t->hops[0]), prev = first;
+	uint64_t first = status_hop_us(t->hops[0]), prev = first;
 
 	if (json) {
-		cJSON *o = cJSON_CreateObject(), *arr;
+		cJSON *o = status_trace_json(cid, t->hops, t->n_hops);
 		char *s;
-		cJSON_AddStringToObject(o, "correlationId", cid);
-		arr = cJSON_AddArrayToObject(o, "hops");
-		for (size_t i = 0; i < t->n_hops; i++) {
-			const HopEvent *h = t->hops[i];
-			cJSON *e = cJSON_CreateObject();
-			cli_iso_time(h->ts_ms ? h->ts_ms : hop_us(h) / 1000, when);
-			cJSON_AddStringToObject(e, "hop", env_hop_name(h->hop));
-			cJSON_AddStringToObject(e, "time", when);
-			cJSON_AddNumberToObject(e, "tsUs", (double)hop_us(h));
-			cJSON_AddNumberToObject(e, "gapMs", (double)(hop_us(h) - prev) / 1000.0);
-			cJSON_AddNumberToObject(e, "sinceStartMs", (double)(hop_us(h) - first) / 1000.0);
-			cJSON_AddStringToObject(e, "service", h->service);
-			cJSON_AddStringToObject(e, "instance", h->instance);
-			cJSON_AddStringToObject(e, "outcome", h->outcome);
-			cJSON_AddStringToObject(e, "detail", h->detail);
-			cJSON_AddStringToObject(e, "messageId", h->message_id);
-			cJSON_AddStringToObject(e, "sender", h->sender);
-			cJSON_AddStringToObject(e, "recipient", h->recipient);
-			cJSON_AddItemToArray(arr, e);
-			prev = hop_us(h);
-		}
-		cJSON_AddNumberToObject(o, "totalMs",
-		    (double)(hop_us(t->hops[t->n_hops - 1]) - first) / 1000.0);
+		if (o == NULL)
+			return cli_err("out of memory");
 		s = cJSON_Print(o);
 		if (s == NULL) {
 			cJSON_Delete(o);
@@ -262,22 +189,25 @@ trace_print(const TraceReply *t, const char *cid, int json)
 		cJSON_Delete(o);
 		return CLI_OK;
 	}
-	printf("trace %s (message %s, %s -> %s)\n", cid, nz(t->hops[0]->message_id),
-	    nz(t->hops[0]->sender), nz(t->hops[0]->recipient));
+	const HopEvent *named = t->hops[0];	/* the first hop that knows the message ID */
+	for (size_t i = 0; i < t->n_hops && (named->message_id == NULL || *named->message_id == '\0'); i++)
+		named = t->hops[i];
+	printf("trace %s (message %s, %s -> %s)\n", cid, nz(named->message_id),
+	    nz(named->sender), nz(named->recipient));
 	for (size_t i = 0; i < t->n_hops; i++) {
 		const HopEvent *h = t->hops[i];
-		cli_iso_time(h->ts_ms ? h->ts_ms : hop_us(h) / 1000, when);
+		iso_time_ms(h->ts_ms ? h->ts_ms : status_hop_us(h) / 1000, when);
 		snprintf(svc, sizeof(svc), "%s/%s", nz(h->service), nz(h->instance));
 		int has_detail = h->detail != NULL && *h->detail != '\0';
 		/* no padding after the last column */
 		printf("%s  +%9.3f ms  %-17s %-28s %-*s%s%s\n", when,
-		    (double)(hop_us(h) - prev) / 1000.0, env_hop_name(h->hop), svc,
+		    (double)(status_hop_us(h) - prev) / 1000.0, env_hop_name(h->hop), svc,
 		    has_detail ? 7 : 0, nz(h->outcome), has_detail ? " " : "",
 		    has_detail ? h->detail : "");
-		prev = hop_us(h);
+		prev = status_hop_us(h);
 	}
 	printf("total %.3f ms over %zu hops\n",
-	    (double)(hop_us(t->hops[t->n_hops - 1]) - first) / 1000.0, t->n_hops);
+	    (double)(status_hop_us(t->hops[t->n_hops - 1]) - first) / 1000.0, t->n_hops);
 	return CLI_OK;
 }
 
@@ -334,7 +264,7 @@ cli_cmd_trace(struct cli_ctx *c, int argc, char **argv)
 	if (t->n_hops == 0) {
 		rc = cli_err("no hops recorded for correlation ID %s", pos[0]);
 	} else {
-		qsort(t->hops, t->n_hops, sizeof(t->hops[0]), hop_cmp);
+		status_trace_sort(t->hops, t->n_hops);
 		rc = trace_print(t, pos[0], json);
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
@@ -390,7 +320,7 @@ on_notice(void *arg, natsMsg *msg)
 	to = f ? f->recipient : hdr(msg, "X-Claw-Recipient");
 	if (f != NULL && f->detail != NULL)
 		detail = f->detail;
-	cli_iso_time(f && f->failed_at_ms ? f->failed_at_ms : now_ms(), when);
+	iso_time_ms(f && f->failed_at_ms ? f->failed_at_ms : now_ms(), when);
 
 	pthread_mutex_lock(&out_mu);
 	if (fc->json) {

@@ -199,7 +199,7 @@ agent_list_one(void *arg, const struct reg_agent *a)
 	struct list_ctx *l = arg;
 	char when[32], b64[AUTH_PUBKEY_B64_SIZE];
 
-	cli_iso_time(a->created_at_ms, when);
+	iso_time_ms(a->created_at_ms, when);
 	auth_pubkey_to_b64url(a->pubkey, b64);
 	l->count++;
 	if (l->json) {
@@ -288,7 +288,7 @@ agent_show(struct cli_ctx *c, int argc, char **argv)
 		return cli_err("agent %s is not registered", pos[0]);
 	if (e != CR_OK)
 		return cli_err("cannot read agent %s: %s", pos[0], cr_strerror(e));
-	cli_iso_time(a.created_at_ms, when);
+	iso_time_ms(a.created_at_ms, when);
 	auth_pubkey_to_b64url(a.pubkey, b64);
 	printf("id         %s\npublic key %s\nwebhook    %s\ncreated    %s\n", a.id, b64,
 	    a.webhook_url[0] ? a.webhook_url : "- (connector socket)", when);

@@ -243,21 +243,6 @@ cli_bus(struct cli_ctx *c)
 	return c->bus;
 }
 
-/* cli_iso_time - ms since the epoch as ISO 8601 UTC with milliseconds */
-void
-cli_iso_time(uint64_t ms, char out[32])
-{
-	time_t s = (time_t)(ms / 1000);
-	struct tm tm;
-
-	if (ms == 0 || gmtime_r(&s, &tm) == NULL) {
-		snprintf(out, 32, "-");
-		return;
-	}
-	size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(out + n, 32 - n, ".%03uZ", (unsigned)(ms % 1000));
-}
-
 /* cli_read_file - whole file (or stdin for "-") into a malloc'd buffer */
 int
 cli_read_file(const char *path, size_t max, char **out, size_t *len)

@@ -33,7 +33,6 @@
 #include "svc.h"
 
 #define GW_NONCE_BUCKET  "clawrelay_nonces"
-#define GW_STATUS_BUCKET "clawrelay_status"
 #define GW_KEY_SHARDS    64
 #define GW_CT_MAX        255  /* Content-Type bytes kept in an envelope */
 #define GW_DEFAULT_CT    "application/octet-stream"
@@ -222,10 +221,6 @@ void gw_reqpool_fini(void);
 int gw_handle_message(struct mg_connection *c, void *arg);
 /* gw_handle_trace - GET /v1/traces/{correlationId} */
 int gw_handle_trace(struct mg_connection *c, void *arg);
-/* gw_kv_key - a KV-safe key "<kind>.<id>": bytes outside [A-Za-z0-9_-]
- * become "=XX" ('%' and ':' are not allowed in NATS KV keys) */
-int gw_kv_key(const char *kind, const char *id, char *out, size_t sz);
-
 /* --- gateway_ws.c ----------------------------------------------------- */
 
 /* gw_ws_init - register the /v1/connect auth and WebSocket handlers */

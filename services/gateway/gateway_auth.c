@@ -201,10 +201,12 @@ gw_auth_nonce(struct gw *g, const struct gw_req *rq, struct gw_refusal *rf)
 	uint64_t rev = 0;
 	natsStatus s;
 
-	if (gw_kv_key("n", rq->agent, key, sizeof(key)) < 0)
+	key[0] = 'n';
+	key[1] = '.';
+	size_t n = kv_token(rq->agent, key + 2, sizeof(key) - 2);
+	if (n == 0)
 		return gw_refuse(rf, 400, "invalid_agent_id", "agent ID cannot be keyed");
-	size_t n = strlen(key);
-	snprintf(key + n, sizeof(key) - n, ".%s", rq->nonce);
+	snprintf(key + 2 + n, sizeof(key) - 2 - n, ".%s", rq->nonce);
 	s = kvStore_Create(&rev, g->nonce_kv, key, rq->timestamp, (int)strlen(rq->timestamp));
 	if (s == NATS_OK)
 		return 0;

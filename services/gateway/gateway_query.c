@@ -18,47 +18,12 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "status.h"
 #include "http.h"
 #include "log.h"
 #include "util.h"
 
 #define QUERY_BODY_MAX 4096
-
-/* gw_kv_key - "<kind>.<id>" with bytes outside [A-Za-z0-9_-] as "=XX" */
-int
-gw_kv_key(const char *kind, const char *id, char *out, size_t sz)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	int n = snprintf(out, sz, "%s.", kind);
-	size_t o;
-
-	if (n < 0 || (size_t)n >= sz)
-		return -1;
-	o = (size_t)n;
-	for (const unsigned char *p = (const unsigned char *)id; *p != '\0'; p++) {
-		int plain = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
-		    (*p >= '0' && *p <= '9') || *p == '_' || *p == '-';
-		if (o + (plain ? 1 : 3) >= sz)
-			return -1;
-		if (plain) {
-			out[o++] = (char)*p;
-		} else {
-			out[o++] = '=';
-			out[o++] = hex[*p >> 4];
-			out[o++] = hex[*p & 15];
-		}
-	}
-	out[o] = '\0';
-	return (int)o;
-}
-
-/* the status key of PROTOCOL.md: "c.<kvtok(correlation_id)>" (notifier's
- * ntf_status_key spells it the same way) */
-static int
-status_key(const char *id, char *out, size_t sz)
-{
-	return gw_kv_key("c", id, out, sz) < 0 ? -1 : 0;
-}
 
 /* method, path and proof of a query; the ID from the path into id */
 static int
@@ -98,7 +63,7 @@ status_bucket(struct gw *g)
 	kvStore *kv;
 
 	pthread_mutex_lock(&g->status_mu);
-	if (g->status_kv == NULL && js_KeyValue(&kv, bus_js(g->bus), GW_STATUS_BUCKET) == NATS_OK)
+	if (g->status_kv == NULL && js_KeyValue(&kv, bus_js(g->bus), STATUS_BUCKET) == NATS_OK)
 		g->status_kv = kv;
 	kv = g->status_kv;
 	pthread_mutex_unlock(&g->status_mu);
@@ -122,14 +87,14 @@ gw_handle_message(struct mg_connection *c, void *arg)
 	kvEntry *ent = NULL;
 	ProtobufCMessage *m = NULL;
 	StatusRecord *sr;
-	cJSON *o = NULL, *hist;
+	cJSON *o = NULL;
 	char *json = NULL;
 	kvStore *kv;
 	natsStatus s;
 
 	if (query_auth(g, c, "/v1/messages/", id, sizeof(id), &rq, &rf) < 0)
 		goto refuse;
-	if (status_key(id, key, sizeof(key)) < 0 || (kv = status_bucket(g)) == NULL) {
+	if (status_key(id, key, sizeof(key)) == 0 || (kv = status_bucket(g)) == NULL) {
 		gw_refuse(&rf, 404, "not_found", "no message with this correlation ID");
 		goto refuse;
 	}
@@ -152,27 +117,8 @@ gw_handle_message(struct mg_connection *c, void *arg)
 		gw_refuse(&rf, 404, "not_found", "no message with this correlation ID");
 		goto refuse;
 	}
-	o = cJSON_CreateObject();
-	if (o == NULL)
+	if ((o = status_json(sr)) == NULL)
 		goto nomem;
-	cJSON_AddStringToObject(o, "correlationId", sr->correlation_id ? sr->correlation_id : id);
-	cJSON_AddStringToObject(o, "messageId", sr->message_id ? sr->message_id : "");
-	cJSON_AddStringToObject(o, "sender", sr->sender ? sr->sender : "");
-	cJSON_AddStringToObject(o, "recipient", sr->recipient ? sr->recipient : "");
-	cJSON_AddStringToObject(o, "state", sr->state ? sr->state : "");
-	hist = cJSON_AddArrayToObject(o, "history");
-	for (size_t i = 0; hist != NULL && i < sr->n_history; i++) {
-		cJSON *h = cJSON_CreateObject();
-		if (h == NULL)
-			break;
-		cJSON_AddStringToObject(h, "state", sr->history[i]->state ? sr->history[i]->state : "");
-		cJSON_AddNumberToObject(h, "at", (double)sr->history[i]->at_ms);
-		cJSON_AddItemToArray(hist, h);
-	}
-	cJSON_AddNumberToObject(o, "attempts", sr->attempts);
-	cJSON_AddStringToObject(o, "lastError", sr->last_error ? sr->last_error : "");
-	cJSON_AddStringToObject(o, "failureReason", sr->failure_reason ? sr->failure_reason : "");
-	cJSON_AddNumberToObject(o, "updatedAt", (double)sr->updated_at_ms);
 	json = cJSON_PrintUnformatted(o);
 	if (json == NULL)
 		goto nomem;
@@ -205,11 +151,10 @@ gw_handle_trace(struct mg_connection *c, void *arg)
 	natsMsg *reply = NULL;
 	void *wire = NULL;
 	size_t wlen = 0, i;
-	cJSON *o = NULL, *hops;
+	cJSON *o = NULL;
 	char *json = NULL;
 	enum cr_err err;
 	int allowed = 0;
-	uint64_t prev_us = 0;
 
 	if (query_auth(g, c, "/v1/traces/", id, sizeof(id), &rq, &rf) < 0)
 		goto refuse;
@@ -237,29 +182,8 @@ gw_handle_trace(struct mg_connection *c, void *arg)
 		gw_refuse(&rf, 404, "not_found", "no trace for this correlation ID");
 		goto refuse;
 	}
-	o = cJSON_CreateObject();
-	if (o == NULL)
+	if ((o = status_trace_json(id, tr->hops, tr->n_hops)) == NULL)
 		goto nomem;
-	cJSON_AddStringToObject(o, "correlationId", id);
-	hops = cJSON_AddArrayToObject(o, "hops");
-	for (i = 0; hops != NULL && i < tr->n_hops; i++) {
-		const HopEvent *h = tr->hops[i];
-		cJSON *j = cJSON_CreateObject();
-		if (j == NULL)
-			break;
-		cJSON_AddStringToObject(j, "hop", env_hop_name(h->hop));
-		cJSON_AddStringToObject(j, "service", h->service ? h->service : "");
-		cJSON_AddStringToObject(j, "instance", h->instance ? h->instance : "");
-		cJSON_AddStringToObject(j, "messageId", h->message_id ? h->message_id : "");
-		cJSON_AddNumberToObject(j, "ts", (double)h->ts_ms);
-		cJSON_AddNumberToObject(j, "tsUs", (double)h->ts_us);
-		cJSON_AddNumberToObject(j, "gapMs", i == 0 || h->ts_us < prev_us ? 0.0 :
-		    (double)(h->ts_us - prev_us) / 1000.0);
-		cJSON_AddStringToObject(j, "outcome", h->outcome ? h->outcome : "");
-		cJSON_AddStringToObject(j, "detail", h->detail ? h->detail : "");
-		cJSON_AddItemToArray(hops, j);
-		prev_us = h->ts_us;
-	}
 	json = cJSON_PrintUnformatted(o);
 	if (json == NULL)
 		goto nomem;

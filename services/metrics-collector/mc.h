@@ -66,8 +66,6 @@ void mc_on_trace_get(void *arg, natsMsg *msg);
 enum cr_err mc_trace_load(struct mc *m, const char *correlation_id, size_t max, struct mc_trace *t);
 /* mc_trace_free - free what mc_trace_load filled in */
 void mc_trace_free(struct mc_trace *t);
-/* mc_id_ok - 1..128 chars of the ID alphabet [A-Za-z0-9._:@+-] */
-int mc_id_ok(const char *s);
 /* mc_sweep - drop hops received more than retention ago (main thread) */
 void mc_sweep(struct mc *m);
 /* mc_http_trace - GET /v1/traces/{correlationId} (civetweb worker) */

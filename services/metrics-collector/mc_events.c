@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "mc.h"
+#include "status.h"
 #include "util.h"
 
 static const uint64_t lat_bounds[MC_NBUCKETS] = {
@@ -27,24 +28,6 @@ uint64_t
 mc_latency_bound(int i)
 {
 	return i >= 0 && i < MC_NBUCKETS ? lat_bounds[i] : 0;
-}
-
-/* mc_id_ok - 1..128 chars of [A-Za-z0-9._:@+-] */
-int
-mc_id_ok(const char *s)
-{
-	size_t n = 0;
-	if (s == NULL)
-		return 0;
-	for (; s[n]; n++) {
-		unsigned char c = (unsigned char)s[n];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		    c == '.' || c == '_' || c == ':' || c == '@' || c == '+' || c == '-'))
-			return 0;
-		if (n >= 128)
-			return 0;
-	}
-	return n > 0;
 }
 
 static void
@@ -134,7 +117,7 @@ mc_on_event(void *arg, natsMsg *msg)
 		goto out;
 	for (size_t i = 0; i < hb->n_events; i++) {
 		HopEvent *ev = hb->events[i];
-		if (ev == NULL || !mc_id_ok(ev->correlation_id) || (unsigned)ev->hop >= MC_NHOPS ||
+		if (ev == NULL || !env_id_ok(ev->correlation_id) || (unsigned)ev->hop >= MC_NHOPS ||
 		    env_pack_into(&ev->base, val, sizeof(val), &vlen) != CR_OK) {
 			atomic_fetch_add(&m->bad, 1);
 			metric_add(m->m_bad, 1);
@@ -165,22 +148,13 @@ mc_on_event(void *arg, natsMsg *msg)
 		b = NULL;
 		for (size_t i = 0; i < hb->n_events; i++)
 			if (hb->events[i] != NULL && hb->events[i]->hop == CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED &&
-			    mc_id_ok(hb->events[i]->correlation_id))
+			    env_id_ok(hb->events[i]->correlation_id))
 				observe_latency(m, hb->events[i]);
 	}
 out:
 	store_batch_free(b);
 	if (pm != NULL)
 		protobuf_c_message_free_unpacked(pm, NULL);
-}
-
-static int
-cmp_hops(const void *a, const void *b)
-{
-	const HopEvent *x = *(HopEvent *const *)a, *y = *(HopEvent *const *)b;
-	if (x->ts_us != y->ts_us)
-		return x->ts_us < y->ts_us ? -1 : 1;
-	return (int)x->hop - (int)y->hop;
 }
 
 /* mc_trace_free - free what mc_trace_load filled in */
@@ -238,7 +212,7 @@ mc_trace_load(struct mc *m, const char *correlation_id, size_t max, struct mc_tr
 	}
 	if (t->n == 0)
 		return CR_ERR_NOT_FOUND;
-	qsort(t->hops, t->n, sizeof(*t->hops), cmp_hops);
+	status_trace_sort(t->hops, t->n);
 	return CR_OK;
 }
 
@@ -258,7 +232,7 @@ mc_on_trace_get(void *arg, natsMsg *msg)
 	if (env_unpack_msg(&clawrelay__v1__trace_request__descriptor, natsMsg_GetData(msg),
 	    (size_t)natsMsg_GetDataLength(msg), &pm) == CR_OK) {
 		corr = ((TraceRequest *)pm)->correlation_id;
-		if (mc_id_ok(corr))
+		if (env_id_ok(corr))
 			mc_trace_load(m, corr, (size_t)m->max_trace_hops, &t);
 	} else {
 		atomic_fetch_add(&m->bad, 1);

@@ -10,6 +10,7 @@
 
 #include "http.h"
 #include "mc.h"
+#include "status.h"
 
 #define TRACES_PREFIX "/v1/traces/"
 
@@ -22,7 +23,7 @@ mc_http_trace(struct mg_connection *c, void *arg)
 	const char *uri = ri->local_uri ? ri->local_uri : "";
 	const char *id;
 	struct mc_trace t = { NULL, 0 };
-	cJSON *root, *arr;
+	cJSON *root;
 	char *txt;
 	enum cr_err err;
 
@@ -35,7 +36,7 @@ mc_http_trace(struct mg_connection *c, void *arg)
 		return 1;
 	}
 	id = uri + strlen(TRACES_PREFIX);
-	if (!mc_id_ok(id)) {
+	if (!env_id_ok(id)) {
 		http_error(c, 400, "bad_correlation_id",
 		    "correlation ID must be 1-128 chars of [A-Za-z0-9._:@+-]", NULL, 0);
 		return 1;
@@ -50,24 +51,7 @@ mc_http_trace(struct mg_connection *c, void *arg)
 		return 1;
 	}
 	atomic_fetch_add(&m->traces_served, 1);
-	root = cJSON_CreateObject();
-	cJSON_AddStringToObject(root, "correlationId", id);
-	arr = cJSON_AddArrayToObject(root, "hops");
-	for (size_t i = 0; i < t.n; i++) {
-		const HopEvent *ev = t.hops[i];
-		cJSON *h = cJSON_CreateObject();
-		cJSON_AddStringToObject(h, "hop", env_hop_name(ev->hop));
-		cJSON_AddStringToObject(h, "service", ev->service);
-		cJSON_AddStringToObject(h, "instance", ev->instance);
-		cJSON_AddNumberToObject(h, "ts", (double)(ev->ts_ms ? ev->ts_ms : ev->ts_us / 1000));
-		cJSON_AddNumberToObject(h, "tsUs", (double)ev->ts_us);
-		cJSON_AddNumberToObject(h, "gapMs", i == 0 ? 0.0
-		    : (double)(ev->ts_us - t.hops[i - 1]->ts_us) / 1000.0);
-		cJSON_AddStringToObject(h, "outcome", ev->outcome);
-		cJSON_AddStringToObject(h, "detail", ev->detail);
-		cJSON_AddStringToObject(h, "messageId", ev->message_id);
-		cJSON_AddItemToArray(arr, h);
-	}
+	root = status_trace_json(id, t.hops, t.n);
 	txt = cJSON_PrintUnformatted(root);
 	if (txt != NULL)
 		http_json(c, 200, txt);

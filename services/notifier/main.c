@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "ntf.h"
+#include "status.h"
 
 static struct ntf state;
 
@@ -51,9 +52,9 @@ ntf_init(struct svc *s, void *st)
 	    "status writes retried after a concurrent update");
 	n->m_kv_errors = metric_counter("clawrelay_notifier_kv_errors_total", NULL,
 	    "status updates lost");
-	err = bus_kv(n->bus, NTF_BUCKET, 1, n->status_ttl_s * 1000, &n->kv);
+	err = bus_kv(n->bus, STATUS_BUCKET, 1, n->status_ttl_s * 1000, &n->kv);
 	if (err != CR_OK) {
-		log_error(NULL, "bucket %s: %s", NTF_BUCKET, cr_strerror(err));
+		log_error(NULL, "bucket %s: %s", STATUS_BUCKET, cr_strerror(err));
 		return 1;
 	}
 	if (ntf_shards_start(n, (unsigned)n->writers) != 0)
@@ -65,7 +66,7 @@ ntf_init(struct svc *s, void *st)
 	    bus_subscribe(n->bus, subj, "notifier", ntf_on_failure, n) != CR_OK)
 		return 1;
 	log_info(NULL, "folding receipts and failures into %s (%lld writers, window %lld ms)",
-	    NTF_BUCKET, n->writers, n->coalesce_ms);
+	    STATUS_BUCKET, n->writers, n->coalesce_ms);
 	return 0;
 }
 
@@ -87,7 +88,7 @@ ntf_status(struct svc *s, void *st, cJSON *obj)
 	cJSON_AddNumberToObject(o, "published", (double)atomic_load(&n->notices));
 	cJSON_AddNumberToObject(o, "errors", (double)atomic_load(&n->notice_errors));
 	o = cJSON_AddObjectToObject(obj, "statusStore");
-	cJSON_AddStringToObject(o, "bucket", NTF_BUCKET);
+	cJSON_AddStringToObject(o, "bucket", STATUS_BUCKET);
 	cJSON_AddNumberToObject(o, "writes", (double)atomic_load(&n->kv_writes));
 	cJSON_AddNumberToObject(o, "unchanged", (double)atomic_load(&n->kv_skipped));
 	cJSON_AddNumberToObject(o, "gets", (double)atomic_load(&n->kv_gets));

@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "ntf.h"
+#include "status.h"
 #include "util.h"
 
 static void
@@ -26,8 +27,8 @@ bad(struct ntf *n, natsMsg *msg, const char *what)
 static int
 ids_ok(const char *corr, const char *mid, const char *sender, const char *rcpt)
 {
-	return ntf_id_ok(corr) && (mid[0] == '\0' || ntf_id_ok(mid)) &&
-	    (sender[0] == '\0' || ntf_id_ok(sender)) && (rcpt[0] == '\0' || ntf_id_ok(rcpt));
+	return env_id_ok(corr) && (mid[0] == '\0' || env_id_ok(mid)) &&
+	    (sender[0] == '\0' || env_id_ok(sender)) && (rcpt[0] == '\0' || env_id_ok(rcpt));
 }
 
 static void

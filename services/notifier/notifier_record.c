@@ -36,24 +36,6 @@ ntf_state_name(int rank)
 	return rank >= 0 && rank < NTF_NSTATES ? state_names[rank] : "";
 }
 
-/* ntf_id_ok - 1..128 chars of [A-Za-z0-9._:@+-] */
-int
-ntf_id_ok(const char *s)
-{
-	size_t n = 0;
-	if (s == NULL)
-		return 0;
-	for (; s[n]; n++) {
-		unsigned char c = (unsigned char)s[n];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		    c == '.' || c == '_' || c == ':' || c == '@' || c == '+' || c == '-'))
-			return 0;
-		if (n >= NTF_ID_MAX)
-			return 0;
-	}
-	return n > 0;
-}
-
 /* ntf_rec_init - empty record */
 void
 ntf_rec_init(struct ntf_rec *r)
@@ -184,32 +166,3 @@ ntf_rec_pack(const struct ntf_rec *r, void **out, size_t *len)
 	return env_pack(&p.base, out, len);
 }
 
-/* ntf_status_key - "c." + the correlation ID with every byte outside
- * [A-Za-z0-9_-] written as "=XX" (JetStream KV keys allow only
- * [-/_=.A-Za-z0-9], so subj_token's '%' and ':' cannot be used) */
-size_t
-ntf_status_key(const char *correlation_id, char *out, size_t outsz)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	size_t o = 0;
-
-	if (outsz < 3 || correlation_id == NULL || correlation_id[0] == '\0')
-		return 0;
-	out[o++] = 'c';
-	out[o++] = '.';
-	for (const unsigned char *p = (const unsigned char *)correlation_id; *p; p++) {
-		int plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-		    (*p >= '0' && *p <= '9') || *p == '_' || *p == '-';
-		if (o + (plain ? 1 : 3) >= outsz)
-			return 0;
-		if (plain) {
-			out[o++] = (char)*p;
-		} else {
-			out[o++] = '=';
-			out[o++] = hex[*p >> 4];
-			out[o++] = hex[*p & 15];
-		}
-	}
-	out[o] = '\0';
-	return o;
-}

@@ -26,6 +26,7 @@
 
 #include "log.h"
 #include "ntf.h"
+#include "status.h"
 #include "util.h"
 
 #define PEND_BUCKETS 4096u
@@ -200,7 +201,7 @@ write_one(struct ntf_shard *sh, const struct ntf_ent *d)
 	int known;	/* 1: r/rev are the stored record; 0: absent; -1: not read yet */
 	char key[512];
 
-	if (ntf_status_key(d->r.correlation_id, key, sizeof(key)) == 0) {
+	if (status_key(d->r.correlation_id, key, sizeof(key)) == 0) {
 		atomic_fetch_add(&n->kv_errors, 1);
 		return;
 	}

@@ -23,7 +23,6 @@
 #include "metrics.h"
 #include "svc.h"
 
-#define NTF_BUCKET "clawrelay_status"
 
 /* states in round-trip order; a record's state is the highest one seen */
 enum ntf_state {
@@ -76,8 +75,6 @@ struct ntf {
 int ntf_state_rank(const char *name);
 /* ntf_state_name - enum ntf_state to its name */
 const char *ntf_state_name(int rank);
-/* ntf_id_ok - 1..128 chars of the agent-ID alphabet [A-Za-z0-9._:@+-] */
-int ntf_id_ok(const char *s);
 /* ntf_rec_init - empty record (no state, no failure) */
 void ntf_rec_init(struct ntf_rec *r);
 /* ntf_rec_merge - fold delta d into r: states only move forward, the first
@@ -89,10 +86,6 @@ int ntf_rec_state(const struct ntf_rec *r);
 void ntf_rec_from_proto(struct ntf_rec *r, const StatusRecord *p);
 /* ntf_rec_pack - r as a packed StatusRecord; caller frees *out with free() */
 enum cr_err ntf_rec_pack(const struct ntf_rec *r, void **out, size_t *len);
-/* ntf_status_key - the KV key of a correlation ID ("c.<kv token>"), see
- * docs/PROTOCOL.md; returns 0 if it does not fit */
-size_t ntf_status_key(const char *correlation_id, char *out, size_t outsz);
-
 /* ntf_shards_start - create and start n shards; 0 on success */
 int ntf_shards_start(struct ntf *n, unsigned count);
 /* ntf_shards_add - merge delta d (copied) into its shard's pending table */
