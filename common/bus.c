@@ -41,6 +41,7 @@ struct bus {
 	natsConnection *nc, *bulk;
 	jsCtx *js;
 	char prefix[64];
+	char *url;                   /* the servers, as given to bus_connect */
 	char inbox[96];
 	natsSubscription *inbox_sub;
 	pthread_mutex_t mu;          /* guards pending, npending, next_id, kvs */
@@ -108,8 +109,11 @@ on_async_err(natsConnection *nc, natsSubscription *sub, natsStatus err, void *cl
 	log_warn(NULL, "nats async error: %s", natsStatus_GetText(err));
 }
 
+/* A connection to url's servers. probe_ms > 0: one attempt that fails
+ * after probe_ms (to report an unreachable server); otherwise it reconnects
+ * forever and Connect returns at once while it keeps trying. */
 static natsStatus
-make_conn(const char *url, const char *name, int asap, natsConnection **out)
+make_conn(const char *url, const char *name, int asap, int probe_ms, natsConnection **out)
 {
 	natsOptions *o = NULL;
 	natsStatus s;
@@ -128,6 +132,14 @@ make_conn(const char *url, const char *name, int asap, natsConnection **out)
 		s = natsOptions_SetName(o, name);
 	if (s == NATS_OK)
 		s = natsOptions_SetSendAsap(o, asap ? true : false);
+	if (s == NATS_OK && probe_ms > 0) {
+		s = natsOptions_SetTimeout(o, probe_ms);
+		if (s == NATS_OK)
+			s = natsOptions_SetMaxReconnect(o, 0);
+		if (s == NATS_OK)
+			s = natsConnection_Connect(out, o);
+		goto out;
+	}
 	if (s == NATS_OK)
 		s = natsOptions_SetMaxReconnect(o, -1);
 	if (s == NATS_OK)
@@ -150,6 +162,7 @@ make_conn(const char *url, const char *name, int asap, natsConnection **out)
 		if (s == NATS_NOT_YET_CONNECTED)
 			s = NATS_OK;
 	}
+out:
 	natsOptions_Destroy(o);
 	free(copy);
 	return s;
@@ -238,13 +251,17 @@ bus_connect(const char *url, const char *name, const char *prefix, struct bus **
 		return CR_ERR_NOMEM;
 	pthread_mutex_init(&b->mu, NULL);
 	snprintf(b->prefix, sizeof(b->prefix), "%s", prefix);
-	s = make_conn(url, name, 1, &b->nc);
+	if ((b->url = strdup(url)) == NULL) {
+		err = CR_ERR_NOMEM;
+		goto out;
+	}
+	s = make_conn(url, name, 1, 0, &b->nc);
 	if (s != NATS_OK) {
 		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
 		goto out;
 	}
 	snprintf(bname, sizeof(bname), "%s-bulk", name);
-	s = make_conn(url, bname, 0, &b->bulk);
+	s = make_conn(url, bname, 0, 0, &b->bulk);
 	if (s != NATS_OK) {
 		log_error(NULL, "nats connect %s: %s", url, natsStatus_GetText(s));
 		goto out;
@@ -325,8 +342,30 @@ bus_free(struct bus *b)
 		natsConnection_Destroy(b->nc);
 	}
 	pthread_mutex_destroy(&b->mu);
+	free(b->url);
 	free(b);
 	atomic_fetch_sub(&closing_now, 1);
+}
+
+/* bus_conn_open - one more connection to the bus's servers with the bus's
+ * options (asap: send-asap); caller closes and destroys it */
+enum cr_err
+bus_conn_open(struct bus *b, const char *name, int asap, natsConnection **out)
+{
+	return bus_err(make_conn(b->url, name, asap, 0, out));
+}
+
+/* bus_probe - can url's server be reached within timeout_ms? CR_OK, or an
+ * error with nats.c's reason in why */
+enum cr_err
+bus_probe(const char *url, int timeout_ms, char *why, size_t whysz)
+{
+	natsConnection *nc = NULL;
+	natsStatus s = make_conn(url, "clawrelay-probe", 0, timeout_ms > 0 ? timeout_ms : 1, &nc);
+	if (s != NATS_OK)
+		snprintf(why, whysz, "%s", natsStatus_GetText(s));
+	natsConnection_Destroy(nc);
+	return bus_err(s);
 }
 
 /* bus_is_connected - is the request connection up? */

@@ -29,6 +29,12 @@ enum cr_err bus_connect(const char *url, const char *name, const char *prefix, s
 void bus_free(struct bus *b);
 /* bus_drain_subs - stop taking new messages (first step of shutdown) */
 void bus_drain_subs(struct bus *b);
+/* bus_conn_open - one more connection to the bus's servers with the bus's
+ * options (reconnects forever; asap: send-asap); caller closes and destroys it */
+enum cr_err bus_conn_open(struct bus *b, const char *name, int asap, natsConnection **out);
+/* bus_probe - can url's server be reached within timeout_ms? CR_OK, or an
+ * error with nats.c's reason in why (bus_connect itself waits for NATS) */
+enum cr_err bus_probe(const char *url, int timeout_ms, char *why, size_t whysz);
 /* bus_is_connected - is the request connection up? */
 int bus_is_connected(struct bus *b);
 const char *bus_prefix(const struct bus *b);

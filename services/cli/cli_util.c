@@ -175,39 +175,6 @@ cli_parse(struct cli_ctx *c, int argc, char **argv, const struct cli_opt *opts,
 	return CLI_OK;
 }
 
-/* bus_connect retries forever (a service waits for NATS); a command must
- * fail fast instead, so try one plain connection with a short timeout first. */
-static int
-nats_probe(const char *url, int timeout_ms, char *why, size_t whysz)
-{
-	natsOptions *o = NULL;
-	natsConnection *nc = NULL;
-	const char *urls[16];
-	char *copy = strdup(url), *save = NULL;
-	int n = 0;
-	natsStatus s;
-
-	if (copy == NULL)
-		return -1;
-	for (char *t = strtok_r(copy, ",", &save); t && n < 16; t = strtok_r(NULL, ",", &save))
-		urls[n++] = t;
-	s = natsOptions_Create(&o);
-	if (s == NATS_OK)
-		s = natsOptions_SetServers(o, urls, n);
-	if (s == NATS_OK)
-		s = natsOptions_SetTimeout(o, timeout_ms);
-	if (s == NATS_OK)
-		s = natsOptions_SetMaxReconnect(o, 0);
-	if (s == NATS_OK)
-		s = natsConnection_Connect(&nc, o);
-	if (s != NATS_OK)
-		snprintf(why, whysz, "%s", natsStatus_GetText(s));
-	natsConnection_Destroy(nc);
-	natsOptions_Destroy(o);
-	free(copy);
-	return s == NATS_OK ? 0 : -1;
-}
-
 /* cli_bus - connect to NATS once; an unreachable server is reported instead
  * of every request timing out */
 struct bus *
@@ -220,7 +187,7 @@ cli_bus(struct cli_ctx *c)
 
 	if (c->bus != NULL)
 		return c->bus;
-	if (nats_probe(c->nats_url, c->timeout_ms < 3000 ? c->timeout_ms : 3000, why, sizeof(why)) != 0) {
+	if (bus_probe(c->nats_url, c->timeout_ms < 3000 ? c->timeout_ms : 3000, why, sizeof(why)) != CR_OK) {
 		cli_err("cannot connect to NATS at %s: %s (is nats-server running? set --nats or "
 		    "CLAWRELAY_NATS_URL)", c->nats_url, why);
 		return NULL;

@@ -91,70 +91,23 @@ pool_leave(void)
 
 static int areq_start(void);
 
-static natsStatus
-pool_connect(const char **urls, int n, int i, natsConnection **out)
-{
-	natsOptions *o = NULL;
-	char name[64];
-	natsStatus s;
-
-	snprintf(name, sizeof(name), "gateway-req%d", i);
-	s = natsOptions_Create(&o);
-	if (s == NATS_OK)
-		s = natsOptions_SetServers(o, urls, n);
-	if (s == NATS_OK)
-		s = natsOptions_SetName(o, name);
-	if (s == NATS_OK)
-		s = natsOptions_SetSendAsap(o, true);
-	if (s == NATS_OK)
-		s = natsOptions_SetMaxReconnect(o, -1);
-	if (s == NATS_OK)
-		s = natsOptions_SetReconnectWait(o, 250);
-	if (s == NATS_OK)
-		s = natsOptions_SetReconnectJitter(o, 100, 1000);
-	if (s == NATS_OK)
-		s = natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
-	if (s == NATS_OK) {
-		s = natsConnection_Connect(out, o);
-		if (s == NATS_NOT_YET_CONNECTED)	/* it keeps trying */
-			s = NATS_OK;
-	}
-	natsOptions_Destroy(o);
-	return s;
-}
-
 /* gw_reqpool_init - connect the pool to the bus's servers (the configured
  * CLAWRELAY_NATS_URL, credentials included); 0 or -1 */
 int
 gw_reqpool_init(struct gw *g)
 {
-	const char *env = getenv("CLAWRELAY_NATS_URL");
-	char *copy = NULL, *save = NULL, **known = NULL;
-	const char *urls[16];
-	int n = 0, nknown = 0, rc = -1;
-	natsStatus s;
+	int rc = -1;
+	enum cr_err e;
 
-	if (env != NULL && env[0] != '\0') {
-		if ((copy = strdup(env)) == NULL)
-			return -1;
-		for (char *t = strtok_r(copy, ",", &save); t != NULL && n < 16;
-		    t = strtok_r(NULL, ",", &save))
-			urls[n++] = t;
-	} else if (natsConnection_GetServers(bus_nc(g->bus), &known, &nknown) == NATS_OK) {
-		for (int i = 0; i < nknown && n < 16; i++)
-			urls[n++] = known[i];
-	}
-	if (n == 0) {
-		log_error(NULL, "request connections: no NATS server to connect to");
-		goto out;
-	}
 	if (pthread_key_create(&pool_key, NULL) != 0)
 		goto out;
 	pool_key_ok = 1;
 	for (pool_n = 0; pool_n < GW_REQ_CONNS; pool_n++) {
-		s = pool_connect(urls, n, pool_n, &pool_nc[pool_n]);
-		if (s != NATS_OK) {
-			log_error(NULL, "request connection %d: %s", pool_n, natsStatus_GetText(s));
+		char name[64];
+		snprintf(name, sizeof(name), "gateway-req%d", pool_n);
+		e = bus_conn_open(g->bus, name, 1, &pool_nc[pool_n]);
+		if (e != CR_OK) {
+			log_error(NULL, "request connection %d: %s", pool_n, cr_strerror(e));
 			gw_reqpool_stop(0);
 			goto out;
 		}
@@ -165,10 +118,6 @@ gw_reqpool_init(struct gw *g)
 	}
 	rc = 0;
 out:
-	for (int i = 0; i < nknown; i++)
-		free(known[i]);
-	free(known);
-	free(copy);
 	return rc;
 }
 
