@@ -226,8 +226,11 @@ print_json_array(cJSON *arr)
 	return CLI_OK;
 }
 
+/* `agent list` and `trust list`: options, the registry, one line (or JSON
+ * element) per entry from each(), a note on stderr when there is none */
 static int
-agent_list(struct cli_ctx *c, int argc, char **argv)
+list_cmd(struct cli_ctx *c, int argc, char **argv, void (*help)(FILE *),
+    enum cr_err (*each)(kvStore *, struct list_ctx *), const char *what, const char *none)
 {
 	const char *pos[1];
 	int npos = 0, rc;
@@ -239,7 +242,7 @@ agent_list(struct cli_ctx *c, int argc, char **argv)
 	memset(&l, 0, sizeof(l));
 	rc = cli_parse(c, argc, argv, opts, 1, pos, 0, &npos);
 	if (rc == -1) {
-		agent_help(stdout);
+		help(stdout);
 		return CLI_OK;
 	}
 	if (rc != CLI_OK)
@@ -248,16 +251,28 @@ agent_list(struct cli_ctx *c, int argc, char **argv)
 		return CLI_FAIL;
 	if (l.json && (l.arr = cJSON_CreateArray()) == NULL)
 		return cli_err("out of memory");
-	e = reg_agent_list(kv, agent_list_one, &l);
+	e = each(kv, &l);
 	if (e != CR_OK) {
 		cJSON_Delete(l.arr);
-		return cli_err("cannot list agents: %s", cr_strerror(e));
+		return cli_err("cannot list %s: %s", what, cr_strerror(e));
 	}
 	rc = l.json ? print_json_array(l.arr) : CLI_OK;
 	cJSON_Delete(l.arr);
 	if (!l.json && l.count == 0)
-		fprintf(stderr, "(no agents registered)\n");
+		fprintf(stderr, "%s\n", none);
 	return rc;
+}
+
+static enum cr_err
+each_agent(kvStore *kv, struct list_ctx *l)
+{
+	return reg_agent_list(kv, agent_list_one, l);
+}
+
+static int
+agent_list(struct cli_ctx *c, int argc, char **argv)
+{
+	return list_cmd(c, argc, argv, agent_help, each_agent, "agents", "(no agents registered)");
 }
 
 static int
@@ -479,38 +494,16 @@ trust_list_one(void *arg, const char *from, const char *to, const struct reg_tru
 	putchar('\n');
 }
 
+static enum cr_err
+each_pair(kvStore *kv, struct list_ctx *l)
+{
+	return reg_trust_list(kv, trust_list_one, l);
+}
+
 static int
 trust_list(struct cli_ctx *c, int argc, char **argv)
 {
-	const char *pos[1];
-	int npos = 0, rc;
-	struct list_ctx l;
-	struct cli_opt opts[] = { { "--json", 0, NULL, &l.json } };
-	kvStore *kv;
-	enum cr_err e;
-
-	memset(&l, 0, sizeof(l));
-	rc = cli_parse(c, argc, argv, opts, 1, pos, 0, &npos);
-	if (rc == -1) {
-		trust_help(stdout);
-		return CLI_OK;
-	}
-	if (rc != CLI_OK)
-		return rc;
-	if ((kv = open_registry(c)) == NULL)
-		return CLI_FAIL;
-	if (l.json && (l.arr = cJSON_CreateArray()) == NULL)
-		return cli_err("out of memory");
-	e = reg_trust_list(kv, trust_list_one, &l);
-	if (e != CR_OK) {
-		cJSON_Delete(l.arr);
-		return cli_err("cannot list trust pairs: %s", cr_strerror(e));
-	}
-	rc = l.json ? print_json_array(l.arr) : CLI_OK;
-	cJSON_Delete(l.arr);
-	if (!l.json && l.count == 0)
-		fprintf(stderr, "(no trust pairs)\n");
-	return rc;
+	return list_cmd(c, argc, argv, trust_help, each_pair, "trust pairs", "(no trust pairs)");
 }
 
 static int
