@@ -163,16 +163,14 @@ hop_forward(const HopEvent *ev)
 	pthread_mutex_unlock(&hop_mu);
 }
 
-/* hop_emit_ids - queue one hop from bare IDs */
-void
-hop_emit_ids(const char *correlation_id, const char *message_id, const char *sender,
+static void
+emit(const char *correlation_id, const char *message_id, const char *sender,
     const char *recipient, const char *trace_id, Clawrelay__V1__HopKind hop,
-    const char *outcome, const char *detail)
+    const char *outcome, const char *detail, uint64_t us)
 {
 	HopEvent ev = CLAWRELAY__V1__HOP_EVENT__INIT;
 	if (hop_bus == NULL || !hop_enabled)
 		return;
-	uint64_t us = now_us();
 	ev.schema_version = ENV_SCHEMA;
 	ev.correlation_id = nz(correlation_id);
 	ev.message_id = nz(message_id);
@@ -189,10 +187,28 @@ hop_emit_ids(const char *correlation_id, const char *message_id, const char *sen
 	hop_forward(&ev);
 }
 
-/* hop_emit - queue one hop of envelope e */
+/* hop_emit_ids - queue one hop from bare IDs, stamped now */
+void
+hop_emit_ids(const char *correlation_id, const char *message_id, const char *sender,
+    const char *recipient, const char *trace_id, Clawrelay__V1__HopKind hop,
+    const char *outcome, const char *detail)
+{
+	emit(correlation_id, message_id, sender, recipient, trace_id, hop, outcome, detail, now_us());
+}
+
+/* hop_emit - queue one hop of envelope e, stamped now */
 void
 hop_emit(const Envelope *e, Clawrelay__V1__HopKind hop, const char *outcome, const char *detail)
 {
-	hop_emit_ids(e->correlation_id, e->message_id, e->sender, e->recipient, e->trace_id,
-	    hop, outcome, detail);
+	emit(e->correlation_id, e->message_id, e->sender, e->recipient, e->trace_id,
+	    hop, outcome, detail, now_us());
+}
+
+/* hop_emit_at - queue one hop of envelope e that happened at at_us (now_us()) */
+void
+hop_emit_at(const Envelope *e, Clawrelay__V1__HopKind hop, const char *outcome, const char *detail,
+    uint64_t at_us)
+{
+	emit(e->correlation_id, e->message_id, e->sender, e->recipient, e->trace_id,
+	    hop, outcome, detail, at_us);
 }

@@ -16,6 +16,11 @@ void hop_init(struct bus *b, const char *service, const char *instance);
 void hop_set_enabled(int on);
 /* hop_emit - publish one hop of envelope e (borrowed) */
 void hop_emit(const Envelope *e, Clawrelay__V1__HopKind hop, const char *outcome, const char *detail);
+/* hop_emit_at - the same for a hop that happened at at_us (now_us() taken
+ * before the act, e.g. a write whose success is known only afterwards: the
+ * timeline must not put the hop after what it caused in another process) */
+void hop_emit_at(const Envelope *e, Clawrelay__V1__HopKind hop, const char *outcome,
+    const char *detail, uint64_t at_us);
 /* hop_emit_ids - the same from bare IDs (any may be NULL) */
 void hop_emit_ids(const char *correlation_id, const char *message_id, const char *sender,
     const char *recipient, const char *trace_id, Clawrelay__V1__HopKind hop,

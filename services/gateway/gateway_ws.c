@@ -430,6 +430,8 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 
 	f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER;
 	f.deliver = e;
+	/* stamped before the write: the connector may store it before we return */
+	uint64_t sent_us = now_us();
 	if (sock_write_frame_ex(sk, &f, more > 0) < 0) {
 		int mine = 0;
 		pthread_mutex_lock(&sk->mu);
@@ -451,7 +453,7 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 		goto out;
 	}
 	metric_add(g->m_delivers, 1);
-	hop_emit(e, CLAWRELAY__V1__HOP_KIND__HOP_SOCKET_SENT, "ok", NULL);
+	hop_emit_at(e, CLAWRELAY__V1__HOP_KIND__HOP_SOCKET_SENT, "ok", NULL, sent_us);
 	log_debug(&lc, "deliver frame sent");
 out:
 	if (more == 0)
