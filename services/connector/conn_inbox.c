@@ -16,19 +16,20 @@
  *   meta:  small named values (last_received_id, online_at_ms).
  *
  * Invariants: a deliver_ack{accepted=true} is sent only after the inbox
- * commit (it is sent from the committer's done callback). A message ID is in
+ * commit (it is sent from the committer's done callback). The envelopes of
+ * one deliver_batch frame are stored in one batch and acked in one frame. A message ID is in
  * at most one of pending / inbox / done / dead; moves between them are single
  * transactions, and duplicate checks look in the order pending, inbox, done,
  * dead so that a concurrent move is never missed.
  *
  * Grouping: a removal the hook took (conn_inbox_done) is a lazy committer
  * batch: it rides in the txn of the next inbox put, or goes alone after
- * CONN_DONE_WAIT_US. So a steady flow costs about one fsync per message
- * instead of two. Until the removal lands the hook skips the entry (skip
+ * CONN_DONE_WAIT_US. So a steady flow costs about one fsync per deliver
+ * frame instead of two. Until the removal lands the hook skips the entry (skip
  * slots); a crash in that window means the hook sees the message again (at
  * least once), as it would have with an fsync lost in the crash.
  *
- * Threads: conn_inbox_deliver runs on the lws thread only (so pending only
+ * Threads: conn_inbox_deliver(_many) runs on the lws thread only (so pending only
  * grows there; max_seq and disturbed_until_ms are the lws thread's); commit
  * callbacks run on the committer thread; the hook worker reads the head and
  * moves entries; the main thread prunes. The pending set, the skip slots
@@ -195,18 +196,35 @@ static uint64_t deliver_due(struct conn *c, const Envelope *e, uint64_t now)
 	return now + hold;
 }
 
-static void send_ack(struct conn *c, const char *id, int accepted, const char *reason)
+/* several acks in one frame (deliver_ack when there is one); any thread */
+static void send_acks(struct conn *c, DeliverAck **v, size_t n)
 {
 	Frame f = CLAWRELAY__V1__FRAME__INIT;
-	DeliverAck a = CLAWRELAY__V1__DELIVER_ACK__INIT;
+	DeliverAckBatch b = CLAWRELAY__V1__DELIVER_ACK_BATCH__INIT;
+
+	if (n == 0)
+		return;
+	f.schema_version = ENV_SCHEMA;
+	if (n == 1) {
+		f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK;
+		f.deliver_ack = v[0];
+	} else {
+		b.n_acks = n;
+		b.acks = v;
+		f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK_BATCH;
+		f.deliver_ack_batch = &b;
+	}
+	conn_ws_send(c, &f, CONN_FK_CTRL);
+}
+
+static void send_ack(struct conn *c, const char *id, int accepted, const char *reason)
+{
+	DeliverAck a = CLAWRELAY__V1__DELIVER_ACK__INIT, *ap = &a;
 
 	a.message_id = conn_str(id);
 	a.accepted = accepted ? 1 : 0;
 	a.reason = conn_str(reason ? reason : "");
-	f.schema_version = ENV_SCHEMA;
-	f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK;
-	f.deliver_ack = &a;
-	conn_ws_send(c, &f, CONN_FK_CTRL);
+	send_acks(c, &ap, 1);
 }
 
 static void wake(struct conn_inbox *ib)
@@ -217,39 +235,66 @@ static void wake(struct conn_inbox *ib)
 	pthread_mutex_unlock(&ib->mu);
 }
 
-/* committer thread: the inbox put is durable (or failed) */
+/* the entries of one deliver frame committed together */
+struct conn_pgroup {
+	struct conn *c;
+	size_t n;
+	struct conn_pending *p[];
+};
+
+/* committer thread: the group's inbox puts are durable (or failed) */
 static void stored_cb(void *arg, enum cr_err result)
 {
-	struct conn_pending *p = arg;
-	struct conn *c = p->c;
+	struct conn_pgroup *g = arg;
+	struct conn *c = g->c;
 	struct conn_inbox *ib = &c->inbox;
-	struct conn_pending **pp;
-	struct log_ctx lc = { p->corr, p->id, p->sender };
+	DeliverAck *acks = calloc(g->n, sizeof(*acks));
+	DeliverAck **ap = calloc(g->n, sizeof(*ap));
 
-	/* ack and stored event before the hook worker wakes: its hook_called
+	/* acks and stored events before the hook worker wakes: its hook_called
 	 * must come after connector_stored in the trace */
-	if (result == CR_OK) {
-		atomic_fetch_add(&ib->stored, 1);
-		metric_add(m_stored, 1);
-		send_ack(c, p->id, 1, NULL);
-		conn_ws_event_ids(c, p->corr, p->id, p->sender, p->recipient, p->trace,
-		    CLAWRELAY__V1__HOP_KIND__HOP_CONNECTOR_STORED, "ok", NULL);
-		log_debug(&lc, "stored in inbox");
-	} else {
-		atomic_fetch_sub(&ib->n, 1);
-		atomic_fetch_add(&ib->store_errors, 1);
-		send_ack(c, p->id, 0, "storage_error");
-		log_error(&lc, "inbox commit failed: %s", cr_strerror(result));
+	for (size_t i = 0; i < g->n; i++) {
+		struct conn_pending *p = g->p[i];
+		struct log_ctx lc = { p->corr, p->id, p->sender };
+
+		if (result == CR_OK) {
+			atomic_fetch_add(&ib->stored, 1);
+			metric_add(m_stored, 1);
+			conn_ws_event_ids(c, p->corr, p->id, p->sender, p->recipient, p->trace,
+			    CLAWRELAY__V1__HOP_KIND__HOP_CONNECTOR_STORED, "ok", NULL);
+			log_debug(&lc, "stored in inbox");
+		} else {
+			atomic_fetch_sub(&ib->n, 1);
+			atomic_fetch_add(&ib->store_errors, 1);
+			log_error(&lc, "inbox commit failed: %s", cr_strerror(result));
+		}
+		if (acks != NULL && ap != NULL) {
+			clawrelay__v1__deliver_ack__init(&acks[i]);
+			acks[i].message_id = p->id;
+			acks[i].accepted = result == CR_OK;
+			acks[i].reason = conn_str(result == CR_OK ? "" : "storage_error");
+			ap[i] = &acks[i];
+		} else {
+			send_ack(c, p->id, result == CR_OK, result == CR_OK ? NULL : "storage_error");
+		}
 	}
+	if (acks != NULL && ap != NULL)
+		send_acks(c, ap, g->n);
+	free(acks);
+	free(ap);
 	pthread_mutex_lock(&ib->mu);
-	pp = pending_slot(ib, p->id);
-	if (*pp == p)
-		*pp = p->next;
+	for (size_t i = 0; i < g->n; i++) {
+		struct conn_pending **pp = pending_slot(ib, g->p[i]->id);
+		if (*pp == g->p[i])
+			*pp = g->p[i]->next;
+	}
 	if (result == CR_OK)
 		ib->gen++;
 	pthread_cond_broadcast(&ib->cv);
 	pthread_mutex_unlock(&ib->mu);
-	free(p);
+	for (size_t i = 0; i < g->n; i++)
+		free(g->p[i]);
+	free(g);
 }
 
 static int exists(struct conn_inbox *ib, unsigned dbi, const void *k, size_t kl)
@@ -262,117 +307,189 @@ static int exists(struct conn_inbox *ib, unsigned dbi, const void *k, size_t kl)
 	return e == CR_OK;
 }
 
-/* conn_inbox_deliver - handle a deliver frame (lws thread): duplicate -> ack
- * at once; full -> refuse; else commit, then ack + event from the committer
- * thread. e is borrowed. */
-void conn_inbox_deliver(struct conn *c, const Envelope *e)
+/* with ib->mu held: take p out of the pending set */
+static void pending_drop_locked(struct conn_inbox *ib, struct conn_pending *p)
+{
+	struct conn_pending **pp = pending_slot(ib, p->id);
+
+	if (*pp == p)
+		*pp = p->next;
+}
+
+/* conn_inbox_deliver_many - handle the envelopes of a deliver or
+ * deliver_batch frame (lws thread): duplicates are acked at once, a full
+ * inbox refuses; the rest go to disk in one commit, then are acked (one
+ * frame) with their connector_stored events from the committer thread.
+ * The envelopes are borrowed. */
+void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n)
 {
 	struct conn_inbox *ib = &c->inbox;
-	struct log_ctx lc = { e->correlation_id, e->message_id, e->sender };
-	struct conn_pending *p = NULL;
-	struct store_batch *b = NULL;
-	void *packed = NULL, *val = NULL;
-	size_t plen = 0, idlen = strlen(e->message_id);
+	struct conn_pgroup *g = calloc(1, sizeof(*g) + n * sizeof(g->p[0]));
+	DeliverAck *imm = calloc(n ? n : 1, sizeof(*imm));
+	DeliverAck **immp = calloc(n ? n : 1, sizeof(*immp));
+	struct store_batch *b = store_batch_new();
+	const char *newest = NULL;
+	size_t nimm = 0;
 	uint64_t now = now_ms();
 	uint32_t zero = 0;
-	int dup;
-	enum cr_err err;
+	enum cr_err err = CR_OK;
 
-	p = calloc(1, sizeof(*p));
-	if (!p || idlen == 0 || idlen >= sizeof(p->id)) {
-		send_ack(c, e->message_id, 0, !p ? "nomem" : "bad_message_id");
+	if (g == NULL || imm == NULL || immp == NULL || b == NULL) {
+		for (size_t i = 0; i < n; i++)
+			send_ack(c, v[i]->message_id, 0, "nomem");
 		goto out;
 	}
-	p->c = c;
-	copy_str(p->id, sizeof(p->id), e->message_id);
-	copy_str(p->corr, sizeof(p->corr), e->correlation_id);
-	copy_str(p->sender, sizeof(p->sender), e->sender);
-	copy_str(p->recipient, sizeof(p->recipient), e->recipient);
-	copy_str(p->trace, sizeof(p->trace), e->trace_id);
-	p->klen = make_key(p->key, sizeof(p->key), e->priority, e->message_id);
+	g->c = c;
+	for (size_t i = 0; i < n; i++) {
+		const Envelope *e = v[i];
+		struct log_ctx lc = { e->correlation_id, e->message_id, e->sender };
+		struct conn_pending *p = NULL;
+		void *packed = NULL, *val = NULL;
+		size_t plen = 0, idlen = strlen(e->message_id);
+		uint64_t due;
+		const char *refuse = NULL;
+		int dup;
 
-	pthread_mutex_lock(&ib->mu);
-	dup = *pending_slot(ib, p->id) != NULL;
-	pthread_mutex_unlock(&ib->mu);
-	/* order matters: pending -> inbox -> done -> dead (see the header) */
-	if (!dup)
-		dup = exists(ib, ib->db_inbox, p->key, p->klen) ||
-		    exists(ib, ib->db_done, p->id, idlen) ||
-		    exists(ib, ib->db_dead, p->id, idlen);
-	if (dup) {
-		atomic_fetch_add(&ib->duplicates, 1);
-		metric_add(m_dups, 1);
-		log_debug(&lc, "duplicate delivery dropped");
-		send_ack(c, p->id, 1, "duplicate");
-		goto out;
-	}
-	if (atomic_fetch_add(&ib->n, 1) >= c->cfg.inbox_max) {
-		atomic_fetch_sub(&ib->n, 1);
-		atomic_fetch_add(&ib->refused_full, 1);
-		metric_add(m_full, 1);
-		log_warn(&lc, "inbox full (%lld): delivery refused", c->cfg.inbox_max);
-		send_ack(c, p->id, 0, "inbox_full");
-		goto out;
-	}
-	if ((err = env_pack(&e->base, &packed, &plen)) != CR_OK)
-		goto fail;
-	val = malloc(VAL_HDR + plen);
-	if (!val) {
-		err = CR_ERR_NOMEM;
-		goto fail;
-	}
-	if (!(b = store_batch_new())) {
-		err = CR_ERR_NOMEM;
-		goto fail;
-	}
-	now = deliver_due(c, e, now);
-	memcpy(val, &now, 8);
-	memcpy((char *)val + 8, &zero, 4);
-	memcpy((char *)val + VAL_HDR, packed, plen);
-	if ((err = store_batch_put(b, ib->db_inbox, p->key, p->klen, val, VAL_HDR + plen)) != CR_OK)
-		goto fail;
-	/* last_received_id: the newest ID (ULIDs sort by time), not the last to arrive */
-	if (strcmp(p->id, c->ws.last_received_id) > 0) {
-		if ((err = store_batch_put(b, ib->db_meta, "last_received_id", 16, p->id, idlen)) !=
-		    CR_OK)
-			goto fail;
-		pthread_mutex_lock(&c->ws.mu);
-		copy_str(c->ws.last_received_id, sizeof(c->ws.last_received_id), p->id);
-		pthread_mutex_unlock(&c->ws.mu);
-	}
-
-	pthread_mutex_lock(&ib->mu);
-	{
-		struct conn_pending **slot = &ib->pending[fnv1a32(p->id) % ib->npending_buckets];
-
-		p->next = *slot;
-		*slot = p;
-	}
-	pthread_mutex_unlock(&ib->mu);
-	err = store_committer_submit(ib->com, b, stored_cb, p);
-	b = NULL;
-	if (err != CR_OK) {
-		struct conn_pending **pp;
+		if (idlen == 0 || idlen >= sizeof(p->id)) {
+			refuse = "bad_message_id";
+		} else if ((p = calloc(1, sizeof(*p))) == NULL) {
+			refuse = "nomem";
+		}
+		if (refuse != NULL) {
+			clawrelay__v1__deliver_ack__init(&imm[nimm]);
+			imm[nimm].message_id = e->message_id;
+			imm[nimm].reason = conn_str(refuse);
+			immp[nimm] = &imm[nimm];
+			nimm++;
+			continue;
+		}
+		p->c = c;
+		copy_str(p->id, sizeof(p->id), e->message_id);
+		copy_str(p->corr, sizeof(p->corr), e->correlation_id);
+		copy_str(p->sender, sizeof(p->sender), e->sender);
+		copy_str(p->recipient, sizeof(p->recipient), e->recipient);
+		copy_str(p->trace, sizeof(p->trace), e->trace_id);
+		p->klen = make_key(p->key, sizeof(p->key), e->priority, e->message_id);
 
 		pthread_mutex_lock(&ib->mu);
-		pp = pending_slot(ib, p->id);
-		if (*pp == p)
-			*pp = p->next;
+		dup = *pending_slot(ib, p->id) != NULL;
 		pthread_mutex_unlock(&ib->mu);
-		goto fail;
+		/* order matters: pending -> inbox -> done -> dead (see the header) */
+		if (!dup)
+			dup = exists(ib, ib->db_inbox, p->key, p->klen) ||
+			    exists(ib, ib->db_done, p->id, idlen) ||
+			    exists(ib, ib->db_dead, p->id, idlen);
+		if (dup) {
+			atomic_fetch_add(&ib->duplicates, 1);
+			metric_add(m_dups, 1);
+			log_debug(&lc, "duplicate delivery dropped");
+			refuse = "duplicate";
+		} else if (atomic_fetch_add(&ib->n, 1) >= c->cfg.inbox_max) {
+			atomic_fetch_sub(&ib->n, 1);
+			atomic_fetch_add(&ib->refused_full, 1);
+			metric_add(m_full, 1);
+			log_warn(&lc, "inbox full (%lld): delivery refused", c->cfg.inbox_max);
+			refuse = "inbox_full";
+		} else if ((err = env_pack(&e->base, &packed, &plen)) != CR_OK ||
+		    (val = malloc(VAL_HDR + plen)) == NULL) {
+			atomic_fetch_sub(&ib->n, 1);
+			atomic_fetch_add(&ib->store_errors, 1);
+			log_error(&lc, "inbox store failed: %s",
+			    cr_strerror(err != CR_OK ? err : CR_ERR_NOMEM));
+			refuse = "storage_error";
+		} else {
+			due = deliver_due(c, e, now);
+			memcpy(val, &due, 8);
+			memcpy((char *)val + 8, &zero, 4);
+			memcpy((char *)val + VAL_HDR, packed, plen);
+			if (store_batch_put(b, ib->db_inbox, p->key, p->klen, val,
+			    VAL_HDR + plen) != CR_OK) {
+				/* the batch is unusable now: refuse the whole frame */
+				atomic_fetch_sub(&ib->n, 1);
+				free(packed);
+				free(val);
+				free(p);
+				err = CR_ERR_NOMEM;
+				for (size_t k = 0; k < g->n; k++) {
+					atomic_fetch_sub(&ib->n, 1);
+					pthread_mutex_lock(&ib->mu);
+					pending_drop_locked(ib, g->p[k]);
+					pthread_mutex_unlock(&ib->mu);
+					send_ack(c, g->p[k]->id, 0, "storage_error");
+					free(g->p[k]);
+				}
+				g->n = 0;
+				for (size_t k = i; k < n; k++)
+					send_ack(c, v[k]->message_id, 0, "storage_error");
+				break;
+			}
+			/* ULIDs sort by time: the newest, not the last to arrive */
+			if (strcmp(p->id, c->ws.last_received_id) > 0 &&
+			    (newest == NULL || strcmp(p->id, newest) > 0))
+				newest = e->message_id;
+			pthread_mutex_lock(&ib->mu);
+			{
+				struct conn_pending **slot =
+				    &ib->pending[fnv1a32(p->id) % ib->npending_buckets];
+				p->next = *slot;
+				*slot = p;
+			}
+			pthread_mutex_unlock(&ib->mu);
+			g->p[g->n++] = p;
+			p = NULL;
+		}
+		free(packed);
+		free(val);
+		free(p);
+		if (refuse != NULL) {
+			clawrelay__v1__deliver_ack__init(&imm[nimm]);
+			imm[nimm].message_id = e->message_id;
+			imm[nimm].accepted = strcmp(refuse, "duplicate") == 0;
+			imm[nimm].reason = conn_str(refuse);
+			immp[nimm] = &imm[nimm];
+			nimm++;
+		}
 	}
-	p = NULL; /* the callback frees it */
-	goto out;
-fail:
-	atomic_fetch_sub(&ib->n, 1);
-	atomic_fetch_add(&ib->store_errors, 1);
-	log_error(&lc, "inbox store failed: %s", cr_strerror(err));
-	send_ack(c, e->message_id, 0, "storage_error");
+	send_acks(c, immp, nimm);
+	if (g->n == 0)
+		goto out;
+	if (newest != NULL) {
+		if (store_batch_put(b, ib->db_meta, "last_received_id", 16, newest,
+		    strlen(newest)) == CR_OK) {
+			pthread_mutex_lock(&c->ws.mu);
+			copy_str(c->ws.last_received_id, sizeof(c->ws.last_received_id), newest);
+			pthread_mutex_unlock(&c->ws.mu);
+		}
+	}
+	err = store_committer_submit(ib->com, b, stored_cb, g);
+	b = NULL;
+	if (err != CR_OK) {
+		log_error(NULL, "inbox store failed: %s", cr_strerror(err));
+		for (size_t k = 0; k < g->n; k++) {
+			atomic_fetch_sub(&ib->n, 1);
+			atomic_fetch_add(&ib->store_errors, 1);
+			pthread_mutex_lock(&ib->mu);
+			pending_drop_locked(ib, g->p[k]);
+			pthread_mutex_unlock(&ib->mu);
+			send_ack(c, g->p[k]->id, 0, "storage_error");
+			free(g->p[k]);
+		}
+		goto out;
+	}
+	g = NULL; /* the callback frees it */
 out:
 	store_batch_free(b);
-	free(val);
-	free(packed);
-	free(p);
+	free(g);
+	free(imm);
+	free(immp);
+}
+
+/* conn_inbox_deliver - one envelope (a deliver frame) */
+void conn_inbox_deliver(struct conn *c, const Envelope *e)
+{
+	union { const Envelope *c; Envelope *m; } u = { e };
+
+	conn_inbox_deliver_many(c, &u.m, 1);
 }
 
 /* conn_entry_free - NULL does nothing */

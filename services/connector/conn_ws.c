@@ -813,6 +813,41 @@ static void on_enqueue_ack(struct conn *c, Frame *f)
 		log_debug(NULL, "enqueue_ack for unknown request %u (timed out?)", id);
 }
 
+/* a deliver_batch frame: invalid envelopes are refused one by one, the
+ * rest go to the inbox together */
+static void on_deliver_batch(struct conn *c, const DeliverBatch *b)
+{
+	Envelope **ok = calloc(b->n_envelopes ? b->n_envelopes : 1, sizeof(*ok));
+	size_t n = 0;
+
+	if (!ok) {
+		log_error(NULL, "deliver_batch of %zu: out of memory (the relay redelivers)",
+		    b->n_envelopes);
+		return;
+	}
+	for (size_t i = 0; i < b->n_envelopes; i++) {
+		const char *why = NULL;
+
+		if (env_validate(b->envelopes[i], &why) != CR_OK) {
+			Frame r = CLAWRELAY__V1__FRAME__INIT;
+			DeliverAck a = CLAWRELAY__V1__DELIVER_ACK__INIT;
+
+			log_warn(NULL, "invalid envelope in deliver_batch refused: %s", why ? why : "?");
+			a.message_id = b->envelopes[i]->message_id;
+			a.reason = conn_str("invalid");
+			r.schema_version = ENV_SCHEMA;
+			r.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK;
+			r.deliver_ack = &a;
+			conn_ws_send(c, &r, CONN_FK_CTRL);
+			continue;
+		}
+		ok[n++] = b->envelopes[i];
+	}
+	if (n)
+		conn_inbox_deliver_many(c, ok, n);
+	free(ok);
+}
+
 static void on_frame(struct conn *c, struct lws *wsi, const void *data, size_t len)
 {
 	ProtobufCMessage *m = NULL;
@@ -845,6 +880,9 @@ static void on_frame(struct conn *c, struct lws *wsi, const void *data, size_t l
 			break;
 		}
 		conn_inbox_deliver(c, f->deliver);
+		break;
+	case CLAWRELAY__V1__FRAME__BODY_DELIVER_BATCH:
+		on_deliver_batch(c, f->deliver_batch);
 		break;
 	case CLAWRELAY__V1__FRAME__BODY_ENQUEUE_ACK:
 		on_enqueue_ack(c, f);

@@ -1,18 +1,23 @@
 /*
- * delivery_dispatch.c - one dispatch request = one delivery attempt.
+ * delivery_dispatch.c - one dispatch request = a batch of delivery attempts.
  *
  * dlv_on_dispatch runs on the dispatch subscription's nats.c thread: it
- * decodes and checks the DispatchRequest, emits HOP_DELIVERY_ATTEMPT, looks
- * the recipient up in the registry cache and hands the attempt either to the
- * webhook pool (delivery_webhook.c) or to the socket path
- * (delivery_socket.c). It never waits for the destination: both paths answer
- * later, from other threads, through dlv_finish(), which publishes the
- * DispatchResult on the copied reply subject.
+ * decodes the DispatchBatch, and for each request checks it, emits
+ * HOP_DELIVERY_ATTEMPT, looks the recipient up in the registry cache and
+ * hands the attempt either to the webhook pool (delivery_webhook.c) or to
+ * the socket path (delivery_socket.c; consecutive socket attempts for one
+ * recipient go to its gateway in one request). It never waits for the
+ * destination: both paths finish attempts later, from other threads,
+ * through dlv_finish(), which records the result in the batch; the last
+ * attempt to finish publishes the DispatchBatchResult on the copied reply
+ * subject and frees the batch.
  *
- * A request that cannot be decoded is answered at once with
- * DISPATCH_REJECTED ("bad dispatch request: ...") and counted; it is never
- * fatal. Counters are atomics; nothing else here is shared.
+ * A request that cannot be decoded is answered at once with one
+ * DISPATCH_REJECTED result ("bad dispatch request: ...") and counted; a bad
+ * entry of a good batch is rejected alone. Never fatal. The batch's `left`
+ * is the only thing attempts share: each writes its own result slot first.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +25,16 @@
 #include "hop.h"
 #include "log.h"
 #include "util.h"
+
+struct dlv_batch {
+	struct dlv *d;
+	char *reply;              /* reply subject (copied); NULL: nobody waits */
+	DispatchBatch *req;       /* owned: the attempts borrow its requests */
+	size_t n;
+	atomic_size_t left;       /* attempts not finished */
+	DispatchResult *res;      /* n results; detail strings owned */
+	DispatchResult **resp;    /* n pointers into res, for packing */
+};
 
 static const char *const outcome_names[DLV_NOUTCOMES] = {
 	"delivered", "offline", "nacked", "retry", "rejected", "breaker_open",
@@ -34,55 +49,58 @@ dlv_outcome_name(int outcome)
 	return outcome_names[outcome];
 }
 
-/* dlv_attempt_free - free an attempt without answering; NULL ok */
-void
-dlv_attempt_free(struct dlv_attempt *a)
-{
-	if (a == NULL)
-		return;
-	free(a->reply);
-	if (a->req != NULL)
-		protobuf_c_message_free_unpacked(&a->req->base, NULL);
-	free(a);
-}
+static char empty[1];
 
 static void
-send_result(struct dlv *d, const char *reply, const char *message_id, const char *recipient,
-    const char *correlation_id, int outcome, const char *detail, unsigned http_status)
+batch_free(struct dlv_batch *b)
 {
-	DispatchResult r = CLAWRELAY__V1__DISPATCH_RESULT__INIT;
-	unsigned char buf[2048];
+	if (b == NULL)
+		return;
+	for (size_t i = 0; b->res != NULL && i < b->n; i++)
+		if (b->res[i].detail != empty)
+			free(b->res[i].detail);
+	free(b->res);
+	free(b->resp);
+	free(b->reply);
+	if (b->req != NULL)
+		protobuf_c_message_free_unpacked(&b->req->base, NULL);
+	free(b);
+}
+
+/* publish the batch's results (the last attempt's thread) and free it */
+static void
+batch_answer(struct dlv_batch *b)
+{
+	DispatchBatchResult r = CLAWRELAY__V1__DISPATCH_BATCH_RESULT__INIT;
+	unsigned char buf[4096];
 	void *heap = NULL;
 	size_t len = 0;
 	enum cr_err err;
 
-	if (reply == NULL || *reply == '\0')
-		return;
-	r.schema_version = ENV_SCHEMA;
-	r.message_id = (char *)(uintptr_t)(message_id ? message_id : "");
-	r.recipient = (char *)(uintptr_t)(recipient ? recipient : "");
-	r.correlation_id = (char *)(uintptr_t)(correlation_id ? correlation_id : "");
-	r.outcome = (Clawrelay__V1__DispatchOutcome)outcome;
-	r.detail = (char *)(uintptr_t)(detail ? detail : "");
-	r.http_status = http_status;
-	err = env_pack_into(&r.base, buf, sizeof(buf), &len);
-	if (err == CR_ERR_TOO_BIG)
-		err = env_pack(&r.base, &heap, &len);
-	if (err == CR_OK)
-		err = bus_publish_asap(d->bus, reply, heap ? heap : buf, len);
-	if (err != CR_OK) {
-		struct log_ctx lc = { correlation_id, message_id, recipient };
-		log_warn(&lc, "dispatch reply: %s", cr_strerror(err));
+	if (b->reply != NULL) {
+		r.schema_version = ENV_SCHEMA;
+		r.n_results = b->n;
+		r.results = b->resp;
+		err = env_pack_into(&r.base, buf, sizeof(buf), &len);
+		if (err == CR_ERR_TOO_BIG)
+			err = env_pack(&r.base, &heap, &len);
+		if (err == CR_OK)
+			err = bus_publish_asap(b->d->bus, b->reply, heap ? heap : buf, len);
+		if (err != CR_OK)
+			log_warn(NULL, "dispatch reply (%zu results): %s", b->n, cr_strerror(err));
+		free(heap);
 	}
-	free(heap);
+	batch_free(b);
 }
 
-/* dlv_finish - reply with the DispatchResult, count it, free a */
+/* dlv_finish - record the result in the batch, count it, free a */
 void
 dlv_finish(struct dlv_attempt *a, int outcome, const char *detail, unsigned http_status)
 {
 	struct dlv *d = a->d;
+	struct dlv_batch *b = a->batch;
 	const Envelope *e = a->req->envelope;
+	DispatchResult *r = &b->res[a->idx];
 	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
 	uint64_t took = mono_ms() - a->start_mono;
 
@@ -97,15 +115,20 @@ dlv_finish(struct dlv_attempt *a, int outcome, const char *detail, unsigned http
 		log_info(&lc, "attempt %u %s after %llu ms%s%s", e->attempt,
 		    dlv_outcome_name(outcome), (unsigned long long)took,
 		    detail && *detail ? ": " : "", detail ? detail : "");
-	send_result(d, a->reply, e->message_id, e->recipient, e->correlation_id, outcome,
-	    detail, http_status);
-	dlv_attempt_free(a);
+	r->outcome = (Clawrelay__V1__DispatchOutcome)outcome;
+	r->http_status = http_status;
+	if (detail != NULL && *detail != '\0' && (r->detail = strdup(detail)) == NULL)
+		r->detail = empty;
+	free(a);
+	if (atomic_fetch_sub(&b->left, 1) == 1)
+		batch_answer(b);
 }
 
 static void
 answer_bad(struct dlv *d, natsMsg *msg, const char *why)
 {
-	DispatchResult r = CLAWRELAY__V1__DISPATCH_RESULT__INIT;
+	DispatchResult r = CLAWRELAY__V1__DISPATCH_RESULT__INIT, *rp = &r;
+	DispatchBatchResult br = CLAWRELAY__V1__DISPATCH_BATCH_RESULT__INIT;
 	char detail[160];
 	unsigned char buf[512];
 	size_t len = 0;
@@ -118,7 +141,10 @@ answer_bad(struct dlv *d, natsMsg *msg, const char *why)
 	r.schema_version = ENV_SCHEMA;
 	r.outcome = DLV_REJECTED;
 	r.detail = detail;
-	if (env_pack_into(&r.base, buf, sizeof(buf), &len) == CR_OK)
+	br.schema_version = ENV_SCHEMA;
+	br.n_results = 1;
+	br.results = &rp;
+	if (env_pack_into(&br.base, buf, sizeof(buf), &len) == CR_OK)
 		bus_reply(d->bus, msg, buf, len);
 }
 
@@ -136,54 +162,37 @@ budget_ms(long long setting, uint64_t deadline_ms)
 	return (int)t;
 }
 
-/* dlv_on_dispatch - bus handler for <P>.delivery.dispatch */
-void
-dlv_on_dispatch(void *arg, natsMsg *msg)
+/* route one attempt: finished at once, queued to the webhook pool, or
+ * returned (1) for the socket path */
+static int
+route(struct dlv *d, struct dlv_attempt *a)
 {
-	struct dlv *d = arg;
-	ProtobufCMessage *m = NULL;
-	struct dlv_attempt *a = NULL;
+	const Envelope *e = a->req->envelope;
 	const char *why = NULL;
-	const char *reply = natsMsg_GetReply(msg);
 	struct reg_agent ag;
-	const Envelope *e;
 	enum cr_err err;
 
-	err = env_unpack_msg(&clawrelay__v1__dispatch_request__descriptor,
-	    natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &m);
-	if (err != CR_OK) {
-		answer_bad(d, msg, cr_strerror(err));
-		return;
+	if (e == NULL) {
+		atomic_fetch_add(&d->bad_requests, 1);
+		dlv_finish(a, DLV_REJECTED, "bad dispatch request: no envelope", 0);
+		return 0;
 	}
-	a = calloc(1, sizeof(*a));
-	if (a == NULL) {
-		protobuf_c_message_free_unpacked(m, NULL);
-		answer_bad(d, msg, "out of memory");
-		return;
+	if (env_validate(e, &why) != CR_OK) {
+		char detail[200];
+		atomic_fetch_add(&d->bad_requests, 1);
+		metric_add(d->m_bad, 1);
+		snprintf(detail, sizeof(detail), "bad dispatch request: %s",
+		    why ? why : "invalid envelope");
+		dlv_finish(a, DLV_REJECTED, detail, 0);
+		return 0;
 	}
-	a->d = d;
-	a->req = (DispatchRequest *)m;
-	a->start_mono = mono_ms();
-	if (a->req->envelope == NULL) {
-		answer_bad(d, msg, "no envelope");
-		goto drop;
-	}
-	if (env_validate(a->req->envelope, &why) != CR_OK) {
-		answer_bad(d, msg, why ? why : "invalid envelope");
-		goto drop;
-	}
-	if (reply != NULL && *reply != '\0' && (a->reply = strdup(reply)) == NULL) {
-		answer_bad(d, msg, "out of memory");
-		goto drop;
-	}
-	e = a->req->envelope;
 	hop_emit(e, CLAWRELAY__V1__HOP_KIND__HOP_DELIVERY_ATTEMPT, "ok", NULL);
 
 	err = reg_cache_agent(d->reg, e->recipient, &ag);
 	if (err == CR_ERR_NOT_FOUND) {
 		hop_emit(e, CLAWRELAY__V1__HOP_KIND__HOP_REJECTED, "error", "unknown agent");
 		dlv_finish(a, DLV_REJECTED, "unknown agent", 0);
-		return;
+		return 0;
 	}
 	if (err == CR_OK) {
 		snprintf(a->url, sizeof(a->url), "%s", ag.webhook_url);
@@ -198,7 +207,7 @@ dlv_on_dispatch(void *arg, natsMsg *msg)
 		a->timeout_ms = budget_ms(d->webhook_timeout_ms, a->req->deadline_ms);
 		if (a->timeout_ms <= 0) {
 			dlv_finish(a, DLV_RETRY, "deadline passed", 0);
-			return;
+			return 0;
 		}
 		atomic_fetch_add(&d->inflight_webhook, 1);
 		err = dlv_pool_submit(d->pool, a);
@@ -207,15 +216,107 @@ dlv_on_dispatch(void *arg, natsMsg *msg)
 			dlv_finish(a, DLV_RETRY, err == CR_ERR_FULL ? "webhook queue full"
 			    : "delivery is stopping", 0);
 		}
-		return;
+		return 0;
 	}
 	a->timeout_ms = budget_ms(d->socket_timeout_ms, a->req->deadline_ms);
 	if (a->timeout_ms <= 0) {
 		dlv_finish(a, DLV_RETRY, "deadline passed", 0);
+		return 0;
+	}
+	return 1;
+}
+
+/* start the collected socket attempts: one request per run of one recipient */
+static void
+socket_runs(struct dlv_attempt **v, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		size_t j = i + 1;
+		while (j < n && strcmp(v[j]->req->envelope->recipient,
+		    v[i]->req->envelope->recipient) == 0)
+			j++;
+		dlv_socket_start(v + i, j - i);
+		i = j;
+	}
+}
+
+/* dlv_on_dispatch - bus handler for <P>.delivery.dispatch */
+void
+dlv_on_dispatch(void *arg, natsMsg *msg)
+{
+	struct dlv *d = arg;
+	ProtobufCMessage *m = NULL;
+	struct dlv_batch *b = NULL;
+	struct dlv_attempt **sock = NULL;
+	const char *reply = natsMsg_GetReply(msg);
+	size_t n, nsock = 0;
+	uint64_t start = mono_ms();
+	enum cr_err err;
+
+	err = env_unpack_msg(&clawrelay__v1__dispatch_batch__descriptor,
+	    natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &m);
+	if (err != CR_OK) {
+		answer_bad(d, msg, cr_strerror(err));
 		return;
 	}
-	dlv_socket_start(a);
-	return;
-drop:
-	dlv_attempt_free(a);
+	n = ((DispatchBatch *)m)->n_requests;
+	if (n == 0) {
+		protobuf_c_message_free_unpacked(m, NULL);
+		answer_bad(d, msg, "no requests");
+		return;
+	}
+	if ((b = calloc(1, sizeof(*b))) == NULL ||
+	    (b->res = calloc(n, sizeof(*b->res))) == NULL ||
+	    (b->resp = calloc(n, sizeof(*b->resp))) == NULL ||
+	    (sock = calloc(n, sizeof(*sock))) == NULL ||
+	    (reply != NULL && *reply != '\0' && (b->reply = strdup(reply)) == NULL)) {
+		if (b != NULL)
+			b->n = 0;
+		batch_free(b);
+		free(sock);
+		protobuf_c_message_free_unpacked(m, NULL);
+		answer_bad(d, msg, "out of memory");
+		return;
+	}
+	b->d = d;
+	b->req = (DispatchBatch *)m;
+	b->n = n;
+	atomic_init(&b->left, n);
+	for (size_t i = 0; i < n; i++) {
+		const DispatchRequest *rq = b->req->requests[i];
+		const Envelope *e = rq->envelope;
+
+		clawrelay__v1__dispatch_result__init(&b->res[i]);
+		b->res[i].schema_version = ENV_SCHEMA;
+		b->res[i].message_id = e && e->message_id ? e->message_id : empty;
+		b->res[i].recipient = e && e->recipient ? e->recipient : empty;
+		b->res[i].correlation_id = e && e->correlation_id ? e->correlation_id : empty;
+		b->res[i].detail = empty;
+		b->resp[i] = &b->res[i];
+	}
+	/* from here on the batch answers itself when its last attempt ends; hold
+	 * one extra count so that it cannot end while this loop still runs */
+	atomic_fetch_add(&b->left, 1);
+	for (size_t i = 0; i < n; i++) {
+		struct dlv_attempt *a = calloc(1, sizeof(*a));
+
+		if (a == NULL) {
+			b->res[i].outcome = DLV_RETRY;
+			atomic_fetch_sub(&b->left, 1);
+			continue;
+		}
+		a->d = d;
+		a->batch = b;
+		a->idx = i;
+		a->req = b->req->requests[i];
+		a->start_mono = start;
+		if (route(d, a))
+			sock[nsock++] = a;
+	}
+	socket_runs(sock, nsock);
+	free(sock);
+	if (atomic_fetch_sub(&b->left, 1) == 1)
+		batch_answer(b);
 }

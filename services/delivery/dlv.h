@@ -2,12 +2,14 @@
  * dlv.h - private header of clawrelay-delivery (nothing outside
  * services/delivery/ includes it).
  *
- * One struct dlv is the service state. One struct dlv_attempt is one
- * delivery attempt, from the dispatch request to the DispatchResult reply:
- * it is created on the dispatch subscription's thread and then owned by
- * exactly one of: the webhook pool (queue, then one worker), or the bus's
- * async-request table (socket path) until its reply callback runs.
- * dlv_finish() answers, counts and frees it.
+ * One struct dlv is the service state. One struct dlv_batch is one
+ * dispatch request (a DispatchBatch: messages for one recipient), answered
+ * by one DispatchBatchResult once each of its attempts has finished. One
+ * struct dlv_attempt is one message's delivery attempt: it is created on the
+ * dispatch subscription's thread and then owned by exactly one of: the
+ * webhook pool (queue, then one worker), or a socket request (the bus's
+ * async-request table) until its reply callback runs. dlv_finish() records
+ * its result in the batch, counts and frees it; the last one answers.
  */
 #ifndef DLV_H
 #define DLV_H
@@ -58,10 +60,13 @@ struct dlv {
 	atomic_llong inflight_webhook;   /* queued + being called */
 };
 
+struct dlv_batch;
+
 struct dlv_attempt {
 	struct dlv *d;
-	char *reply;              /* reply subject (copied); NULL: nobody waits */
-	DispatchRequest *req;     /* owned; req->envelope is set and valid */
+	struct dlv_batch *batch;  /* answered through it */
+	size_t idx;               /* place in the batch */
+	const DispatchRequest *req; /* the batch's; req->envelope is set and valid */
 	char url[1024];           /* webhook URL, empty for a socket agent */
 	int timeout_ms;           /* this attempt's budget */
 	uint64_t start_mono;
@@ -70,17 +75,16 @@ struct dlv_attempt {
 
 /* dlv_on_dispatch - bus handler for <P>.delivery.dispatch; msg borrowed */
 void dlv_on_dispatch(void *arg, natsMsg *msg);
-/* dlv_finish - reply with the attempt's DispatchResult, count it and free a
- * (takes ownership of a); any thread */
+/* dlv_finish - record the attempt's result in its batch (the last one
+ * answers the batch), count it and free a (takes ownership of a); any thread */
 void dlv_finish(struct dlv_attempt *a, int outcome, const char *detail, unsigned http_status);
-/* dlv_attempt_free - free an attempt without answering; NULL ok */
-void dlv_attempt_free(struct dlv_attempt *a);
 /* dlv_outcome_name - "delivered", "offline", ... */
 const char *dlv_outcome_name(int outcome);
 
-/* dlv_socket_start - send the envelope to the agent's gateway; takes
- * ownership of a (answered later from the bus's threads) */
-void dlv_socket_start(struct dlv_attempt *a);
+/* dlv_socket_start - send the n attempts' envelopes (one recipient) to the
+ * agent's gateway in one request; takes ownership of each (answered later
+ * from the bus's threads) */
+void dlv_socket_start(struct dlv_attempt **v, size_t n);
 
 /* dlv_pool_new - start `workers` webhook threads with a queue of at most
  * queue_max attempts; caller frees with dlv_pool_free. NULL on failure. */

@@ -8,8 +8,10 @@
  * gateway makes the socket its agent's current one (closing an older socket
  * of the same agent, whose pending deliveries move over), subscribes
  * <P>.ws.<tok(agent)>, asks relay-session (<P>.session.<p>.connect) and sends
- * back `reconnect_ack`. Deliver requests from the bus become `deliver` frames
- * and are answered when the connector's `deliver_ack` arrives. `enqueue`
+ * back `reconnect_ack`. Deliver requests from the bus (a DeliverBatch: one or
+ * more envelopes) become one `deliver_batch` frame each and are answered
+ * with one DeliverAckBatch when the connector has acked (`deliver_ack` or
+ * `deliver_ack_batch`) or the gateway has refused every envelope. `enqueue`
  * frames are queued asynchronously (a window per socket, the reader only
  * waits when the window is full) and answered with `enqueue_ack`. `event`,
  * `event_batch` and `dead_letter` frames are checked and forwarded;
@@ -56,10 +58,26 @@
 #define WS_TEXT_MAX 1024   /* outcome/detail/reason strings kept from frames */
 #define WS_STATUS_MAX 500  /* agents listed in /v1/status */
 
-/* A deliver frame whose deliver_ack has not come yet. */
+/* A deliver request from the bus: the answers for its envelopes, sent as
+ * one DeliverAckBatch when the last is in. Each envelope is resolved once
+ * (by the thread that took its pend off a list, or refused it up front),
+ * which writes its own slot first; `left` counts the rest. */
+struct gw_dreq {
+	struct gw *g;
+	char *reply;                  /* NULL: nobody waits */
+	size_t n;
+	size_t left;                  /* atomic */
+	DeliverAck *acks;             /* n */
+	DeliverAck **ackp;            /* n pointers into acks, for packing */
+	char (*ids)[AUTH_ID_MAX + 1]; /* n message IDs */
+	char **reasons;               /* n, owned, NULL = none */
+};
+
+/* A delivered envelope whose ack has not come yet. */
 struct gw_pend {
 	char message_id[AUTH_ID_MAX + 1];
-	char *reply;
+	struct gw_dreq *req;
+	size_t idx;
 	uint64_t at_ms;
 	struct gw_pend *next;
 };
@@ -116,11 +134,99 @@ sock_ref(struct gw_sock *sk)
 	__atomic_add_fetch(&sk->refs, 1, __ATOMIC_ACQ_REL);
 }
 
+static char no_reason[1];
+
 static void
-pend_free(struct gw_pend *p)
+dreq_free(struct gw_dreq *r)
+{
+	if (r == NULL)
+		return;
+	for (size_t i = 0; r->reasons != NULL && i < r->n; i++)
+		free(r->reasons[i]);
+	free(r->reasons);
+	free(r->ids);
+	free(r->ackp);
+	free(r->acks);
+	free(r->reply);
+	free(r);
+}
+
+/* a request with n envelopes, ids not set yet; NULL when out of memory */
+static struct gw_dreq *
+dreq_new(struct gw *g, const char *reply, size_t n)
+{
+	struct gw_dreq *r = calloc(1, sizeof(*r));
+
+	if (r == NULL)
+		return NULL;
+	r->g = g;
+	r->n = n;
+	r->left = n;
+	if ((reply != NULL && reply[0] != '\0' && (r->reply = strdup(reply)) == NULL) ||
+	    (r->acks = calloc(n ? n : 1, sizeof(*r->acks))) == NULL ||
+	    (r->ackp = calloc(n ? n : 1, sizeof(*r->ackp))) == NULL ||
+	    (r->ids = calloc(n ? n : 1, sizeof(*r->ids))) == NULL ||
+	    (r->reasons = calloc(n ? n : 1, sizeof(*r->reasons))) == NULL) {
+		dreq_free(r);
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		clawrelay__v1__deliver_ack__init(&r->acks[i]);
+		r->acks[i].message_id = r->ids[i];
+		r->acks[i].reason = no_reason;
+		r->ackp[i] = &r->acks[i];
+	}
+	return r;
+}
+
+/* publish the DeliverAckBatch and free r */
+static void
+dreq_answer(struct gw_dreq *r)
+{
+	DeliverAckBatch b = CLAWRELAY__V1__DELIVER_ACK_BATCH__INIT;
+	unsigned char buf[4096];
+	void *heap = NULL;
+	size_t len = 0;
+	enum cr_err err;
+
+	if (r->reply != NULL) {
+		b.n_acks = r->n;
+		b.acks = r->ackp;
+		err = env_pack_into(&b.base, buf, sizeof(buf), &len);
+		if (err == CR_ERR_TOO_BIG)
+			err = env_pack(&b.base, &heap, &len);
+		if (err == CR_OK)
+			gw_publish_asap(r->g, r->reply, heap ? heap : buf, len);
+		free(heap);
+	}
+	dreq_free(r);
+}
+
+/* drop one count of r (the last answers) */
+static void
+dreq_release(struct gw_dreq *r)
+{
+	if (__atomic_sub_fetch(&r->left, 1, __ATOMIC_ACQ_REL) == 0)
+		dreq_answer(r);
+}
+
+/* resolve envelope idx of r: accepted or not, and why */
+static void
+dreq_set(struct gw_dreq *r, size_t idx, int accepted, const char *reason)
+{
+	r->acks[idx].accepted = accepted ? 1 : 0;
+	if (reason != NULL && reason[0] != '\0' &&
+	    (r->reasons[idx] = strndup(reason, WS_TEXT_MAX)) != NULL)
+		r->acks[idx].reason = r->reasons[idx];
+	dreq_release(r);
+}
+
+/* resolve a pend taken off its list, and free it */
+static void
+pend_resolve(struct gw_pend *p, int accepted, const char *reason)
 {
 	if (p != NULL) {
-		free(p->reply);
+		dreq_set(p->req, p->idx, accepted, reason);
 		free(p);
 	}
 }
@@ -133,7 +239,7 @@ sock_unref(struct gw_sock *sk)
 	while (sk->pend != NULL) {
 		struct gw_pend *p = sk->pend;
 		sk->pend = p->next;
-		pend_free(p);
+		pend_resolve(p, 0, "closed");
 	}
 	sb_free(&sk->frag);
 	sb_free(&sk->out);
@@ -295,24 +401,6 @@ send_close(struct gw_sock *sk, unsigned code, const char *reason)
 	sock_write_raw(sk, WS_OP_CLOSE, buf, n + 2);
 }
 
-/* answer a deliver request on the bus with a DeliverAck */
-static void
-deliver_reply(struct gw *g, const char *reply, const char *message_id, int accepted,
-    const char *reason)
-{
-	DeliverAck da = CLAWRELAY__V1__DELIVER_ACK__INIT;
-	unsigned char buf[512];
-	size_t len = 0;
-
-	if (reply == NULL || reply[0] == '\0')
-		return;
-	da.message_id = gw_mut(message_id ? message_id : "");
-	da.accepted = accepted ? 1 : 0;
-	da.reason = gw_mut(reason ? reason : "");
-	if (env_pack_into(&da.base, buf, sizeof(buf), &len) == CR_OK)
-		gw_publish_asap(g, reply, buf, len);
-}
-
 /* a bad frame: an error frame, a log line, a counter; 0 = close now */
 static int
 bad_frame(struct gw_sock *sk, const char *code, const char *msg)
@@ -357,9 +445,12 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 {
 	struct gw_sock *sk = closure;
 	struct gw *g = sk->g;
-	const char *reply = natsMsg_GetReply(msg), *why = NULL;
-	Envelope *e = NULL;
-	struct gw_pend *p = NULL, **pp;
+	const char *reply = natsMsg_GetReply(msg);
+	DeliverBatch *db = NULL, fb = CLAWRELAY__V1__DELIVER_BATCH__INIT;
+	struct gw_dreq *r = NULL;
+	struct gw_pend **pv = NULL, *old = NULL, *busy = NULL, *p, **pp;
+	Envelope **out = NULL;
+	size_t n = 0, nout = 0, len = (size_t)natsMsg_GetDataLength(msg);
 	struct timespec dl;
 	Frame f = CLAWRELAY__V1__FRAME__INIT;
 	int more = 0;
@@ -369,26 +460,54 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 	if (natsSubscription_GetPending(sub, &more, NULL) != NATS_OK)
 		more = 0;
 
-	if (env_unpack(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e, &why) != CR_OK) {
-		log_warn(NULL, "deliver request for %s refused: %s", sk->agent, why ? why : "bad envelope");
-		deliver_reply(g, reply, "", 0, "bad_envelope");
+	if (len <= ENV_MAX_WIRE)
+		db = clawrelay__v1__deliver_batch__unpack(NULL, len,
+		    (const uint8_t *)natsMsg_GetData(msg));
+	n = db != NULL ? db->n_envelopes : 0;
+	if ((r = dreq_new(g, reply, n)) == NULL) {
+		log_error(NULL, "deliver request for %s: out of memory", sk->agent);
 		goto out;
 	}
-	struct log_ctx lc = { e->correlation_id, e->message_id, sk->agent };
-	if (strcmp(e->recipient, sk->agent) != 0) {
-		log_warn(&lc, "deliver request for another recipient %s", e->recipient);
-		deliver_reply(g, reply, e->message_id, 0, "wrong_recipient");
+	if (db == NULL || n == 0) {
+		/* an empty answer: delivery retries every message of its request */
+		log_warn(NULL, "deliver request for %s refused: %s", sk->agent,
+		    db == NULL ? "undecodable" : "no envelopes");
+		dreq_answer(r);
+		r = NULL;
 		goto out;
 	}
-	if (reply != NULL && reply[0] != '\0') {
-		p = calloc(1, sizeof(*p));
-		if (p == NULL || (p->reply = strdup(reply)) == NULL) {
-			pend_free(p);
-			deliver_reply(g, reply, e->message_id, 0, "gateway_out_of_memory");
-			goto out;
+	if ((pv = calloc(n, sizeof(*pv))) == NULL || (out = calloc(n, sizeof(*out))) == NULL) {
+		for (size_t i = 0; i < n; i++)
+			dreq_set(r, i, 0, "gateway_out_of_memory");
+		r = NULL;
+		goto out;
+	}
+	__atomic_add_fetch(&r->left, 1, __ATOMIC_ACQ_REL);	/* held until the end */
+	for (size_t i = 0; i < n; i++) {
+		const Envelope *e = db->envelopes[i];
+		const char *why = NULL;
+
+		snprintf(r->ids[i], sizeof(r->ids[i]), "%s", e->message_id ? e->message_id : "");
+		if (e->schema_version != ENV_SCHEMA || env_validate(e, &why) != CR_OK) {
+			log_warn(NULL, "deliver request for %s: envelope refused: %s", sk->agent,
+			    why ? why : "unknown schema version");
+			dreq_set(r, i, 0, "bad_envelope");
+			continue;
 		}
-		snprintf(p->message_id, sizeof(p->message_id), "%s", e->message_id);
-		p->at_ms = mono_ms();
+		if (strcmp(e->recipient, sk->agent) != 0) {
+			struct log_ctx lc = { e->correlation_id, e->message_id, sk->agent };
+			log_warn(&lc, "deliver request for another recipient %s", e->recipient);
+			dreq_set(r, i, 0, "wrong_recipient");
+			continue;
+		}
+		if ((pv[i] = calloc(1, sizeof(*pv[i]))) == NULL) {
+			dreq_set(r, i, 0, "gateway_out_of_memory");
+			continue;
+		}
+		snprintf(pv[i]->message_id, sizeof(pv[i]->message_id), "%s", e->message_id);
+		pv[i]->req = r;
+		pv[i]->idx = i;
+		pv[i]->at_ms = mono_ms();
 	}
 
 	clock_gettime(CLOCK_REALTIME, &dl);
@@ -401,74 +520,99 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 	}
 	if (!sk->ready || sk->closed) {
 		pthread_mutex_unlock(&sk->mu);
-		pend_free(p);
-		deliver_reply(g, reply, e->message_id, 0, "closed");
+		for (size_t i = 0; i < n; i++)
+			pend_resolve(pv[i], 0, "closed");
 		goto out;
 	}
-	if (p != NULL) {
-		/* a repeated delivery replaces the older request's reply subject */
+	for (size_t i = 0; i < n; i++) {
+		if ((p = pv[i]) == NULL)
+			continue;
+		/* a repeated delivery answers the older request's envelope */
 		for (pp = &sk->pend; *pp != NULL; pp = &(*pp)->next) {
 			if (strcmp((*pp)->message_id, p->message_id) == 0) {
-				struct gw_pend *old = *pp;
-				*pp = old->next;
-				pend_free(old);
+				struct gw_pend *o = *pp;
+				*pp = o->next;
 				sk->npend--;
+				o->next = old;
+				old = o;
 				break;
 			}
 		}
 		if (sk->npend >= (size_t)g->cfg.ws_pending_max) {
-			pthread_mutex_unlock(&sk->mu);
-			pend_free(p);
-			deliver_reply(g, reply, e->message_id, 0, "busy");
-			goto out;
+			p->next = busy;
+			busy = p;
+			pv[i] = NULL;
+			continue;
 		}
 		p->next = sk->pend;
 		sk->pend = p;
 		sk->npend++;
+		out[nout++] = db->envelopes[i];
 	}
 	pthread_mutex_unlock(&sk->mu);
+	while ((p = old) != NULL) {
+		old = p->next;
+		pend_resolve(p, 0, "redelivered");
+	}
+	while ((p = busy) != NULL) {
+		busy = p->next;
+		pend_resolve(p, 0, "busy");
+	}
+	if (nout == 0)
+		goto out;
 
-	f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER;
-	f.deliver = e;
+	fb.n_envelopes = nout;
+	fb.envelopes = out;
+	f.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER_BATCH;
+	f.deliver_batch = &fb;
 	/* stamped before the write: the connector may store it before we return */
 	uint64_t sent_us = now_us();
 	if (sock_write_frame_ex(sk, &f, more > 0) < 0) {
-		int mine = 0;
+		struct gw_pend *mine = NULL;
+
 		pthread_mutex_lock(&sk->mu);
-		for (pp = &sk->pend; p != NULL && *pp != NULL; pp = &(*pp)->next) {
-			if (*pp == p) {
-				*pp = p->next;
-				sk->npend--;
-				mine = 1;
-				break;
+		for (size_t i = 0; i < n; i++) {
+			for (pp = &sk->pend; pv[i] != NULL && *pp != NULL; pp = &(*pp)->next) {
+				if (*pp == pv[i]) {
+					*pp = pv[i]->next;
+					sk->npend--;
+					pv[i]->next = mine;
+					mine = pv[i];
+					break;
+				}
 			}
 		}
 		pthread_mutex_unlock(&sk->mu);
-		/* if the close handler took the list, it answers for us */
-		if (mine) {
-			pend_free(p);
-			deliver_reply(g, reply, e->message_id, 0, "closed");
+		/* what the close handler took, it answers */
+		while ((p = mine) != NULL) {
+			mine = p->next;
+			pend_resolve(p, 0, "closed");
 		}
-		log_info(&lc, "deliver frame not written: socket closed");
+		log_info(NULL, "deliver frame for %s not written: socket closed", sk->agent);
 		goto out;
 	}
-	metric_add(g->m_delivers, 1);
-	hop_emit_at(e, CLAWRELAY__V1__HOP_KIND__HOP_SOCKET_SENT, "ok", NULL, sent_us);
-	log_debug(&lc, "deliver frame sent");
+	metric_add(g->m_delivers, nout);
+	for (size_t i = 0; i < nout; i++)
+		hop_emit_at(out[i], CLAWRELAY__V1__HOP_KIND__HOP_SOCKET_SENT, "ok", NULL, sent_us);
 out:
+	if (r != NULL)
+		dreq_release(r);
 	if (more == 0)
 		sock_flush(sk);
-	env_free(e);
+	free(pv);
+	free(out);
+	if (db != NULL)
+		clawrelay__v1__deliver_batch__free_unpacked(db, NULL);
 	natsMsg_Destroy(msg);
 }
 
-/* deliver_ack frame: answer the bus request that is waiting for it */
+/* one ack from the connector: answer the envelope that waits for it */
 static int
-frame_deliver_ack(struct gw_sock *sk, const DeliverAck *da)
+ack_one(struct gw_sock *sk, const DeliverAck *da)
 {
 	struct gw_pend *p = NULL, **pp;
 
-	if (da->message_id == NULL || da->message_id[0] == '\0')
+	if (da == NULL || da->message_id == NULL || da->message_id[0] == '\0')
 		return bad_frame(sk, "bad_deliver_ack", "deliver_ack needs a message_id");
 	pthread_mutex_lock(&sk->mu);
 	for (pp = &sk->pend; *pp != NULL; pp = &(*pp)->next) {
@@ -486,9 +630,26 @@ frame_deliver_ack(struct gw_sock *sk, const DeliverAck *da)
 		log_debug(&lc, "deliver_ack without a waiting request (late)");
 		return 1;
 	}
-	deliver_reply(sk->g, p->reply, da->message_id, da->accepted,
-	    da->reason ? da->reason : "");
-	pend_free(p);
+	pend_resolve(p, da->accepted, da->reason ? da->reason : "");
+	return 1;
+}
+
+/* deliver_ack frame */
+static int
+frame_deliver_ack(struct gw_sock *sk, const DeliverAck *da)
+{
+	return ack_one(sk, da);
+}
+
+/* deliver_ack_batch frame: several acks */
+static int
+frame_deliver_ack_batch(struct gw_sock *sk, const DeliverAckBatch *b)
+{
+	if (b->n_acks == 0)
+		return bad_frame(sk, "bad_deliver_ack", "deliver_ack_batch without acks");
+	for (size_t i = 0; i < b->n_acks; i++)
+		if (!ack_one(sk, b->acks[i]))
+			return 0;
 	return 1;
 }
 
@@ -1081,6 +1242,9 @@ frame_handle(struct gw_sock *sk, const char *data, size_t len)
 	case CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK:
 		keep = frame_deliver_ack(sk, f->deliver_ack);
 		break;
+	case CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK_BATCH:
+		keep = frame_deliver_ack_batch(sk, f->deliver_ack_batch);
+		break;
 	case CLAWRELAY__V1__FRAME__BODY_ENQUEUE:
 		keep = frame_enqueue(sk, f);
 		break;
@@ -1274,8 +1438,7 @@ ws_close(const struct mg_connection *c, void *arg)
 	while (pend != NULL) {
 		struct gw_pend *p = pend;
 		pend = p->next;
-		deliver_reply(g, p->reply, p->message_id, 0, "closed");
-		pend_free(p);
+		pend_resolve(p, 0, "closed");
 	}
 	struct log_ctx lc = { NULL, NULL, sk->agent };
 	if (was_registered && was_ready) {
@@ -1345,6 +1508,7 @@ void
 gw_ws_tick(struct gw *g)
 {
 	uint64_t cutoff = mono_ms();
+	struct gw_pend *stale = NULL, *p;
 
 	if (cutoff <= (uint64_t)g->cfg.ws_pending_ms)
 		return;
@@ -1354,10 +1518,11 @@ gw_ws_tick(struct gw *g)
 		pthread_mutex_lock(&sk->mu);
 		for (struct gw_pend **pp = &sk->pend; *pp != NULL;) {
 			if ((*pp)->at_ms < cutoff) {
-				struct gw_pend *p = *pp;
+				p = *pp;
 				*pp = p->next;
 				sk->npend--;
-				pend_free(p);
+				p->next = stale;
+				stale = p;
 			} else {
 				pp = &(*pp)->next;
 			}
@@ -1365,6 +1530,11 @@ gw_ws_tick(struct gw *g)
 		pthread_mutex_unlock(&sk->mu);
 	}
 	pthread_mutex_unlock(&g->sock_mu);
+	/* answered outside the locks (an answer is a publish) */
+	while ((p = stale) != NULL) {
+		stale = p->next;
+		pend_resolve(p, 0, "timeout");
+	}
 }
 
 /* gw_ws_close_all - ask every socket to close (drain): connectors reconnect

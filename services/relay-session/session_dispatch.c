@@ -9,7 +9,12 @@
  * so only the window lives in memory. Retries go before new messages of
  * their lane. Requests of one partition are published in collection order
  * under send_mu, so one delivery replica sees an agent's messages in queue
- * order. With CLAWRELAY_STRICT_ORDER each lane has at most one message out:
+ * order. Consecutive sends to one agent travel in one DispatchBatch (at most
+ * DISPATCH_BATCH_MAX messages, DISPATCH_BATCH_BYTES bytes): under load the
+ * replies of one batch free a window's worth of slots at once and the next
+ * collection fills them with one request, so delivery, the gateway and the
+ * connector handle a batch per round trip instead of a message; a lone
+ * message is a batch of one and waits for nothing. With CLAWRELAY_STRICT_ORDER each lane has at most one message out:
  * order then holds end to end whatever delivery does, at one round trip per
  * message and lane.
  *
@@ -30,8 +35,12 @@
 #include "session.h"
 #include "util.h"
 
+#define DISPATCH_BATCH_MAX 256
+#define DISPATCH_BATCH_BYTES (512u * 1024u)
+
 struct dispatch_ctx {
 	struct session_part *pp;
+	char message_id[ULID_LEN + 1];
 	uint64_t gen;
 	struct session_agent *a;   /* valid while gen matches */
 	uint8_t lane;
@@ -39,14 +48,20 @@ struct dispatch_ctx {
 	uint32_t token;
 	uint64_t sent_at;          /* mono ms */
 	uint32_t round;            /* the agent's backoff round when sent */
+	struct dispatch_ctx *next_failed; /* flush: requests not sent */
 };
 
 struct session_send {
 	struct session_send *next;
-	void *buf;
-	size_t len;
+	DispatchRequest dr;        /* dr.envelope == env */
 	struct dispatch_ctx *ctx;
-	Envelope *env;             /* for the hop event */
+	Envelope *env;
+};
+
+/* the messages of one dispatch request, in the request's order */
+struct dispatch_batch {
+	size_t n;
+	struct dispatch_ctx *ctx[];
 };
 
 struct del_ent {
@@ -62,9 +77,9 @@ struct session_del {
 	struct del_ent *e;
 };
 
-static struct metric *m_dispatched, *m_delivered, *m_retries, *m_failed;
+static struct metric *m_dispatched, *m_requests, *m_delivered, *m_retries, *m_failed;
 
-static void on_reply(void *arg, enum cr_err err, natsMsg *reply);
+static void on_batch_reply(void *arg, enum cr_err err, natsMsg *reply);
 
 /* session_work_init - an empty work list */
 void
@@ -73,7 +88,9 @@ session_work_init(struct session_work *w)
 	memset(w, 0, sizeof(*w));
 	if (m_dispatched == NULL) {
 		m_dispatched = metric_counter("clawrelay_session_dispatched_total", NULL,
-		    "dispatch requests sent");
+		    "messages sent to delivery");
+		m_requests = metric_counter("clawrelay_session_dispatch_requests_total", NULL,
+		    "dispatch requests (batches of messages) sent to delivery");
 		m_delivered = metric_counter("clawrelay_session_delivered_total", NULL,
 		    "messages delivered and removed");
 		m_retries = metric_counter("clawrelay_session_retries_total", NULL,
@@ -151,9 +168,107 @@ del_done(void *arg, enum cr_err result)
 static void
 send_free(struct session_send *sd)
 {
-	free(sd->buf);
 	env_free(sd->env);
 	free(sd);
+}
+
+/* detach the next group of sends to one agent from w; *n its length */
+static struct session_send *
+take_group(struct session_work *w, size_t *n)
+{
+	struct session_send *head = w->head, *sd = head;
+	size_t bytes = protobuf_c_message_get_packed_size(&head->env->base);
+
+	*n = 1;
+	while (sd->next != NULL && sd->next->ctx->a == head->ctx->a && *n < DISPATCH_BATCH_MAX) {
+		size_t sz = protobuf_c_message_get_packed_size(&sd->next->env->base);
+		if (bytes + sz > DISPATCH_BATCH_BYTES)
+			break;
+		bytes += sz;
+		sd = sd->next;
+		(*n)++;
+	}
+	w->head = sd->next;
+	sd->next = NULL;
+	return head;
+}
+
+/* pack and send one group (send_mu held); the contexts of a group that
+ * could not be sent are chained onto *failed, to be answered once send_mu
+ * is released (the answer takes mu) */
+static void
+send_group(struct session *s, struct session_send *group, size_t n,
+    struct dispatch_ctx **failed)
+{
+	DispatchBatch db = CLAWRELAY__V1__DISPATCH_BATCH__INIT;
+	DispatchRequest *reqs[DISPATCH_BATCH_MAX];
+	struct dispatch_batch *b = malloc(sizeof(*b) + n * sizeof(b->ctx[0]));
+	struct session_send *sd;
+	void *buf = NULL;
+	size_t len = 0, i = 0;
+	enum cr_err err = CR_ERR_NOMEM;
+
+	for (sd = group; sd != NULL; sd = sd->next, i++) {
+		reqs[i] = &sd->dr;
+		hop_emit(sd->env, CLAWRELAY__V1__HOP_KIND__HOP_DISPATCHED, "ok", NULL);
+	}
+	if (b != NULL) {
+		b->n = n;
+		i = 0;
+		for (sd = group; sd != NULL; sd = sd->next)
+			b->ctx[i++] = sd->ctx;
+		db.schema_version = ENV_SCHEMA;
+		db.n_requests = n;
+		db.requests = reqs;
+		if ((err = env_pack(&db.base, &buf, &len)) == CR_OK)
+			err = bus_request_async(s->bus, s->dispatch_subj, buf, len,
+			    (int)s->cfg.dispatch_timeout_ms, on_batch_reply, b);
+		free(buf);
+	}
+	if (err == CR_OK) {
+		metric_add(m_dispatched, n);
+		metric_add(m_requests, 1);
+		for (sd = group; sd != NULL; sd = sd->next)
+			sd->ctx = NULL;
+		return;
+	}
+	free(b);
+	for (sd = group; sd != NULL; sd = sd->next) {
+		sd->ctx->next_failed = *failed;
+		*failed = sd->ctx;
+		sd->ctx = NULL;
+	}
+}
+
+static void apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx,
+    int outcome, const char *detail, struct session_work *w);
+
+/* answer contexts whose request was never sent: try again later */
+static void
+fail_unsent(struct session_part *pp, struct dispatch_ctx *list)
+{
+	struct session_work w;
+	struct session_agent *prev = NULL;
+	struct dispatch_ctx *ctx, *next;
+	int open;
+
+	session_work_init(&w);
+	pthread_mutex_lock(&pp->mu);
+	open = pp->open;
+	for (ctx = list; ctx != NULL; ctx = ctx->next_failed)
+		if (open && ctx->gen == pp->gen)
+			apply_outcome(pp, ctx, CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY,
+			    "dispatch request not sent", &w);
+	for (ctx = list; ctx != NULL; ctx = ctx->next_failed) {
+		if (open && ctx->gen == pp->gen && ctx->a != prev)
+			session_collect(pp, ctx->a, &w);
+		prev = ctx->a;
+	}
+	session_work_flush_unlock(pp, &w);
+	for (ctx = list; ctx != NULL; ctx = next) {
+		next = ctx->next_failed;
+		free(ctx);
+	}
 }
 
 /* session_work_flush_unlock - commit deletes, release mu, send in order */
@@ -161,7 +276,8 @@ void
 session_work_flush_unlock(struct session_part *pp, struct session_work *w)
 {
 	struct session *s = pp->s;
-	struct session_send *sd, *failed = NULL, **ftail = &failed;
+	struct session_send *sd;
+	struct dispatch_ctx *failed = NULL;
 
 	if (w->batch != NULL) {
 		struct session_del *d = w->del;
@@ -201,27 +317,20 @@ session_work_flush_unlock(struct session_part *pp, struct session_work *w)
 	}
 	pthread_mutex_lock(&pp->send_mu);
 	pthread_mutex_unlock(&pp->mu);
-	while ((sd = w->head) != NULL) {
-		w->head = sd->next;
-		hop_emit(sd->env, CLAWRELAY__V1__HOP_KIND__HOP_DISPATCHED, "ok", NULL);
-		if (bus_request_async(s->bus, s->dispatch_subj, sd->buf, sd->len,
-		    (int)s->cfg.dispatch_timeout_ms, on_reply, sd->ctx) != CR_OK) {
-			*ftail = sd;
-			ftail = &sd->next;
-			sd->next = NULL;
-			continue;
+	while (w->head != NULL) {
+		size_t n;
+		struct session_send *group = take_group(w, &n);
+
+		send_group(s, group, n, &failed);
+		while ((sd = group) != NULL) {
+			group = sd->next;
+			send_free(sd);
 		}
-		metric_add(m_dispatched, 1);
-		send_free(sd);
 	}
 	w->tail = NULL;
 	pthread_mutex_unlock(&pp->send_mu);
-	while ((sd = failed) != NULL) {
-		failed = sd->next;
-		on_reply(sd->ctx, CR_ERR_UNAVAILABLE, NULL);
-		sd->ctx = NULL;
-		send_free(sd);
-	}
+	if (failed != NULL)
+		fail_unsent(pp, failed);
 }
 
 /* session_publish_receipt - Receipt on <P>.receipt.<sender> */
@@ -321,7 +430,6 @@ make_send(struct session_part *pp, struct session_agent *a, struct session_slot 
     uint64_t expires_at_ms, Envelope *e, struct session_work *w)
 {
 	struct session *s = pp->s;
-	DispatchRequest dr = CLAWRELAY__V1__DISPATCH_REQUEST__INIT;
 	struct session_send *sd = NULL;
 	struct dispatch_ctx *ctx = NULL;
 	uint64_t wall = now_ms();
@@ -347,12 +455,12 @@ make_send(struct session_part *pp, struct session_agent *a, struct session_slot 
 	sl->token++;
 	e->attempt = sl->attempts;
 	e->queue_seq = sl->seq;	/* the connector may keep lane order by it */
-	dr.schema_version = ENV_SCHEMA;
-	dr.envelope = e;
-	dr.partition = pp->idx;
-	dr.deadline_ms = wall + (uint64_t)s->cfg.dispatch_timeout_ms;
-	if (env_pack(&dr.base, &sd->buf, &sd->len) != CR_OK)
-		goto fail;
+	clawrelay__v1__dispatch_request__init(&sd->dr);
+	sd->dr.schema_version = ENV_SCHEMA;
+	sd->dr.envelope = e;
+	sd->dr.partition = pp->idx;
+	sd->dr.deadline_ms = wall + (uint64_t)s->cfg.dispatch_timeout_ms;
+	snprintf(ctx->message_id, sizeof(ctx->message_id), "%s", sl->message_id);
 	ctx->pp = pp;
 	ctx->gen = pp->gen;
 	ctx->a = a;
@@ -543,44 +651,21 @@ done:
 		a->next_try = now + (uint64_t)s->cfg.offline_probe_ms;
 }
 
-/* a dispatch request's outcome (bus reply or timer thread) */
+/* one message's outcome (mu held) */
 static void
-on_reply(void *arg, enum cr_err err, natsMsg *reply)
+apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx, int outcome,
+    const char *detail, struct session_work *w)
 {
-	struct dispatch_ctx *ctx = arg;
-	struct session_part *pp = ctx->pp;
 	struct session *s = pp->s;
 	struct session_agent *a = ctx->a;
-	struct session_slot *sl;
-	ProtobufCMessage *m = NULL;
-	int outcome = CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY;
-	const char *detail = NULL;
-	struct session_work w;
+	struct session_slot *sl = session_slot_find(a, ctx->lane, ctx->seq);
 
-	if (err == CR_OK && reply != NULL) {
-		if (env_unpack_msg(&clawrelay__v1__dispatch_result__descriptor,
-		    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m) == CR_OK) {
-			outcome = ((DispatchResult *)m)->outcome;
-			detail = ((DispatchResult *)m)->detail;
-		} else {
-			detail = "undecodable dispatch result";
-		}
-	} else if (err == CR_ERR_TIMEOUT) {
-		detail = "dispatch timeout";
-	} else {
-		detail = "no delivery responders";
-	}
-	session_work_init(&w);
-	pthread_mutex_lock(&pp->mu);
-	if (ctx->gen != pp->gen || !pp->open)
-		goto unlock;
-	sl = session_slot_find(a, ctx->lane, ctx->seq);
 	if (sl == NULL || sl->state != SLOT_INFLIGHT || sl->token != ctx->token)
-		goto unlock;
+		return;
 	pp->inflight--;
 	switch (outcome) {
 	case CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_DELIVERED:
-		if (work_add_del(pp, &w, a, sl->lane, sl->seq) != 0) {
+		if (work_add_del(pp, w, a, sl->lane, sl->seq) != 0) {
 			sl->state = SLOT_WAITING;	/* try again later rather than lose it */
 			break;
 		}
@@ -615,7 +700,7 @@ on_reply(void *arg, enum cr_err err, natsMsg *reply)
 		break;
 	case CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_REJECTED:
 		session_drop_locked(pp, a, sl, CLAWRELAY__V1__FAILURE_REASON__FAIL_REJECTED,
-		    detail && *detail ? detail : "destination refused", &w);
+		    detail && *detail ? detail : "destination refused", w);
 		break;
 	default: /* NACKED, RETRY, BREAKER_OPEN, timeout, no responders */
 		sl->state = SLOT_WAITING;
@@ -630,15 +715,75 @@ on_reply(void *arg, enum cr_err err, natsMsg *reply)
 		if (s->cfg.max_attempts > 0 && sl->attempts >= (uint64_t)s->cfg.max_attempts)
 			session_drop_locked(pp, a, sl,
 			    CLAWRELAY__V1__FAILURE_REASON__FAIL_ATTEMPTS_EXHAUSTED,
-			    detail ? detail : "max attempts reached", &w);
+			    detail ? detail : "max attempts reached", w);
 		break;
 	}
-	session_collect(pp, a, &w);
+}
+
+/* the result for the i-th message of b (message_id mid): in the same place
+ * normally, else found by ID; NULL if the reply has none */
+static const DispatchResult *
+find_result(const DispatchBatchResult *r, size_t i, const char *mid)
+{
+	if (i < r->n_results && r->results[i] != NULL &&
+	    strcmp(r->results[i]->message_id, mid) == 0)
+		return r->results[i];
+	for (size_t k = 0; k < r->n_results; k++)
+		if (r->results[k] != NULL && strcmp(r->results[k]->message_id, mid) == 0)
+			return r->results[k];
+	return NULL;
+}
+
+/* a dispatch batch's outcome (bus reply or timer thread) */
+static void
+on_batch_reply(void *arg, enum cr_err err, natsMsg *reply)
+{
+	struct dispatch_batch *b = arg;
+	struct session_part *pp = b->ctx[0]->pp;
+	ProtobufCMessage *m = NULL;
+	const DispatchBatchResult *r = NULL;
+	const char *detail = NULL;
+	struct session_work w;
+
+	if (err == CR_OK && reply != NULL) {
+		if (env_unpack_msg(&clawrelay__v1__dispatch_batch_result__descriptor,
+		    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m) == CR_OK)
+			r = (const DispatchBatchResult *)m;
+		else
+			detail = "undecodable dispatch result";
+	} else if (err == CR_ERR_TIMEOUT) {
+		detail = "dispatch timeout";
+	} else {
+		detail = "no delivery responders";
+	}
+	session_work_init(&w);
+	pthread_mutex_lock(&pp->mu);
+	if (b->ctx[0]->gen != pp->gen || !pp->open) {
+		pthread_mutex_unlock(&pp->mu);
+		goto out;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		int outcome = CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY;
+		const char *d = detail;
+
+		if (r != NULL) {
+			const DispatchResult *x = find_result(r, i, b->ctx[i]->message_id);
+			if (x != NULL) {
+				outcome = x->outcome;
+				d = x->detail;
+			} else {
+				d = "no result for the message";
+			}
+		}
+		apply_outcome(pp, b->ctx[i], outcome, d, &w);
+	}
+	for (size_t i = 0; i < b->n; i++)
+		if (i == 0 || b->ctx[i]->a != b->ctx[i - 1]->a)
+			session_collect(pp, b->ctx[i]->a, &w);
 	session_work_flush_unlock(pp, &w);
-	goto out;
-unlock:
-	pthread_mutex_unlock(&pp->mu);
 out:
 	protobuf_c_message_free_unpacked(m, NULL);
-	free(ctx);
+	for (size_t i = 0; i < b->n; i++)
+		free(b->ctx[i]);
+	free(b);
 }
