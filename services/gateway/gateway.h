@@ -156,6 +156,8 @@ void gw_auth_fini(struct gw *g);
 
 /* gw_enq_map - turn a session answer (err, reply borrowed) into a result */
 void gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_result *out);
+/* gw_enq_map_reply - the same for an EnqueueReply already decoded */
+void gw_enq_map_reply(const EnqueueReply *r, const Envelope *e, struct gw_enq_result *out);
 /* gw_enq_subject - "<P>.session.<p>.enqueue" for recipient into out */
 int gw_enq_subject(struct gw *g, const char *recipient, char *out, size_t sz);
 /* gw_fill_trace - trace_id/span_id from traceparent (NULL or malformed:

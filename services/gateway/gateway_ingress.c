@@ -111,8 +111,6 @@ void
 gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_result *out)
 {
 	ProtobufCMessage *m = NULL;
-	EnqueueReply *r;
-	unsigned retry;
 
 	memset(out, 0, sizeof(*out));
 	snprintf(out->message_id, sizeof(out->message_id), "%s", e->message_id);
@@ -135,7 +133,19 @@ gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_res
 		set_result(out, 503, "relay_bad_reply", 1, "relay-session's answer cannot be decoded");
 		return;
 	}
-	r = (EnqueueReply *)m;
+	gw_enq_map_reply((const EnqueueReply *)m, e, out);
+	protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* gw_enq_map_reply - one EnqueueReply to a result */
+void
+gw_enq_map_reply(const EnqueueReply *r, const Envelope *e, struct gw_enq_result *out)
+{
+	unsigned retry;
+
+	memset(out, 0, sizeof(*out));
+	snprintf(out->message_id, sizeof(out->message_id), "%s", e->message_id);
+	snprintf(out->correlation_id, sizeof(out->correlation_id), "%s", e->correlation_id);
 	retry = r->retry_after_s > 0 ? r->retry_after_s : 1;
 	if (r->message_id != NULL && r->message_id[0] != '\0')
 		snprintf(out->message_id, sizeof(out->message_id), "%s", r->message_id);
@@ -176,7 +186,6 @@ gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_res
 		    "relay-session cannot take the message now");
 		break;
 	}
-	protobuf_c_message_free_unpacked(m, NULL);
 }
 
 /* s as a JSON string body (no quotes) into out at *n; 0, or -1 if full */

@@ -13,7 +13,11 @@
  * with one DeliverAckBatch when the connector has acked (`deliver_ack` or
  * `deliver_ack_batch`) or the gateway has refused every envelope. `enqueue`
  * frames are queued asynchronously (a window per socket, the reader only
- * waits when the window is full) and answered with `enqueue_ack`. `event`,
+ * waits when the window is full) and answered with `enqueue_ack`. Per
+ * socket and partition one enqueue_batch request is out at a time: frames
+ * that come while it is out wait and leave together when it is answered
+ * (as Nagle's algorithm does for TCP), so a busy socket costs relay-session
+ * one request per round trip, while a lone frame leaves at once. `event`,
  * `event_batch` and `dead_letter` frames are checked and forwarded;
  * `heartbeat` is acked.
  *
@@ -102,6 +106,7 @@ struct gw_sock {
 	struct gw_pend *pend;         /* under mu */
 	size_t npend;
 	long long inflight;           /* enqueues awaiting relay-session, under mu */
+	struct gw_enq_q *eq;          /* under mu: per partition, allocated at the first enqueue */
 
 	int registered;               /* under g->sock_mu */
 	struct gw_sock *next;         /* under g->sock_mu */
@@ -110,9 +115,28 @@ struct gw_sock {
 	struct strbuf frag;           /* reader thread only */
 };
 
+/* One partition's enqueue frames of one socket: a batch out, and the ones
+ * waiting for its answer. */
+struct gw_enq_q {
+	int busy;
+	struct gw_enq_ctx *head, *tail;
+};
+
+/* An enqueue batch request: its frames in order. */
+struct gw_enq_batch {
+	struct gw_sock *sk;
+	uint32_t part;
+	size_t n;
+	struct gw_enq_ctx *ctx[];
+};
+
 /* An enqueue frame on its way to relay-session. */
 struct gw_enq_ctx {
 	struct gw_sock *sk;
+	struct gw_enq_ctx *next;      /* in its partition's queue */
+	void *wire;                   /* the packed Envelope */
+	size_t wlen;
+	uint32_t part;
 	uint32_t request_id;
 	char message_id[ULID_LEN + 1];
 	char correlation_id[AUTH_ID_MAX + 1];
@@ -241,6 +265,7 @@ sock_unref(struct gw_sock *sk)
 		sk->pend = p->next;
 		pend_resolve(p, 0, "closed");
 	}
+	free(sk->eq);
 	sb_free(&sk->frag);
 	sb_free(&sk->out);
 	pthread_cond_destroy(&sk->cv);
@@ -887,38 +912,191 @@ enq_refuse(struct gw_sock *sk, uint32_t request_id, const struct gw_refusal *rf,
 	return 1;
 }
 
-/* relay-session's answer to an enqueue frame (pool inbox thread, or the
- * tick for a timeout); with more answers waiting, the ack is held back and
- * the socket's acks of the burst leave in one send */
-static void
-on_enq_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
-{
-	struct gw_enq_ctx *ctx = arg;
-	struct gw_sock *sk = ctx->sk;
-	struct gw_enq_result r;
-	Envelope e = CLAWRELAY__V1__ENVELOPE__INIT;
+#define ENQ_BATCH_MAX 256
+#define ENQ_BATCH_BYTES (512u * 1024u)
 
-	e.message_id = ctx->message_id;
-	e.correlation_id = ctx->correlation_id;
-	gw_enq_map(err, reply, &e, &r);
-	if (r.status == 200 || r.status == 202) {
-		metric_add(sk->g->m_accepted_ws, 1);
-	} else {
-		struct gw_refusal rf = { .status = r.status, .code = r.code,
-		    .retry_after_s = r.retry_after_s };
-		snprintf(rf.message, sizeof(rf.message), "%s", r.message);
-		gw_refusal_count(&rf, "enqueue frame", sk->agent, r.correlation_id);
+static void enq_send(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list);
+
+static void
+enq_ctx_free(struct gw_enq_ctx *ctx)
+{
+	free(ctx->wire);
+	free(ctx);
+}
+
+/* mu held: detach the next batch of q (at most ENQ_BATCH_MAX frames and
+ * ENQ_BATCH_BYTES); NULL when none waits, and then q is no longer busy */
+static struct gw_enq_ctx *
+enq_take_locked(struct gw_enq_q *q)
+{
+	struct gw_enq_ctx *head = q->head, *c = head;
+	size_t n = 1, bytes;
+
+	if (head == NULL) {
+		q->busy = 0;
+		return NULL;
 	}
-	more = more && dirty_add(sk);
-	send_enq_ack_ex(sk, ctx->request_id, &r, more);
+	bytes = head->wlen;
+	while (c->next != NULL && n < ENQ_BATCH_MAX && bytes + c->next->wlen <= ENQ_BATCH_BYTES) {
+		c = c->next;
+		bytes += c->wlen;
+		n++;
+	}
+	q->head = c->next;
+	if (q->head == NULL)
+		q->tail = NULL;
+	c->next = NULL;
+	return head;
+}
+
+/* relay-session's answer to an enqueue batch (pool inbox thread, or the
+ * tick for a timeout); with more answers waiting, the acks are held back
+ * and the socket's acks of the burst leave in one send */
+static void
+on_enq_batch_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
+{
+	struct gw_enq_batch *b = arg;
+	struct gw_sock *sk = b->sk;
+	ProtobufCMessage *m = NULL;
+	const EnqueueBatchReply *br = NULL;
+	struct gw_enq_ctx *next;
+	int hold;
+
+	if (err == CR_OK && reply != NULL &&
+	    env_unpack_msg(&clawrelay__v1__enqueue_batch_reply__descriptor,
+	    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m) == CR_OK)
+		br = (const EnqueueBatchReply *)m;
+	hold = dirty_add(sk);
+	for (size_t i = 0; i < b->n; i++) {
+		struct gw_enq_ctx *ctx = b->ctx[i];
+		struct gw_enq_result r;
+		Envelope e = CLAWRELAY__V1__ENVELOPE__INIT;
+
+		e.message_id = ctx->message_id;
+		e.correlation_id = ctx->correlation_id;
+		if (br != NULL && i < br->n_replies && br->replies[i] != NULL)
+			gw_enq_map_reply(br->replies[i], &e, &r);
+		else if (err == CR_OK && reply != NULL)
+			gw_enq_map(CR_ERR_INVALID, NULL, &e, &r);	/* no answer for it */
+		else
+			gw_enq_map(err, reply, &e, &r);
+		if (r.status == 200 || r.status == 202) {
+			metric_add(sk->g->m_accepted_ws, 1);
+		} else {
+			struct gw_refusal rf = { .status = r.status, .code = r.code,
+			    .retry_after_s = r.retry_after_s };
+			snprintf(rf.message, sizeof(rf.message), "%s", r.message);
+			gw_refusal_count(&rf, "enqueue frame", sk->agent, r.correlation_id);
+		}
+		send_enq_ack_ex(sk, ctx->request_id, &r, hold || i + 1 < b->n);
+	}
+	protobuf_c_message_free_unpacked(m, NULL);
 	pthread_mutex_lock(&sk->mu);
-	sk->inflight--;
+	sk->inflight -= (long long)b->n;
+	next = enq_take_locked(&sk->eq[b->part]);
 	pthread_cond_broadcast(&sk->cv);
 	pthread_mutex_unlock(&sk->mu);
-	sock_unref(sk);
-	free(ctx);
+	if (next != NULL)
+		enq_send(sk, b->part, next);
+	for (size_t i = 0; i < b->n; i++) {
+		enq_ctx_free(b->ctx[i]);
+		sock_unref(sk);
+	}
+	free(b);
 	if (!more)
 		gw_reply_flush();
+}
+
+/* no memory for a batch: answer its frames 503 one by one, and let the
+ * next waiting ones try (bounded: each round answers at least one frame) */
+static void
+enq_fail_unsent(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
+{
+	struct gw_enq_ctx *c, *next;
+	struct gw_refusal rf = { 0 };
+	long long n = 0;
+
+	log_error(NULL, "enqueue batch for %s: out of memory", sk->agent);
+	gw_refuse(&rf, 503, "internal", "out of memory");
+	rf.retry_after_s = 1;
+	for (c = list; c != NULL; c = next) {
+		next = c->next;
+		enq_refuse(sk, c->request_id, &rf, c->correlation_id);
+		enq_ctx_free(c);
+		n++;
+	}
+	pthread_mutex_lock(&sk->mu);
+	sk->inflight -= n;
+	next = enq_take_locked(&sk->eq[part]);
+	pthread_cond_broadcast(&sk->cv);
+	pthread_mutex_unlock(&sk->mu);
+	if (next != NULL)
+		enq_send(sk, part, next);
+	while (n-- > 0)
+		sock_unref(sk);
+}
+
+static size_t
+varint_put(unsigned char *p, uint64_t v)
+{
+	size_t n = 0;
+
+	do {
+		p[n++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		v >>= 7;
+	} while (v != 0);
+	return n;
+}
+
+/* send the frames of list (one partition, in order) as one enqueue_batch
+ * request; each frame holds a socket reference and one window place. The
+ * EnqueueBatch is written by hand around the frames' packed envelopes:
+ * field 1 (schema_version) and one field 2 per envelope. */
+static void
+enq_send(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
+{
+	struct gw *g = sk->g;
+	struct gw_enq_batch *b;
+	struct gw_enq_ctx *c;
+	unsigned char *buf, *p;
+	size_t n = 0, bytes = 2;
+	char subj[256];
+
+	for (c = list; c != NULL; c = c->next) {
+		n++;
+		bytes += 1 + 10 + c->wlen;
+	}
+	if ((b = malloc(sizeof(*b) + n * sizeof(b->ctx[0]))) == NULL) {
+		enq_fail_unsent(sk, part, list);
+		return;
+	}
+	b->sk = sk;
+	b->part = part;
+	b->n = n;
+	n = 0;
+	for (c = list; c != NULL; c = c->next)
+		b->ctx[n++] = c;
+	for (size_t i = 0; i < n; i++)
+		b->ctx[i]->next = NULL;
+	if ((buf = malloc(bytes)) == NULL ||
+	    bus_subj(g->bus, subj, sizeof(subj), "session.%u.enqueue_batch", part) < 0) {
+		free(buf);
+		on_enq_batch_reply(b, CR_ERR_UNAVAILABLE, NULL, 0);
+		return;
+	}
+	p = buf;
+	*p++ = 0x08;
+	*p++ = ENV_SCHEMA;
+	for (size_t i = 0; i < n; i++) {
+		*p++ = 0x12;
+		p += varint_put(p, b->ctx[i]->wlen);
+		memcpy(p, b->ctx[i]->wire, b->ctx[i]->wlen);
+		p += b->ctx[i]->wlen;
+	}
+	if (gw_request_async(g, subj, buf, (size_t)(p - buf), (int)g->cfg.session_timeout_ms,
+	    on_enq_batch_reply, b) != CR_OK)
+		on_enq_batch_reply(b, CR_ERR_UNAVAILABLE, NULL, 0);
+	free(buf);
 }
 
 /* enqueue frame: the POST's checks minus the proof, then an async request */
@@ -1027,31 +1205,48 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	}
 
 	ctx = calloc(1, sizeof(*ctx));
-	if (ctx == NULL)
-		goto fail;
+	/* before any other thread can see the frame: the trace's first hop */
+	if (ctx != NULL)
+		hop_emit(&e, CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED, "ok", NULL);
+	pthread_mutex_lock(&sk->mu);
+	if (ctx != NULL && sk->eq == NULL)
+		sk->eq = calloc((size_t)g->partitions, sizeof(*sk->eq));
+	if (ctx == NULL || sk->eq == NULL) {
+		sk->inflight--;
+		pthread_cond_broadcast(&sk->cv);
+		pthread_mutex_unlock(&sk->mu);
+		free(ctx);
+		free(wire);
+		gw_refuse(&rf, 503, "internal", "out of memory");
+		return enq_refuse(sk, rid, &rf, cid);
+	}
 	ctx->sk = sk;
 	ctx->request_id = rid;
+	ctx->wire = wire;
+	ctx->wlen = wlen;
+	ctx->part = partition_of(e.recipient, (uint32_t)g->partitions);
 	snprintf(ctx->message_id, sizeof(ctx->message_id), "%s", e.message_id);
 	snprintf(ctx->correlation_id, sizeof(ctx->correlation_id), "%s", e.correlation_id);
 	snprintf(ctx->recipient, sizeof(ctx->recipient), "%s", e.recipient);
-	hop_emit(&e, CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED, "ok", NULL);
 	sock_ref(sk);
-	if (gw_request_async(g, subj, wire, wlen, (int)g->cfg.session_timeout_ms,
-	    on_enq_reply, ctx) != CR_OK) {
-		sock_unref(sk);
-		goto fail;
+	{
+		struct gw_enq_q *q = &sk->eq[ctx->part];
+		int send_now = !q->busy;
+
+		if (send_now) {
+			q->busy = 1;
+		} else {
+			if (q->tail)
+				q->tail->next = ctx;
+			else
+				q->head = ctx;
+			q->tail = ctx;
+		}
+		pthread_mutex_unlock(&sk->mu);
+		if (send_now)
+			enq_send(sk, ctx->part, ctx);
 	}
-	free(wire);
 	return 1;
-fail:
-	free(ctx);
-	free(wire);
-	pthread_mutex_lock(&sk->mu);
-	sk->inflight--;
-	pthread_cond_broadcast(&sk->cv);
-	pthread_mutex_unlock(&sk->mu);
-	gw_refuse(&rf, 503, "relay_unavailable", "the request could not be sent");
-	return enq_refuse(sk, rid, &rf, cid);
 }
 
 /* --- events and dead letters ----------------------------------------- */

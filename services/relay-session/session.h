@@ -226,6 +226,8 @@ void session_part_close(struct session *s, struct session_part *pp);
 /* session_queue.c */
 /* session_enqueue - handle one enqueue request (msg borrowed) */
 void session_enqueue(struct session_part *pp, natsMsg *msg);
+/* session_enqueue_batch - handle an enqueue_batch request (msg borrowed) */
+void session_enqueue_batch(struct session_part *pp, natsMsg *msg);
 
 /* session_dispatch.c */
 /* session_work_init - an empty work list */

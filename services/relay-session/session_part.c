@@ -328,6 +328,8 @@ on_part_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closu
 	last = last ? last + 1 : subj;
 	if (strcmp(last, "enqueue") == 0)
 		session_enqueue(pp, msg);
+	else if (strcmp(last, "enqueue_batch") == 0)
+		session_enqueue_batch(pp, msg);
 	else if (strcmp(last, "connect") == 0)
 		handle_connect(pp, msg, 0);
 	else if (strcmp(last, "disconnect") == 0)

@@ -15,9 +15,20 @@
  * (sender, nonce) seen within NONCE_TTL_S is answered ENQ_REPLAY. A replay names the same recipient
  * (the path is signed), so the recipient's partition always sees both.
  *
- * Threads: session_enqueue runs on the partition subscription's thread and
- * takes mu; enq_done runs on the committer thread (see session.h).
+ * Batches: <P>.session.<p>.enqueue_batch carries an EnqueueBatch (what a
+ * gateway has gathered from one socket while its previous batch was being
+ * answered); each envelope goes through exactly the path of a single
+ * enqueue, with its answer written into the batch's slot instead of being
+ * published, and the last answer publishes one EnqueueBatchReply. So a
+ * batch costs one bus message each way, and its envelopes ride in one
+ * commit group.
+ *
+ * Threads: session_enqueue(_batch) runs on the partition subscription's
+ * thread and takes mu; enq_done runs on the committer thread (see
+ * session.h). A batch's slots are each written once, by whoever answers
+ * that envelope; `left` orders them before the publish.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +42,23 @@
 
 #define IDEM_FIXED (8 + 1 + 8 + 32)
 
+/* the answers of an enqueue_batch request */
+struct enq_batch {
+	struct session *s;
+	char *reply;                   /* NULL: nobody waits */
+	size_t n;
+	atomic_size_t left;
+	EnqueueReply *r;               /* n; strings owned (or the empty one) */
+	EnqueueReply **rp;
+};
+
+/* where an answer goes: a reply subject, or a batch's slot */
+struct enq_target {
+	const char *subj;              /* borrowed (session_enqueue) or owned (ctx) */
+	struct enq_batch *b;
+	size_t idx;
+};
+
 struct enq_ctx {
 	struct session_part *pp;
 	uint64_t gen;
@@ -38,7 +66,7 @@ struct enq_ctx {
 	struct session_idem_pending *ip; /* valid while gen matches */
 	int has_nonce;
 	struct session_nonce_ent nonce;  /* in pp->nonces while gen matches */
-	char *reply;
+	struct enq_target t;             /* t.subj owned */
 	Envelope *e;
 	int lane;
 	uint64_t seq, vlen;
@@ -46,7 +74,7 @@ struct enq_ctx {
 
 #define ENQ_NSTATUS 8
 
-static struct metric *m_enq[ENQ_NSTATUS], *m_enq_bad;
+static struct metric *m_enq[ENQ_NSTATUS], *m_enq_bad, *m_enq_batches;
 
 static const char *const enq_names[ENQ_NSTATUS] = {
 	"queued", "duplicate", "conflict", "rate_limited", "queue_full", "rejected", "unavailable",
@@ -67,18 +95,82 @@ metrics_once(void)
 	}
 	m_enq_bad = metric_counter("clawrelay_session_enqueue_bad_total", NULL,
 	    "enqueue requests that could not be decoded");
+	m_enq_batches = metric_counter("clawrelay_session_enqueue_batches_total", NULL,
+	    "enqueue_batch requests (each holds one or more enqueues)");
+}
+
+static char no_text[1];
+
+static char *
+text_dup(const char *s)
+{
+	char *d;
+
+	if (s == NULL || *s == '\0' || (d = strdup(s)) == NULL)
+		return no_text;
+	return d;
 }
 
 static void
-reply_to(struct session *s, const char *reply, int status, const char *mid, const char *cid,
-    const char *state, uint64_t depth, uint32_t retry_after, const char *error)
+enq_batch_free(struct enq_batch *b)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		EnqueueReply *r = &b->r[i];
+		char *f[] = { r->message_id, r->correlation_id, r->state, r->error };
+		for (size_t k = 0; k < sizeof(f) / sizeof(f[0]); k++)
+			if (f[k] != no_text)
+				free(f[k]);
+	}
+	free(b->r);
+	free(b->rp);
+	free(b->reply);
+	free(b);
+}
+
+/* one answer of b is in: the last publishes them all and frees b */
+static void
+enq_batch_release(struct enq_batch *b)
+{
+	EnqueueBatchReply br = CLAWRELAY__V1__ENQUEUE_BATCH_REPLY__INIT;
+	void *buf = NULL;
+	size_t len = 0;
+
+	if (atomic_fetch_sub(&b->left, 1) != 1)
+		return;
+	if (b->reply != NULL) {
+		br.schema_version = ENV_SCHEMA;
+		br.n_replies = b->n;
+		br.replies = b->rp;
+		if (env_pack(&br.base, &buf, &len) == CR_OK)
+			natsConnection_Publish(bus_nc(b->s->bus), b->reply, buf, (int)len);
+		free(buf);
+	}
+	enq_batch_free(b);
+}
+
+static void
+reply_to(struct session *s, const struct enq_target *t, int status, const char *mid,
+    const char *cid, const char *state, uint64_t depth, uint32_t retry_after, const char *error)
 {
 	EnqueueReply r = CLAWRELAY__V1__ENQUEUE_REPLY__INIT;
 	unsigned char buf[1024];
 	size_t len;
+	const char *reply = t->subj;
 
 	if (status >= 0 && status < ENQ_NSTATUS)
 		metric_add(m_enq[status], 1);
+	if (t->b != NULL) {
+		EnqueueReply *x = &t->b->r[t->idx];
+		x->status = (Clawrelay__V1__EnqueueStatus)status;
+		x->message_id = text_dup(mid);
+		x->correlation_id = text_dup(cid);
+		x->state = text_dup(state);
+		x->queue_depth = depth;
+		x->retry_after_s = retry_after;
+		x->error = text_dup(error);
+		enq_batch_release(t->b);
+		return;
+	}
 	if (reply == NULL || *reply == '\0')
 		return;
 	r.schema_version = ENV_SCHEMA;
@@ -164,11 +256,11 @@ enq_done(void *arg, enum cr_err result)
 
 	if (result != CR_OK) {
 		log_error(&lc, "enqueue commit failed: %s", cr_strerror(result));
-		reply_to(s, c->reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE,
+		reply_to(s, &c->t, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE,
 		    c->e->message_id, c->e->correlation_id, NULL, 0, 1, "store failure");
 		goto out;
 	}
-	reply_to(s, c->reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUED, c->e->message_id,
+	reply_to(s, &c->t, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUED, c->e->message_id,
 	    c->e->correlation_id, "queued", depth ? depth : 1, 0, NULL);
 	hop_emit(c->e, CLAWRELAY__V1__HOP_KIND__HOP_SESSION_QUEUED, "ok", NULL);
 	session_publish_receipt(s, c->e->message_id, c->e->correlation_id, c->e->sender,
@@ -185,7 +277,7 @@ enq_done(void *arg, enum cr_err result)
 	}
 out:
 	env_free(c->e);
-	free(c->reply);
+	free((char *)(uintptr_t)c->t.subj);
 	free(c);
 }
 
@@ -236,7 +328,7 @@ shed_one_locked(struct session_part *pp, struct session_agent *a, struct session
 
 /* answer a request whose (sender, key) was seen: DUPLICATE or CONFLICT */
 static void
-answer_seen(struct session *s, const char *reply, const Envelope *e, const unsigned char *sha,
+answer_seen(struct session *s, const struct enq_target *reply, const Envelope *e, const unsigned char *sha,
     const char *mid, const char *cid, const char *rcpt, const unsigned char *osha,
     const char *state)
 {
@@ -251,7 +343,7 @@ answer_seen(struct session *s, const char *reply, const Envelope *e, const unsig
 /* look (sender, key) up; 1 if answered (duplicate/conflict), 0 if new.
  * Caller holds mu. */
 static int
-idem_check_locked(struct session_part *pp, const char *reply, const Envelope *e,
+idem_check_locked(struct session_part *pp, const struct enq_target *reply, const Envelope *e,
     const char *ikey, size_t iklen, const unsigned char *sha)
 {
 	struct session *s = pp->s;
@@ -303,14 +395,11 @@ stale:
 	return 0;
 }
 
-/* session_enqueue - handle one enqueue request (msg borrowed) */
-void
-session_enqueue(struct session_part *pp, natsMsg *msg)
+/* enqueue one envelope (taken), answered through *reply */
+static void
+enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply)
 {
 	struct session *s = pp->s;
-	const char *reply = natsMsg_GetReply(msg);
-	Envelope *e = NULL;
-	const char *why = NULL;
 	struct enq_ctx *c = NULL;
 	struct store_batch *b = NULL;
 	struct session_work w;
@@ -325,15 +414,7 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	int lane, locked = 0;
 	enum cr_err err;
 
-	metrics_once();
 	session_work_init(&w);
-	err = env_unpack(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e, &why);
-	if (err != CR_OK) {
-		metric_add(m_enq_bad, 1);
-		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED, NULL, NULL, NULL,
-		    0, 0, why ? why : cr_strerror(err));
-		return;
-	}
 	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
 	if (partition_of(e->recipient, s->nparts) != pp->idx) {
 		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED, e->message_id,
@@ -495,8 +576,9 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 	c->seq = seq;
 	c->vlen = vlen;
 	c->e = e;
-	c->reply = strdup(reply ? reply : "");
-	if (c->reply == NULL) {
+	c->t = *reply;
+	c->t.subj = reply->b == NULL ? strdup(reply->subj ? reply->subj : "") : NULL;
+	if (reply->b == NULL && c->t.subj == NULL) {
 		if (c->ip)
 			idem_pending_remove(pp, c->ip);
 		if (c->has_nonce)
@@ -516,7 +598,7 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 			idem_pending_remove(pp, c->ip);
 		if (c->has_nonce)
 			session_nonce_del(&pp->nonces, &c->nonce);
-		free(c->reply);
+		free((char *)(uintptr_t)c->t.subj);
 		c->e = NULL;
 		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, e->message_id,
 		    e->correlation_id, NULL, 0, 1, "store unavailable");
@@ -534,11 +616,110 @@ out:
 	if (locked)
 		session_work_flush_unlock(pp, &w);
 	if (c != NULL) {
-		free(c->reply);
+		free((char *)(uintptr_t)c->t.subj);
 		free(c);
 	}
 	store_batch_free(b);
 	free(val);
 	free(ikey);
 	env_free(e);
+}
+
+/* session_enqueue - handle one enqueue request (msg borrowed) */
+void
+session_enqueue(struct session_part *pp, natsMsg *msg)
+{
+	struct enq_target t = { natsMsg_GetReply(msg), NULL, 0 };
+	Envelope *e = NULL;
+	const char *why = NULL;
+	enum cr_err err;
+
+	metrics_once();
+	err = env_unpack(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &e, &why);
+	if (err != CR_OK) {
+		metric_add(m_enq_bad, 1);
+		reply_to(pp->s, &t, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED, NULL, NULL, NULL,
+		    0, 0, why ? why : cr_strerror(err));
+		return;
+	}
+	enqueue_env(pp, e, &t);
+}
+
+/* session_enqueue_batch - handle an enqueue_batch request (msg borrowed):
+ * each envelope as if it came alone, one EnqueueBatchReply */
+void
+session_enqueue_batch(struct session_part *pp, natsMsg *msg)
+{
+	struct enq_target t = { natsMsg_GetReply(msg), NULL, 0 };
+	const char *reply = natsMsg_GetReply(msg);
+	ProtobufCMessage *m = NULL;
+	EnqueueBatch *eb;
+	struct enq_batch *b = NULL;
+	enum cr_err err;
+	size_t n;
+
+	metrics_once();
+	err = env_unpack_msg(&clawrelay__v1__enqueue_batch__descriptor, natsMsg_GetData(msg),
+	    (size_t)natsMsg_GetDataLength(msg), &m);
+	if (err != CR_OK || ((EnqueueBatch *)m)->n_envelopes == 0) {
+		EnqueueBatchReply br = CLAWRELAY__V1__ENQUEUE_BATCH_REPLY__INIT;
+		unsigned char buf[64];
+		size_t len = 0;
+
+		metric_add(m_enq_bad, 1);
+		log_warn(NULL, "enqueue_batch refused: %s", err != CR_OK ? cr_strerror(err) :
+		    "no envelopes");
+		protobuf_c_message_free_unpacked(m, NULL);
+		/* no answers: the gateway answers each of its frames as unavailable */
+		br.schema_version = ENV_SCHEMA;
+		if (reply != NULL && *reply != '\0' &&
+		    env_pack_into(&br.base, buf, sizeof(buf), &len) == CR_OK)
+			natsConnection_Publish(bus_nc(pp->s->bus), reply, buf, (int)len);
+		return;
+	}
+	eb = (EnqueueBatch *)m;
+	n = eb->n_envelopes;
+	metric_add(m_enq_batches, 1);
+	if ((b = calloc(1, sizeof(*b))) == NULL || (b->r = calloc(n, sizeof(*b->r))) == NULL ||
+	    (b->rp = calloc(n, sizeof(*b->rp))) == NULL ||
+	    (reply != NULL && *reply != '\0' && (b->reply = strdup(reply)) == NULL)) {
+		if (b != NULL) {
+			free(b->r);
+			free(b->rp);
+			free(b->reply);
+			free(b);
+		}
+		protobuf_c_message_free_unpacked(m, NULL);
+		log_error(NULL, "enqueue_batch of %zu: out of memory", n);
+		return;	/* the gateway's request times out: 503, try again */
+	}
+	b->s = pp->s;
+	b->n = n;
+	for (size_t i = 0; i < n; i++) {
+		clawrelay__v1__enqueue_reply__init(&b->r[i]);
+		b->r[i].schema_version = ENV_SCHEMA;
+		b->r[i].message_id = b->r[i].correlation_id = b->r[i].state = no_text;
+		b->r[i].error = no_text;
+		b->rp[i] = &b->r[i];
+	}
+	atomic_init(&b->left, n + 1);	/* + this loop's own hold */
+	t.b = b;
+	for (size_t i = 0; i < n; i++) {
+		Envelope *e = eb->envelopes[i];
+		const char *why = NULL;
+
+		eb->envelopes[i] = NULL;	/* taken */
+		t.idx = i;
+		if (e == NULL || e->schema_version != ENV_SCHEMA || env_validate(e, &why) != CR_OK) {
+			metric_add(m_enq_bad, 1);
+			reply_to(pp->s, &t, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED,
+			    e ? e->message_id : NULL, e ? e->correlation_id : NULL, NULL, 0, 0,
+			    why ? why : "unknown schema version");
+			env_free(e);
+			continue;
+		}
+		enqueue_env(pp, e, &t);
+	}
+	protobuf_c_message_free_unpacked(m, NULL);
+	enq_batch_release(b);
 }
