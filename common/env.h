@@ -34,6 +34,7 @@ typedef Clawrelay__V1__DeliverBatch DeliverBatch;
 typedef Clawrelay__V1__DeliverAckBatch DeliverAckBatch;
 typedef Clawrelay__V1__Failure Failure;
 typedef Clawrelay__V1__Receipt Receipt;
+typedef Clawrelay__V1__ReceiptBatch ReceiptBatch;
 typedef Clawrelay__V1__StatusRecord StatusRecord;
 typedef Clawrelay__V1__StateTime StateTime;
 typedef Clawrelay__V1__AgentRecord AgentRecord;

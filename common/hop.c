@@ -8,6 +8,11 @@
  * thread publishes the buffer every HOP_FLUSH_MS or as soon as it holds
  * HOP_BATCH_BYTES. Emitting costs a pack and a memcpy under one short lock.
  *
+ * Receipts (a message reached a new state: for the notifier) ride the same
+ * way in a second buffer, a ReceiptBatch published on <P>.receipts.<service>
+ * by the same flusher: three receipts a message were three bus messages.
+ * Receipts do not depend on hop_set_enabled (the status store needs them).
+ *
  * Threads: hop_init runs before other threads emit (and hop_init(NULL, ...)
  * after they stopped); any thread may emit; the flusher is the only
  * publisher.
@@ -26,32 +31,34 @@
 #define HOP_BUF_MAX (4 * 1024 * 1024)	/* beyond this (bus stalled) events are dropped */
 
 static struct bus *hop_bus;
-static char hop_service[64], hop_instance[128], hop_subject[256];
+static char hop_service[64], hop_instance[128], hop_subject[256], rcpt_subject[256];
 static volatile int hop_enabled = 1;
 
 static pthread_mutex_t hop_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t hop_cv = PTHREAD_COND_INITIALIZER;
 static struct strbuf hop_buf;        /* packed HopBatch being filled */
+static struct strbuf rcpt_buf;       /* packed ReceiptBatch being filled */
 static pthread_t hop_thread;
 static int hop_running, hop_stop;
 static unsigned long long hop_dropped;
 
-/* Publish buf (a packed HopBatch body) outside the lock. */
+/* Publish buf (a packed batch body) on subj outside the lock. */
 static void
-publish(struct strbuf *b)
+publish(const char *subj, struct strbuf *b)
 {
 	if (b->len > 0 && hop_bus != NULL)
-		bus_publish(hop_bus, hop_subject, b->data, b->len);
+		bus_publish(hop_bus, subj, b->data, b->len);
 }
 
 static void *
 flusher(void *arg)
 {
-	struct strbuf out;
+	struct strbuf out, rout;
 	sb_init(&out);
+	sb_init(&rout);
 	pthread_mutex_lock(&hop_mu);
 	for (;;) {
-		if (hop_buf.len < HOP_BATCH_BYTES && !hop_stop) {
+		if (hop_buf.len < HOP_BATCH_BYTES && rcpt_buf.len < HOP_BATCH_BYTES && !hop_stop) {
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_nsec += HOP_FLUSH_MS * 1000000L;
@@ -62,20 +69,26 @@ flusher(void *arg)
 			pthread_cond_timedwait(&hop_cv, &hop_mu, &ts);
 		}
 		/* swap buffers: emitters go on filling a fresh one */
-		struct strbuf full = hop_buf;
+		struct strbuf full = hop_buf, rfull = rcpt_buf;
 		hop_buf = out;
 		hop_buf.len = 0;
+		rcpt_buf = rout;
+		rcpt_buf.len = 0;
 		int stop = hop_stop;
 		pthread_mutex_unlock(&hop_mu);
-		publish(&full);
+		publish(rcpt_subject, &rfull);
+		publish(hop_subject, &full);
 		out = full;
 		out.len = 0;
+		rout = rfull;
+		rout.len = 0;
 		pthread_mutex_lock(&hop_mu);
-		if (stop && hop_buf.len == 0)
+		if (stop && hop_buf.len == 0 && rcpt_buf.len == 0)
 			break;
 	}
 	pthread_mutex_unlock(&hop_mu);
 	sb_free(&out);
+	sb_free(&rout);
 	return NULL;
 }
 
@@ -92,6 +105,7 @@ hop_shutdown(void)
 	hop_running = 0;
 	hop_stop = 0;
 	sb_free(&hop_buf);
+	sb_free(&rcpt_buf);
 	if (hop_dropped)
 		log_warn(NULL, "hop events dropped while the bus was stalled: %llu", hop_dropped);
 }
@@ -108,7 +122,9 @@ hop_init(struct bus *b, const char *service, const char *instance)
 	if (b == NULL)
 		return;
 	bus_subj(b, hop_subject, sizeof(hop_subject), "events.%s", hop_service);
+	bus_subj(b, rcpt_subject, sizeof(rcpt_subject), "receipts.%s", hop_service);
 	sb_init(&hop_buf);
+	sb_init(&rcpt_buf);
 	if (pthread_create(&hop_thread, NULL, flusher, NULL) == 0)
 		hop_running = 1;
 }
@@ -128,16 +144,14 @@ nz(const char *s)
 	return s ? (char *)(uintptr_t)s : empty;
 }
 
-/* hop_forward - queue a hop event made elsewhere (ev borrowed) */
-void
-hop_forward(const HopEvent *ev)
+/* append m (packed) as field 2 of the batch in sb (hop_buf or rcpt_buf) */
+static void
+append(struct strbuf *sb, const ProtobufCMessage *m)
 {
 	uint8_t buf[4096 + 16];
 	size_t len, hl = 0;
-	if (hop_bus == NULL || !hop_enabled || !hop_running)
-		return;
-	/* field 2 (events), wire type 2, then the varint length, then the event */
-	if (env_pack_into(&ev->base, buf + 16, sizeof(buf) - 16, &len) != CR_OK)
+	/* field 2, wire type 2, then the varint length, then the message */
+	if (env_pack_into(m, buf + 16, sizeof(buf) - 16, &len) != CR_OK)
 		return;
 	uint8_t head[16];
 	head[hl++] = 0x12;
@@ -148,19 +162,48 @@ hop_forward(const HopEvent *ev)
 	}
 	memcpy(buf + 16 - hl, head, hl);
 	pthread_mutex_lock(&hop_mu);
-	if (hop_buf.len + hl + len > HOP_BUF_MAX) {
+	if (sb->len + hl + len > HOP_BUF_MAX) {
 		hop_dropped++;
 	} else {
-		if (hop_buf.len == 0) {
+		if (sb->len == 0) {
 			/* schema_version = 1 (field 1, varint) opens each batch */
 			static const uint8_t version[] = { 0x08, ENV_SCHEMA };
-			sb_append(&hop_buf, version, sizeof(version));
+			sb_append(sb, version, sizeof(version));
 		}
-		sb_append(&hop_buf, buf + 16 - hl, hl + len);
-		if (hop_buf.len >= HOP_BATCH_BYTES)
+		sb_append(sb, buf + 16 - hl, hl + len);
+		if (sb->len >= HOP_BATCH_BYTES)
 			pthread_cond_signal(&hop_cv);
 	}
 	pthread_mutex_unlock(&hop_mu);
+}
+
+/* hop_forward - queue a hop event made elsewhere (ev borrowed) */
+void
+hop_forward(const HopEvent *ev)
+{
+	if (hop_bus == NULL || !hop_enabled || !hop_running)
+		return;
+	append(&hop_buf, &ev->base);
+}
+
+/* hop_receipt - queue a receipt for the notifier (r borrowed); when the
+ * flusher is not running (no hop_init), it is published at once */
+void
+hop_receipt(const Receipt *r, const char *sender)
+{
+	if (hop_bus == NULL)
+		return;
+	if (!hop_running) {
+		unsigned char buf[2048];
+		char subj[512];
+		size_t len;
+
+		if (bus_subj_agent(hop_bus, subj, sizeof(subj), "receipt", sender) >= 0 &&
+		    env_pack_into(&r->base, buf, sizeof(buf), &len) == CR_OK)
+			bus_publish(hop_bus, subj, buf, len);
+		return;
+	}
+	append(&rcpt_buf, &r->base);
 }
 
 static void

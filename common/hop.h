@@ -28,5 +28,9 @@ void hop_emit_ids(const char *correlation_id, const char *message_id, const char
 /* hop_forward - publish a hop event made elsewhere (the connector's, relayed
  * by the gateway); ev borrowed */
 void hop_forward(const HopEvent *ev);
+/* hop_receipt - queue a receipt for the notifier (r borrowed): published in
+ * a ReceiptBatch on <P>.receipts.<service> within HOP_FLUSH_MS; sender names
+ * the single-receipt subject used when no flusher runs */
+void hop_receipt(const Receipt *r, const char *sender);
 
 #endif

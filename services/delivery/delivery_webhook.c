@@ -76,12 +76,8 @@ static void
 publish_processed(struct dlv *d, const Envelope *e, const char *detail)
 {
 	Receipt r = CLAWRELAY__V1__RECEIPT__INIT;
-	char subj[512];
-	unsigned char buf[2048];
-	size_t len = 0;
 
-	if (bus_subj_agent(d->bus, subj, sizeof(subj), "receipt", e->sender) < 0)
-		return;
+	(void)d;
 	r.schema_version = ENV_SCHEMA;
 	r.message_id = e->message_id;
 	r.correlation_id = e->correlation_id;
@@ -91,8 +87,7 @@ publish_processed(struct dlv *d, const Envelope *e, const char *detail)
 	r.at_ms = now_ms();
 	r.attempts = e->attempt;
 	r.detail = (char *)(uintptr_t)detail;
-	if (env_pack_into(&r.base, buf, sizeof(buf), &len) == CR_OK)
-		bus_publish(d->bus, subj, buf, len);
+	hop_receipt(&r, e->sender);
 }
 
 static void

@@ -1315,9 +1315,6 @@ event_one(struct gw_sock *sk, const HopEvent *in, uint64_t now)
 			return NULL;
 		}
 		Receipt r = CLAWRELAY__V1__RECEIPT__INIT;
-		char subj[512];
-		unsigned char wire[2048];
-		size_t wlen = 0;
 		r.schema_version = ENV_SCHEMA;
 		r.message_id = ev.message_id;
 		r.correlation_id = ev.correlation_id;
@@ -1325,10 +1322,7 @@ event_one(struct gw_sock *sk, const HopEvent *in, uint64_t now)
 		r.recipient = ev.recipient;
 		r.state = gw_mut("processed");
 		r.at_ms = ev.ts_ms;
-		/* not latency-critical: the buffered connection */
-		if (bus_subj_agent(g->bus, subj, sizeof(subj), "receipt", ev.sender) >= 0 &&
-		    env_pack_into(&r.base, wire, sizeof(wire), &wlen) == CR_OK)
-			bus_publish(g->bus, subj, wire, wlen);
+		hop_receipt(&r, ev.sender);
 		hop_emit_ids(ev.correlation_id, ev.message_id, ev.sender, ev.recipient, ev.trace_id,
 		    CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED, "ok", NULL);
 		log_debug(&lc, "processed");

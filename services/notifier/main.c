@@ -62,6 +62,9 @@ ntf_init(struct svc *s, void *st)
 	if (bus_subj(n->bus, subj, sizeof(subj), "receipt.>") < 0 ||
 	    bus_subscribe(n->bus, subj, "notifier", ntf_on_receipt, n) != CR_OK)
 		return 1;
+	if (bus_subj(n->bus, subj, sizeof(subj), "receipts.>") < 0 ||
+	    bus_subscribe(n->bus, subj, "notifier", ntf_on_receipt_batch, n) != CR_OK)
+		return 1;
 	if (bus_subj(n->bus, subj, sizeof(subj), "failure.>") < 0 ||
 	    bus_subscribe(n->bus, subj, "notifier", ntf_on_failure, n) != CR_OK)
 		return 1;

@@ -40,28 +40,18 @@ set_ids(struct ntf_rec *d, const char *corr, const char *mid, const char *sender
 	snprintf(d->recipient, sizeof(d->recipient), "%s", rcpt);
 }
 
-/* ntf_on_receipt - fold a Receipt into its status record */
-void
-ntf_on_receipt(void *arg, natsMsg *msg)
+/* fold one receipt (borrowed) into its status record */
+static void
+fold_receipt(struct ntf *n, natsMsg *msg, const Receipt *r)
 {
-	struct ntf *n = arg;
-	ProtobufCMessage *m = NULL;
-	const Receipt *r;
 	struct ntf_rec d;
-	int k;
+	int k = r != NULL ? ntf_state_rank(r->state) : -1;
 
-	if (env_unpack_msg(&clawrelay__v1__receipt__descriptor, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
-		bad(n, msg, "undecodable receipt");
-		return;
-	}
-	r = (const Receipt *)m;
-	k = ntf_state_rank(r->state);
 	if (k < 0 || k == NTF_FAILED || !ids_ok(r->correlation_id, r->message_id, r->sender,
 	    r->recipient)) {
 		bad(n, msg, k < 0 || k == NTF_FAILED ? "receipt with unknown state"
 		    : "receipt with bad IDs");
-		goto out;
+		return;
 	}
 	atomic_fetch_add(&n->receipts, 1);
 	metric_add(n->m_receipts, 1);
@@ -71,7 +61,40 @@ ntf_on_receipt(void *arg, natsMsg *msg)
 	d.attempts = r->attempts;
 	d.updated_at_ms = now_ms();
 	ntf_shards_add(n, &d);
-out:
+}
+
+/* ntf_on_receipt - fold a Receipt into its status record */
+void
+ntf_on_receipt(void *arg, natsMsg *msg)
+{
+	struct ntf *n = arg;
+	ProtobufCMessage *m = NULL;
+
+	if (env_unpack_msg(&clawrelay__v1__receipt__descriptor, natsMsg_GetData(msg),
+	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
+		bad(n, msg, "undecodable receipt");
+		return;
+	}
+	fold_receipt(n, msg, (const Receipt *)m);
+	protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* ntf_on_receipt_batch - fold each Receipt of a ReceiptBatch */
+void
+ntf_on_receipt_batch(void *arg, natsMsg *msg)
+{
+	struct ntf *n = arg;
+	ProtobufCMessage *m = NULL;
+	const ReceiptBatch *b;
+
+	if (env_unpack_msg(&clawrelay__v1__receipt_batch__descriptor, natsMsg_GetData(msg),
+	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
+		bad(n, msg, "undecodable receipt batch");
+		return;
+	}
+	b = (const ReceiptBatch *)m;
+	for (size_t i = 0; i < b->n_receipts; i++)
+		fold_receipt(n, msg, b->receipts[i]);
 	protobuf_c_message_free_unpacked(m, NULL);
 }
 

@@ -97,6 +97,8 @@ void ntf_shards_counts(struct ntf *n, size_t *pending, size_t *cached);
 
 /* ntf_on_receipt / ntf_on_failure - bus handlers; msg borrowed */
 void ntf_on_receipt(void *arg, natsMsg *msg);
+/* ntf_on_receipt_batch - <P>.receipts.<service>: a ReceiptBatch; msg borrowed */
+void ntf_on_receipt_batch(void *arg, natsMsg *msg);
 void ntf_on_failure(void *arg, natsMsg *msg);
 
 #endif

@@ -333,16 +333,14 @@ session_work_flush_unlock(struct session_part *pp, struct session_work *w)
 		fail_unsent(pp, failed);
 }
 
-/* session_publish_receipt - Receipt on <P>.receipt.<sender> */
+/* session_publish_receipt - a Receipt for the notifier (batched by hop.c) */
 void
 session_publish_receipt(struct session *s, const char *message_id, const char *correlation_id,
     const char *sender, const char *recipient, const char *state, uint32_t attempts)
 {
 	Receipt r = CLAWRELAY__V1__RECEIPT__INIT;
-	unsigned char buf[1024];
-	char subj[512];
-	size_t len;
 
+	(void)s;
 	r.schema_version = ENV_SCHEMA;
 	r.message_id = SESSION_UNCONST(message_id);
 	r.correlation_id = SESSION_UNCONST(correlation_id);
@@ -351,11 +349,7 @@ session_publish_receipt(struct session *s, const char *message_id, const char *c
 	r.state = SESSION_UNCONST(state);
 	r.at_ms = now_ms();
 	r.attempts = attempts;
-	if (bus_subj_agent(s->bus, subj, sizeof(subj), "receipt", sender) < 0)
-		return;
-	if (env_pack_into(&r.base, buf, sizeof(buf), &len) != CR_OK)
-		return;
-	bus_publish(s->bus, subj, buf, len);
+	hop_receipt(&r, sender);
 }
 
 static Clawrelay__V1__HopKind

@@ -530,9 +530,27 @@ START_TEST(malformed_bus_messages)
 		}
 	}
 	ck_assert_int_eq(answered, 16);
+	/* a garbage enqueue_batch is answered with no answers at all (the
+	 * gateway then answers each of its frames 503) */
+	answered = 0;
+	for (unsigned p = 0; p < 16; p++) {
+		natsMsg *reply = NULL;
+		bus_subj(b, subj, sizeof(subj), "session.%u.enqueue_batch", p);
+		if (bus_request(b, subj, "\xff\x01garbage", 9, 3000, &reply) == CR_OK) {
+			ProtobufCMessage *m = NULL;
+			ck_assert_int_eq(env_unpack_msg(&clawrelay__v1__enqueue_batch_reply__descriptor,
+			    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m), CR_OK);
+			ck_assert_uint_eq(((EnqueueBatchReply *)m)->n_replies, 0);
+			protobuf_c_message_free_unpacked(m, NULL);
+			natsMsg_Destroy(reply);
+			answered++;
+		}
+	}
+	ck_assert_int_eq(answered, 16);
 	/* garbage hop events, receipts, dispatches: nobody crashes */
-	static const char *const kinds[] = { "events.x", "receipt.alice", "failure.alice",
-		"delivery.dispatch", "session.0.connect" };
+	static const char *const kinds[] = { "events.x", "receipt.alice", "receipts.x",
+		"failure.alice", "delivery.dispatch", "session.0.connect", "session.0.enqueue_batch",
+		"ws.bob" };
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
 		bus_subj(b, subj, sizeof(subj), "%s", kinds[i]);
 		for (int k = 0; k < 20; k++)
