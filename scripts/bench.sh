@@ -4,23 +4,40 @@
 #
 # Starts, in a temp dir and on free 127.0.0.1 ports: nats-server -js, one of
 # each service (gateway, relay-session, delivery, notifier, metrics-collector,
-# default settings: every message durable before its 202, hop events on),
+# default settings: every message durable before its 202, hop events on) and
 # BENCH_RECEIVERS receiving connectors whose hook is the load generator's
-# embedded hook server, and BENCH_SOCKET_SENDERS sending connectors. Registers
-# the agents with the CLI, then runs the scenarios:
-#   http    signed HTTP POSTs straight to the gateway, as fast as accepted
-#   socket  POSTs to the sending connectors' local API (-> socket `enqueue`)
-#   fixed   signed HTTP POSTs at BENCH_FIXED_RATE msg/s: e2e latency
+# embedded hook server. Registers the agents with the CLI, then runs the
+# scenarios:
+#   http       signed HTTP POSTs straight to the gateway, as fast as accepted
+#              (floor 2500 msg/s end to end)
+#   socket     socket ingress: the load generator opens one WebSocket to the
+#              gateway's /v1/connect per socket sender (BENCH_SOCKET_SENDERS
+#              agents with keys), with the connector's signed upgrade and
+#              reconnect handshake, and pipelines `enqueue` frames on each, up
+#              to BENCH_SOCKET_WINDOW in flight (floor 5000 msg/s end to end)
+#   fixed      signed HTTP POSTs at BENCH_FIXED_RATE msg/s (floor: p99 e2e < 50 ms)
+#   connector  informational, no floor, not run unless asked for: POSTs to
+#              BENCH_CONNECTOR_SENDERS sending connectors' local API, which
+#              forward each as an `enqueue` frame over their socket (the whole
+#              sending connector, an HTTP request per message at the edge);
+#              the sending connectors are only started for it
 # Prints the report and writes it to run/bench/last.txt. Everything started
 # is stopped by its PID on exit. Exit code: 0 all floors met, 1 not.
 #
 # Settings (environment):
 #   BENCH_SECONDS          sending time per scenario (default 10)
-#   BENCH_SCENARIOS        subset, e.g. "http fixed" (default "http socket fixed")
+#   BENCH_SCENARIOS        subset or order, e.g. "http fixed", "socket connector"
+#                          (default "http socket fixed")
 #   BENCH_RECEIVERS        receiving connectors (default 8)
 #   BENCH_HTTP_SENDERS     HTTP sender identities (default 4)
-#   BENCH_SOCKET_SENDERS   sending connectors (default 4)
-#   BENCH_CONCURRENCY      concurrent requests of http and socket (default 32)
+#   BENCH_SOCKET_SENDERS   socket sender identities = sockets of the socket scenario (default 4)
+#   BENCH_SOCKET_WINDOW    enqueue frames in flight per socket; also given to the gateway
+#                          as CLAWRELAY_WS_ENQUEUE_WINDOW (default 256, the gateway's default)
+#   BENCH_SOCKET_EVENTS    1: the socket senders send a connector_sent hop event per message
+#                          (event_batch frames), as a connector does; 0: enqueue frames only
+#                          (default 1)
+#   BENCH_CONNECTOR_SENDERS sending connectors of the connector scenario (default 4)
+#   BENCH_CONCURRENCY      concurrent requests of http and connector (default 32)
 #   BENCH_FIXED_RATE       rate of the fixed scenario (default 1000)
 #   BENCH_FIXED_CONCURRENCY sender threads of the fixed scenario (default 128, so
 #                          the load generator keeps the rate even when answers are slow)
@@ -41,6 +58,9 @@ SCENARIOS=${BENCH_SCENARIOS:-http socket fixed}
 NRECV=${BENCH_RECEIVERS:-8}
 NHTTP=${BENCH_HTTP_SENDERS:-4}
 NSOCK=${BENCH_SOCKET_SENDERS:-4}
+WSWIN=${BENCH_SOCKET_WINDOW:-256}
+WSEV=${BENCH_SOCKET_EVENTS:-1}
+NCONN=${BENCH_CONNECTOR_SENDERS:-4}
 CONC=${BENCH_CONCURRENCY:-32}
 RATE=${BENCH_FIXED_RATE:-1000}
 FCONC=${BENCH_FIXED_CONCURRENCY:-128}
@@ -57,6 +77,11 @@ for p in clawrelay clawrelay-gateway clawrelay-relay-session clawrelay-delivery 
 	fi
 done
 command -v nats-server >/dev/null 2>&1 || { echo "bench: nats-server not found" >&2; exit 2; }
+# sending connectors only for the connector scenario
+case " $SCENARIOS " in
+*" connector "*) ;;
+*) NCONN=0 ;;
+esac
 
 WORK=$(mktemp -d /tmp/clawrelay-bench-XXXXXX)
 PIDS=""
@@ -97,12 +122,12 @@ started() {
 }
 
 # ports: one per line, all different
-PORTS=$("$LG" free-port $((9 + NRECV + NSOCK))) || die "no free ports"
+PORTS=$("$LG" free-port $((9 + NRECV + NCONN))) || die "no free ports"
 port() { echo "$PORTS" | sed -n "$1p"; }
 NATS_PORT=$(port 1)
 HOOK_PORT=$(port 2)
 GW_PORT=$(port 3)
-MON_PORT=$(port $((9 + NRECV + NSOCK)))
+MON_PORT=$(port $((9 + NRECV + NCONN)))
 NATS_URL=nats://127.0.0.1:$NATS_PORT
 GW_URL=http://127.0.0.1:$GW_PORT
 
@@ -136,7 +161,8 @@ start_svc metrics-collector "$(port 7)"
 MAXC=$CONC
 [ "$FCONC" -gt "$MAXC" ] && MAXC=$FCONC
 # civetweb holds a thread per connection: every sender and every socket, plus room
-start_svc gateway "$GW_PORT" CLAWRELAY_HTTP_THREADS=$((MAXC + NRECV + NSOCK + 64))
+start_svc gateway "$GW_PORT" CLAWRELAY_HTTP_THREADS=$((MAXC + NRECV + NSOCK + NCONN + 64)) \
+    CLAWRELAY_WS_ENQUEUE_WINDOW="$WSWIN"
 for n in 4 5 6 7 3; do
 	"$LG" wait-ready "http://127.0.0.1:$(port $n)/readyz" 30 ||
 	    die "a service did not become ready (logs in $WORK; BENCH_KEEP=1 keeps them)"
@@ -160,10 +186,14 @@ while [ $i -le "$NHTTP" ]; do HS="$HS bench-h$i"; i=$((i + 1)); done
 SS=""
 i=1
 while [ $i -le "$NSOCK" ]; do SS="$SS bench-s$i"; i=$((i + 1)); done
-echo "bench: registering $NRECV receivers, $NHTTP HTTP senders, $NSOCK socket senders" >&2
-for a in $RECV $HS $SS; do agent "$a"; done
+CS=""
+i=1
+while [ $i -le "$NCONN" ]; do CS="$CS bench-c$i"; i=$((i + 1)); done
+echo "bench: registering $NRECV receivers, $NHTTP HTTP senders, $NSOCK socket senders," \
+    "$NCONN connector senders" >&2
+for a in $RECV $HS $SS $CS; do agent "$a"; done
 # the per-pair default limit (60/min) is for agents, not for a benchmark
-for s in $HS $SS; do
+for s in $HS $SS $CS; do
 	for r in $RECV; do
 		cli trust add "$s" "$r" --rate-per-min 1000000000 --burst 1000000
 	done
@@ -187,11 +217,11 @@ for a in $RECV; do
 	CONN_PORTS="$CONN_PORTS $(port $n)"
 	n=$((n + 1))
 done
-SOCK_ARGS=""
-for a in $SS; do
+CONN_ARGS=""
+for a in $CS; do
 	start_conn "$a" "$(port $n)" "http://127.0.0.1:$HOOK_PORT/hook/$a"
 	CONN_PORTS="$CONN_PORTS $(port $n)"
-	SOCK_ARGS="$SOCK_ARGS --socket http://127.0.0.1:$(port $n)"
+	CONN_ARGS="$CONN_ARGS --connector http://127.0.0.1:$(port $n)"
 	n=$((n + 1))
 done
 for p in $CONN_PORTS; do
@@ -201,9 +231,10 @@ done
 
 LG_ARGS="--gateway $GW_URL --hook-port $HOOK_PORT --seconds $SECS --concurrency $CONC"
 LG_ARGS="$LG_ARGS --fixed-rate $RATE --fixed-concurrency $FCONC --payload-bytes $PAYLOAD --warmup $WARMUP"
-LG_ARGS="$LG_ARGS --drain-seconds $DRAIN"
+LG_ARGS="$LG_ARGS --drain-seconds $DRAIN --socket-window $WSWIN --socket-events $WSEV"
 for r in $RECV; do LG_ARGS="$LG_ARGS --recipient $r"; done
 for s in $HS; do LG_ARGS="$LG_ARGS --sender $s=$WORK/keys/$s.key"; done
+for s in $SS; do LG_ARGS="$LG_ARGS --ws-sender $s=$WORK/keys/$s.key"; done
 for s in $SCENARIOS; do LG_ARGS="$LG_ARGS --scenario $s"; done
 
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -215,10 +246,13 @@ BUSY=$("$LG" machine-busy 2)
 MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 # every setting that shapes the run, so the line reproduces it exactly
 RERUN="BENCH_RECEIVERS=$NRECV BENCH_HTTP_SENDERS=$NHTTP BENCH_SOCKET_SENDERS=$NSOCK"
+RERUN="$RERUN BENCH_SOCKET_WINDOW=$WSWIN BENCH_SOCKET_EVENTS=$WSEV${CS:+ BENCH_CONNECTOR_SENDERS=$NCONN}"
 RERUN="$RERUN BENCH_CONCURRENCY=$CONC BENCH_FIXED_RATE=$RATE BENCH_FIXED_CONCURRENCY=$FCONC"
 RERUN="$RERUN BENCH_PAYLOAD_BYTES=$PAYLOAD BENCH_WARMUP=$WARMUP${SVC_ENV:+ BENCH_SERVICE_ENV=\"$SVC_ENV\"}"
 RERUN="$RERUN BENCH_SECONDS=$SECS BENCH_SCENARIOS=\"$SCENARIOS\" sh scripts/bench.sh"
 
+SOCK_EV="a connector_sent hop event per message"
+[ "$WSEV" = 0 ] && SOCK_EV="no hop events from the senders"
 mkdir -p "$ROOT/run/bench"
 OUT=$ROOT/run/bench/last.txt
 {
@@ -231,13 +265,19 @@ OUT=$ROOT/run/bench/last.txt
 	echo "              programs on the machine; the CPU lines below show them during each scenario)"
 	echo "  stack       1 each of gateway, relay-session, delivery, notifier, metrics-collector;"
 	echo "              $NRECV receiving connectors (BENCH_RECEIVERS, default 8), one per recipient"
-	echo "              agent, messages spread over them round-robin; $NSOCK sending connectors;"
-	echo "              nats-server and the load generator (with the receivers' hook server)"
-	echo "              on the same machine; default settings (fsync before 202,"
-	echo "              hop events on)${SVC_ENV:+; extra service env: $SVC_ENV}"
-	echo "  load        $NHTTP HTTP sender identities, $CONC concurrent requests, payload $PAYLOAD B,"
-	echo "              $SECS s per scenario, fixed rate $RATE msg/s from $FCONC sender threads"
-	echo "  floors      http >= 2500 msg/s e2e; socket >= 5000 msg/s e2e; fixed: p99 e2e < 50 ms"
+	echo "              agent, messages spread over them round-robin;"
+	[ -n "$CS" ] && echo "              $NCONN sending connectors (for the connector scenario);"
+	echo "              nats-server and the load generator (with the receivers' hook server"
+	echo "              and the socket senders' sockets) on the same machine; default settings"
+	echo "              (fsync before 202, hop events on), gateway enqueue window $WSWIN per"
+	echo "              socket${SVC_ENV:+; extra service env: $SVC_ENV}"
+	echo "  load        http: $NHTTP HTTP sender identities, $CONC concurrent requests; socket: $NSOCK"
+	echo "              sockets (one per sender identity) opened by the load generator itself,"
+	echo "              $WSWIN enqueue frames in flight on each, $SOCK_EV;"
+	echo "              payload $PAYLOAD B, $SECS s per scenario, fixed rate $RATE msg/s from"
+	echo "              $FCONC sender threads"
+	echo "  floors      http >= 2500 msg/s e2e; socket >= 5000 msg/s e2e; fixed: p99 e2e < 50 ms;"
+	echo "              connector (if run): informational, no floor"
 	echo
 } >"$OUT"
 cat "$OUT"
@@ -253,7 +293,7 @@ if [ -n "${BENCH_PERF:-}" ] && command -v perf >/dev/null 2>&1; then
 	PIDS="$PERFPID $PIDS"
 fi
 # shellcheck disable=SC2086
-"$LG" run $LG_ARGS $SOCK_ARGS $WATCH >"$WORK/loadgen.out" 2>&1 &
+"$LG" run $LG_ARGS $CONN_ARGS $WATCH >"$WORK/loadgen.out" 2>&1 &
 LGPID=$!
 PIDS="$LGPID $PIDS"
 tail -f "$WORK/loadgen.out" --pid="$LGPID" 2>/dev/null

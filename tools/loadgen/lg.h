@@ -3,10 +3,15 @@
  * includes it).
  *
  * The load generator drives the real stack and measures it end to end:
- *   lg_send.c  - sender threads: signed HTTP POSTs straight to the gateway, or
- *                POSTs to sending connectors' local API (which forward them
- *                over their socket with `enqueue`), open loop at a fixed rate
- *                or as fast as the concurrency allows.
+ *   lg_send.c  - the http scenarios' senders: signed HTTP POSTs straight to
+ *                the gateway, open loop at a fixed rate or as fast as the
+ *                concurrency allows; and the informational connector
+ *                scenario's POSTs to sending connectors' local API (which
+ *                forward them over their socket with `enqueue`).
+ *   lg_sock.c  - the socket scenario: the load generator's own WebSockets to
+ *                the gateway's /v1/connect, one per sender identity, with
+ *                `enqueue` frames pipelined up to the gateway's window.
+ *   lg_ws.c    - the small RFC 6455 client lg_sock.c uses (lg_ws.h).
  *   lg_hook.c  - the embedded hook server (civetweb) the receiving connectors
  *                call: it parses the payload, which carries the scenario, a
  *                sequence number and the send time, and records the arrival.
@@ -47,10 +52,11 @@ struct auth_key;
 
 enum lg_kind {
 	LG_KIND_HTTP = 0,    /* signed POST to the gateway */
-	LG_KIND_SOCKET       /* POST to a sending connector's local API -> enqueue frame */
+	LG_KIND_SOCKET,      /* enqueue frames on the load generator's own sockets */
+	LG_KIND_CONNECTOR    /* POST to a sending connector's local API -> enqueue frame */
 };
 
-/* one sender identity for signed HTTP */
+/* one sender identity (signed HTTP, or a socket's upgrade) */
 struct lg_sender {
 	char id[130];
 	struct auth_key *key;        /* owned; freed by lg_run_free */
@@ -92,11 +98,12 @@ struct lg_rec {
 
 /* A scenario as asked for. */
 struct lg_scen {
-	char name[32];               /* "http", "socket", "fixed" */
+	char name[32];               /* "http", "socket", "fixed", "connector" */
 	enum lg_kind kind;
 	double rate;                 /* msg/s; 0 = as fast as possible */
 	double seconds;
-	int concurrency;             /* sender threads */
+	int concurrency;             /* sender threads (socket: sockets) */
+	int window;                  /* socket: enqueue frames in flight per socket */
 	double floor_rate;           /* delivered/s floor, 0 = none */
 	double floor_p99_ms;         /* p99 e2e floor, 0 = none */
 	int report;                  /* 0 for the warm-up */
@@ -105,12 +112,19 @@ struct lg_scen {
 /* Everything the run needs (main.c fills it). */
 struct lg_run {
 	char gateway[256];           /* http://127.0.0.1:port */
-	struct lg_sender senders[LG_MAX_IDS];
+	char gw_host[256];           /* its parts, for the sockets */
+	int gw_port;
+	char gw_base[256];           /* path prefix, "" or "/x" */
+	struct lg_sender senders[LG_MAX_IDS];      /* HTTP senders */
 	int nsenders;
+	struct lg_sender ws_senders[LG_MAX_IDS];   /* socket senders, one socket each */
+	int nws;
+	int ws_window;               /* enqueue frames in flight per socket */
+	int ws_events;               /* send connector_sent hop events, as a connector */
 	char recipients[LG_MAX_IDS][130];
 	int nrecipients;
-	char sock_urls[LG_MAX_IDS][256];   /* connectors' local API base URLs */
-	int nsock;
+	char conn_urls[LG_MAX_IDS][256];   /* sending connectors' local API base URLs */
+	int nconn;
 	size_t payload_bytes;
 	double drain_seconds;
 	double settle_seconds;
@@ -122,13 +136,30 @@ struct lg_run {
 /* --- lg_send.c -------------------------------------------------------- */
 
 /* lg_send_run - run scenario sc against rec (borrowed) with its sender
- * threads until its time is up; returns when every thread has finished */
+ * threads until its time is up; returns when every thread has finished
+ * (the socket kind goes to lg_sock_run) */
 int lg_send_run(const struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec);
+/* lg_count - count the answer to seq: status 0 is a transport failure;
+ * rt_us the round trip; detail says why, for the first refusal's report.
+ * Any sender thread. */
+void lg_count(struct lg_rec *rec, size_t seq, long status, uint64_t rt_us, const char *detail);
 /* lg_send_cleanup - close the kept connections (after the last scenario) */
 void lg_send_cleanup(void);
 /* lg_payload - write the payload of (scenario, seq, t_us) padded to n bytes
  * into buf (at least n+1 bytes); returns its length */
 size_t lg_payload(char *buf, size_t n, int scen, size_t seq, uint64_t t_us);
+
+/* --- lg_sock.c -------------------------------------------------------- */
+
+/* lg_sock_open_all - open (signed upgrade, reconnect, reconnect_ack) every
+ * socket sender's socket not open yet; 0 if all are open (main thread, no
+ * scenario running) */
+int lg_sock_open_all(const struct lg_run *run);
+/* lg_sock_run - the socket scenario: one thread per socket until its time
+ * is up and every frame is answered (or its socket broke) */
+int lg_sock_run(const struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec);
+/* lg_sock_close_all - close the sockets (after the last scenario) */
+void lg_sock_close_all(void);
 
 /* --- lg_hook.c -------------------------------------------------------- */
 

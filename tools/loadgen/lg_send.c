@@ -9,7 +9,7 @@
  *   - at a fixed rate: sequence number n is due at t0 + n/rate; the thread
  *     sleeps until then and writes that intended time into the payload, so a
  *     late send counts against latency.
- * HTTP requests are signed with the sender's key (DESIGN 5); socket requests
+ * HTTP requests are signed with the sender's key (DESIGN 5); connector requests
  * are POSTs to a sending connector's local API, which forwards them as
  * `enqueue` frames over its authenticated socket.
  *
@@ -80,19 +80,19 @@ lg_payload(char *buf, size_t n, int scen, size_t seq, uint64_t t_us)
 	return n;
 }
 
-static void
-count_answer(struct lg_rec *rec, size_t seq, long status, CURLcode rc, uint64_t rt_us,
-    const struct lg_body *body)
+/* lg_count - count the answer to seq (status 0: transport failure) */
+void
+lg_count(struct lg_rec *rec, size_t seq, long status, uint64_t rt_us, const char *detail)
 {
 	int slot;
 
 	atomic_fetch_add(&rec->sent, 1);
-	if (rc == CURLE_OK && (status == 202 || status == 200)) {
+	if (status == 202 || status == 200) {
 		atomic_fetch_add(&rec->accepted, 1);
 		rec->acc_us[seq] = rt_us == 0 ? 1 : rt_us > UINT32_MAX ? UINT32_MAX : (uint32_t)rt_us;
 		return;
 	}
-	if (rc != CURLE_OK)
+	if (status == 0)
 		slot = 5;
 	else if (status == 429)
 		slot = 1;
@@ -106,13 +106,21 @@ count_answer(struct lg_rec *rec, size_t seq, long status, CURLcode rc, uint64_t 
 		slot = 4;
 	atomic_fetch_add(&rec->refused[slot], 1);
 	if (atomic_exchange(&rec->have_refusal, 1) == 0) {
-		if (rc != CURLE_OK)
-			snprintf(rec->first_refusal, sizeof(rec->first_refusal), "transport: %s",
-			    curl_easy_strerror(rc));
+		if (status == 0)
+			snprintf(rec->first_refusal, sizeof(rec->first_refusal), "transport: %s", detail);
 		else
-			snprintf(rec->first_refusal, sizeof(rec->first_refusal), "%ld %s", status,
-			    body->buf);
+			snprintf(rec->first_refusal, sizeof(rec->first_refusal), "%ld %s", status, detail);
 	}
+}
+
+static void
+count_answer(struct lg_rec *rec, size_t seq, long status, CURLcode rc, uint64_t rt_us,
+    const struct lg_body *body)
+{
+	if (rc != CURLE_OK)
+		lg_count(rec, seq, 0, rt_us, curl_easy_strerror(rc));
+	else
+		lg_count(rec, seq, status ? status : 999, rt_us, body->buf);
 }
 
 /* one signed POST to the gateway; returns the curl result, status in *status */
@@ -163,7 +171,7 @@ out:
 
 /* one POST to a sending connector's local API */
 static CURLcode
-send_socket(const char *base, CURL *h, struct curl_slist *hl, const char *rcpt,
+send_connector(const char *base, CURL *h, struct curl_slist *hl, const char *rcpt,
     const char *payload, size_t len, long *status)
 {
 	char url[512];
@@ -188,8 +196,8 @@ worker_main(void *arg)
 	const struct lg_scen *sc = w->sc;
 	struct lg_rec *rec = w->rec;
 	const struct lg_sender *snd = run->nsenders ? &run->senders[w->idx % run->nsenders] : NULL;
-	const char *sock = run->nsock ? run->sock_urls[w->idx % run->nsock] : NULL;
-	struct curl_slist *sock_hl = NULL;
+	const char *conn = run->nconn ? run->conn_urls[w->idx % run->nconn] : NULL;
+	struct curl_slist *conn_hl = NULL;
 	struct lg_body body;
 	char nonce[96];
 	char *payload = malloc(run->payload_bytes + 1);
@@ -199,8 +207,8 @@ worker_main(void *arg)
 		h = handles[w->idx] = curl_easy_init();
 	if (payload == NULL || h == NULL)
 		goto out;
-	sock_hl = curl_slist_append(NULL, "Content-Type: text/plain");
-	if (sock_hl == NULL || curl_slist_append(sock_hl, "Expect:") == NULL)
+	conn_hl = curl_slist_append(NULL, "Content-Type: text/plain");
+	if (conn_hl == NULL || curl_slist_append(conn_hl, "Expect:") == NULL)
 		goto out;
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
@@ -239,7 +247,7 @@ worker_main(void *arg)
 			snprintf(nonce, sizeof(nonce), "lg%s-%d-%zu", run->run_tag, rec->id, seq);
 			rc = send_http(run, h, snd, rcpt, payload, len, nonce, &status);
 		} else {
-			rc = send_socket(sock, h, sock_hl, rcpt, payload, len, &status);
+			rc = send_connector(conn, h, conn_hl, rcpt, payload, len, &status);
 		}
 		uint64_t end = lg_mono_us();
 		count_answer(rec, seq, status, rc, end - start, &body);
@@ -253,7 +261,7 @@ worker_main(void *arg)
 		}
 	}
 out:
-	curl_slist_free_all(sock_hl);
+	curl_slist_free_all(conn_hl);
 	free(payload);
 	return NULL;
 }
@@ -265,6 +273,8 @@ lg_send_run(const struct lg_run *run, const struct lg_scen *sc, struct lg_rec *r
 	int n = sc->concurrency, rc = 0;
 	struct lg_worker *w;
 
+	if (sc->kind == LG_KIND_SOCKET)
+		return lg_sock_run(run, sc, rec);
 	if (n > LG_MAX_CONC)
 		n = LG_MAX_CONC;
 	if ((w = calloc((size_t)n, sizeof(*w))) == NULL)

@@ -228,10 +228,15 @@ lg_report(struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec,
 		return 1;
 	}
 
-	printf("\n== scenario %s: %s, %s, %d concurrent senders, %.0f s ==\n", sc->name,
-	    sc->kind == LG_KIND_HTTP ? "signed HTTP POST to the gateway" :
-	    "connector local API -> socket enqueue",
-	    sc->rate > 0 ? "fixed rate" : "as fast as accepted", sc->concurrency, sc->seconds);
+	if (sc->kind == LG_KIND_SOCKET)
+		printf("\n== scenario %s: enqueue frames on the load generator's own sockets to the"
+		    " gateway, as fast as accepted, %d sockets (one per sender), window %d frames per"
+		    " socket, %.0f s ==\n", sc->name, sc->concurrency, sc->window, sc->seconds);
+	else
+		printf("\n== scenario %s: %s, %s, %d concurrent senders, %.0f s ==\n", sc->name,
+		    sc->kind == LG_KIND_HTTP ? "signed HTTP POST to the gateway" :
+		    "POST to sending connectors' local API -> their socket enqueue (informational)",
+		    sc->rate > 0 ? "fixed rate" : "as fast as accepted", sc->concurrency, sc->seconds);
 	if (sc->rate > 0)
 		printf("  target rate       %.0f msg/s\n", sc->rate);
 	printf("  sent              %zu requests in %.2f s\n", sent, send_s);
@@ -242,7 +247,9 @@ lg_report(struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec,
 	    atomic_load(&rec->refused[4]), atomic_load(&rec->refused[5]));
 	if (atomic_load(&rec->have_refusal))
 		printf("  first refusal     %s\n", rec->first_refusal);
-	printf("  accept latency    p50 %.2f ms  p99 %.2f ms  (request round trip)\n", a50, a99);
+	printf("  accept latency    p50 %.2f ms  p99 %.2f ms  (%s)\n", a50, a99,
+	    sc->kind == LG_KIND_SOCKET ? "enqueue frame made -> its enqueue_ack read" :
+	    "request round trip");
 	printf("  delivered         %zu of %zu accepted (%zu duplicates)  = %.0f msg/s end to end"
 	    " (last after %.2f s; %.0f msg/s inside the send window)\n", del, acc, dups, del_rate,
 	    del_s, win_rate);

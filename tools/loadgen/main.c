@@ -8,14 +8,16 @@
  *   clawrelay-loadgen machine-busy S     print how busy the CPUs were over S seconds
  *
  * `run` starts the embedded hook server (the receiving connectors' hook),
- * then runs each scenario in turn: a warm-up, then sending for --seconds,
- * then waiting until every accepted message has reached the hook (or no new
- * one arrived for --drain-seconds), then reporting. scripts/bench.sh starts
- * the stack and the connectors and calls it. Exit code: 0 every floor met,
- * 1 a floor not met, 2 usage or set-up error.
+ * opens the socket senders' WebSockets when the socket scenario is asked
+ * for, then runs each scenario in turn: a warm-up, then sending for
+ * --seconds, then waiting until every accepted message has reached the hook
+ * (or no new one arrived for --drain-seconds), then reporting.
+ * scripts/bench.sh starts the stack and the connectors and calls it. Exit
+ * code: 0 every floor met, 1 a floor not met, 2 usage or set-up error.
  *
  * Threads: main owns the run; lg_send_run starts and joins the sender
- * threads of one scenario; civetweb's workers run the hook (lg_hook.c).
+ * threads of one scenario (lg_sock_run those of the socket scenario);
+ * civetweb's workers run the hook (lg_hook.c).
  */
 #include <arpa/inet.h>
 #include <getopt.h>
@@ -38,7 +40,8 @@ usage(FILE *f)
 {
 	fprintf(f,
 	    "usage: clawrelay-loadgen run --gateway URL --hook-port N --recipient ID...\n"
-	    "                             [--sender ID=KEYFILE]... [--socket URL]... [options]\n"
+	    "                             [--sender ID=KEYFILE]... [--ws-sender ID=KEYFILE]...\n"
+	    "                             [--connector URL]... [options]\n"
 	    "       clawrelay-loadgen free-port [N]\n"
 	    "       clawrelay-loadgen wait-ready URL SECONDS\n"
 	    "       clawrelay-loadgen get URL\n"
@@ -50,11 +53,18 @@ usage(FILE *f)
 	    "                         CLAWRELAY_HOOK_URL=http://127.0.0.1:N/hook/<agent>\n"
 	    "  --recipient ID         a receiving agent (repeat; messages go round robin)\n"
 	    "  --sender ID=KEYFILE    an HTTP sender and its private key (repeat)\n"
-	    "  --socket URL           a sending connector's local API base URL (repeat)\n"
-	    "  --scenario NAME        http | socket | fixed (repeat; default: every one the\n"
-	    "                         senders allow, in that order)\n"
+	    "  --ws-sender ID=KEYFILE a socket sender and its private key: the socket scenario\n"
+	    "                         opens one WebSocket to the gateway per sender (repeat)\n"
+	    "  --socket-window N      enqueue frames in flight per socket, 1-65536; at most the\n"
+	    "                         gateway's CLAWRELAY_WS_ENQUEUE_WINDOW (default 256)\n"
+	    "  --socket-events 0|1    send a connector_sent hop event per message in event_batch\n"
+	    "                         frames, as the connector does (default 1)\n"
+	    "  --connector URL        a sending connector's local API base URL, for the\n"
+	    "                         connector scenario (repeat)\n"
+	    "  --scenario NAME        http | socket | fixed | connector (repeat; default: http,\n"
+	    "                         socket, fixed as far as the senders allow, in that order)\n"
 	    "  --seconds S            sending time of each scenario (default 10)\n"
-	    "  --concurrency N        sender threads for http and socket, 1-1024 (default 32)\n"
+	    "  --concurrency N        concurrent requests of http and connector, 1-1024 (default 32)\n"
 	    "  --fixed-rate R         msg/s of the fixed scenario (default 1000)\n"
 	    "  --fixed-concurrency N  sender threads of the fixed scenario (default 32)\n"
 	    "  --payload-bytes B      payload size, 64-65536 (default 256)\n"
@@ -62,7 +72,8 @@ usage(FILE *f)
 	    "  --settle-seconds S     pause between scenarios (default 2)\n"
 	    "  --warmup S             warm-up seconds per kind, not reported (default 2; 0 = none)\n"
 	    "  --floor-http R         delivered msg/s floor of http (default 2500)\n"
-	    "  --floor-socket R       delivered msg/s floor of socket (default 5000)\n"
+	    "  --floor-socket R       delivered msg/s floor of socket (default 5000; connector\n"
+	    "                         has none)\n"
 	    "  --floor-p99-ms MS      p99 e2e floor of fixed (default 50)\n"
 	    "  --watch NAME=PID       report that process's CPU per scenario (repeat)\n");
 }
@@ -194,26 +205,68 @@ cmd_machine_busy(int argc, char **argv)
 	return 0;
 }
 
+/* ID=KEYFILE into list[*n] */
 static int
-add_sender(struct lg_run *run, const char *arg)
+add_sender(struct lg_sender *list, int *n, const char *opt, const char *arg)
 {
 	const char *eq = strchr(arg, '=');
 	char path[512];
 	struct lg_sender *s;
 
-	if (eq == NULL || eq == arg || run->nsenders >= LG_MAX_IDS ||
-	    (size_t)(eq - arg) >= sizeof(s->id)) {
-		fprintf(stderr, "loadgen: --sender wants ID=KEYFILE: %s\n", arg);
+	if (eq == NULL || eq == arg || *n >= LG_MAX_IDS || (size_t)(eq - arg) >= sizeof(s->id)) {
+		fprintf(stderr, "loadgen: %s wants ID=KEYFILE: %s\n", opt, arg);
 		return -1;
 	}
-	s = &run->senders[run->nsenders];
+	s = &list[*n];
 	snprintf(s->id, sizeof(s->id), "%.*s", (int)(eq - arg), arg);
 	snprintf(path, sizeof(path), "%s", eq + 1);
 	if (auth_key_load_private(path, &s->key) != CR_OK) {
 		fprintf(stderr, "loadgen: cannot load private key %s\n", path);
 		return -1;
 	}
-	run->nsenders++;
+	(*n)++;
+	return 0;
+}
+
+/* split http://host[:port][/base] into the run's gw_host, gw_port, gw_base */
+static int
+parse_gateway(struct lg_run *run)
+{
+	const char *h = run->gateway, *slash, *colon, *hend;
+	size_t n;
+
+	if (strncmp(h, "http://", 7) != 0) {
+		fprintf(stderr, "loadgen: --gateway wants http://host[:port][/path]: %s\n", h);
+		return -1;
+	}
+	h += 7;
+	slash = strchr(h, '/');
+	hend = slash ? slash : h + strlen(h);
+	colon = memchr(h, ':', (size_t)(hend - h));
+	run->gw_port = 80;
+	if (colon != NULL) {
+		char *end;
+		long p = strtol(colon + 1, &end, 10);
+		if (end != hend || p < 1 || p > 65535) {
+			fprintf(stderr, "loadgen: bad port in --gateway %s\n", run->gateway);
+			return -1;
+		}
+		run->gw_port = (int)p;
+		hend = colon;
+	}
+	n = (size_t)(hend - h);
+	if (n == 0 || n >= sizeof(run->gw_host))
+		return -1;
+	memcpy(run->gw_host, h, n);
+	run->gw_host[n] = '\0';
+	n = slash ? strlen(slash) : 0;
+	while (n > 0 && slash[n - 1] == '/')
+		n--;
+	if (n >= sizeof(run->gw_base))
+		return -1;
+	if (n > 0)
+		memcpy(run->gw_base, slash, n);
+	run->gw_base[n] = '\0';
 	return 0;
 }
 
@@ -238,6 +291,8 @@ run_free(struct lg_run *run)
 {
 	for (int i = 0; i < run->nsenders; i++)
 		auth_key_free(run->senders[i].key);
+	for (int i = 0; i < run->nws; i++)
+		auth_key_free(run->ws_senders[i].key);
 }
 
 /* run one scenario: send, drain, report; returns 1 if its floors were met */
@@ -300,13 +355,14 @@ cmd_run(int argc, char **argv)
 	double seconds = 10, fixed_rate = 1000, warmup = 2;
 	double floor_http = 2500, floor_socket = 5000, floor_p99 = 50;
 	long payload = 256;
-	enum { O_GW = 1, O_HOOK, O_RCPT, O_SENDER, O_SOCK, O_SCEN, O_SECS, O_CONC, O_FRATE,
-		O_FCONC, O_PAYLOAD, O_DRAIN, O_SETTLE, O_WARM, O_FHTTP, O_FSOCK, O_FP99, O_WATCH,
-		O_HELP };
+	enum { O_GW = 1, O_HOOK, O_RCPT, O_SENDER, O_WS_SENDER, O_WS_WINDOW, O_WS_EVENTS, O_CONN, O_SCEN,
+		O_SECS, O_CONC, O_FRATE, O_FCONC, O_PAYLOAD, O_DRAIN, O_SETTLE, O_WARM, O_FHTTP,
+		O_FSOCK, O_FP99, O_WATCH, O_HELP };
 	static const struct option opts[] = {
 		{ "gateway", 1, NULL, O_GW }, { "hook-port", 1, NULL, O_HOOK },
 		{ "recipient", 1, NULL, O_RCPT }, { "sender", 1, NULL, O_SENDER },
-		{ "socket", 1, NULL, O_SOCK }, { "scenario", 1, NULL, O_SCEN },
+		{ "ws-sender", 1, NULL, O_WS_SENDER }, { "socket-window", 1, NULL, O_WS_WINDOW },
+		{ "socket-events", 1, NULL, O_WS_EVENTS }, { "connector", 1, NULL, O_CONN }, { "scenario", 1, NULL, O_SCEN },
 		{ "seconds", 1, NULL, O_SECS }, { "concurrency", 1, NULL, O_CONC },
 		{ "fixed-rate", 1, NULL, O_FRATE }, { "fixed-concurrency", 1, NULL, O_FCONC },
 		{ "payload-bytes", 1, NULL, O_PAYLOAD }, { "drain-seconds", 1, NULL, O_DRAIN },
@@ -319,6 +375,8 @@ cmd_run(int argc, char **argv)
 
 	run.drain_seconds = 15;
 	run.settle_seconds = 2;
+	run.ws_window = 256;
+	run.ws_events = 1;
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {
 		case O_GW: snprintf(run.gateway, sizeof(run.gateway), "%s", optarg); break;
@@ -330,17 +388,23 @@ cmd_run(int argc, char **argv)
 			    optarg);
 			break;
 		case O_SENDER:
-			if (add_sender(&run, optarg) != 0)
+			if (add_sender(run.senders, &run.nsenders, "--sender", optarg) != 0)
 				goto out;
 			break;
-		case O_SOCK:
-			if (run.nsock >= LG_MAX_IDS)
+		case O_WS_SENDER:
+			if (add_sender(run.ws_senders, &run.nws, "--ws-sender", optarg) != 0)
+				goto out;
+			break;
+		case O_WS_WINDOW: run.ws_window = atoi(optarg); break;
+		case O_WS_EVENTS: run.ws_events = atoi(optarg) != 0; break;
+		case O_CONN:
+			if (run.nconn >= LG_MAX_IDS)
 				goto bad;
-			snprintf(run.sock_urls[run.nsock++], sizeof(run.sock_urls[0]), "%s", optarg);
+			snprintf(run.conn_urls[run.nconn++], sizeof(run.conn_urls[0]), "%s", optarg);
 			break;
 		case O_SCEN:
 			if (nscen >= LG_MAX_SCEN || (strcmp(optarg, "http") && strcmp(optarg, "socket") &&
-			    strcmp(optarg, "fixed")))
+			    strcmp(optarg, "fixed") && strcmp(optarg, "connector")))
 				goto bad;
 			snprintf(scen[nscen++], sizeof(scen[0]), "%s", optarg);
 			break;
@@ -366,7 +430,7 @@ cmd_run(int argc, char **argv)
 	if (nscen == 0) {
 		if (run.nsenders)
 			snprintf(scen[nscen++], sizeof(scen[0]), "http");
-		if (run.nsock)
+		if (run.nws)
 			snprintf(scen[nscen++], sizeof(scen[0]), "socket");
 		if (run.nsenders)
 			snprintf(scen[nscen++], sizeof(scen[0]), "fixed");
@@ -374,14 +438,21 @@ cmd_run(int argc, char **argv)
 	if (run.gateway[0] == '\0' || hook_port <= 0 || hook_port > 65535 ||
 	    run.nrecipients == 0 || nscen == 0 || seconds <= 0 || conc < 1 || conc > 1024 ||
 	    fixed_conc < 1 || fixed_conc > 1024 || fixed_rate <= 0 || payload < 64 ||
-	    payload > LG_PAYLOAD_MAX || warmup < 0 || run.drain_seconds <= 0)
+	    payload > LG_PAYLOAD_MAX || warmup < 0 || run.drain_seconds <= 0 ||
+	    run.ws_window < 1 || run.ws_window > 65536)
+		goto bad;
+	if (parse_gateway(&run) != 0)
 		goto bad;
 	if ((has_scen(scen, nscen, "http") || has_scen(scen, nscen, "fixed")) && run.nsenders == 0) {
 		fprintf(stderr, "loadgen: http and fixed scenarios need --sender\n");
 		goto bad;
 	}
-	if (has_scen(scen, nscen, "socket") && run.nsock == 0) {
-		fprintf(stderr, "loadgen: the socket scenario needs --socket\n");
+	if (has_scen(scen, nscen, "socket") && run.nws == 0) {
+		fprintf(stderr, "loadgen: the socket scenario needs --ws-sender\n");
+		goto bad;
+	}
+	if (has_scen(scen, nscen, "connector") && run.nconn == 0) {
+		fprintf(stderr, "loadgen: the connector scenario needs --connector\n");
 		goto bad;
 	}
 	run.payload_bytes = (size_t)payload;
@@ -393,9 +464,20 @@ cmd_run(int argc, char **argv)
 		fprintf(stderr, "loadgen: cannot listen on 127.0.0.1:%d for the hook\n", hook_port);
 		goto out;
 	}
-	printf("loadgen: %d recipients, %d HTTP senders, %d sending connectors, payload %zu B\n",
-	    run.nrecipients, run.nsenders, run.nsock, run.payload_bytes);
+	printf("loadgen: %d recipients, %d HTTP senders, %d socket senders (window %d), "
+	    "%d sending connectors, payload %zu B\n", run.nrecipients, run.nsenders, run.nws,
+	    run.ws_window, run.nconn, run.payload_bytes);
 	fflush(stdout);
+	if (has_scen(scen, nscen, "socket")) {
+		if (lg_sock_open_all(&run) != 0) {
+			fprintf(stderr, "loadgen: the socket senders' sockets did not all open\n");
+			lg_sock_close_all();
+			lg_hook_stop();
+			goto out;
+		}
+		printf("loadgen: %d sockets open (reconnect_ack received)\n", run.nws);
+		fflush(stdout);
+	}
 
 	int id = 1, all_met = 1;
 	if (warmup > 0) {
@@ -408,8 +490,16 @@ cmd_run(int argc, char **argv)
 			run_scenario(&run, &w, id++);
 		}
 		if (has_scen(scen, nscen, "socket")) {
-			snprintf(w.name, sizeof(w.name), "socket");
-			w.kind = LG_KIND_SOCKET;
+			struct lg_scen ws = w;
+			snprintf(ws.name, sizeof(ws.name), "socket");
+			ws.kind = LG_KIND_SOCKET;
+			ws.concurrency = run.nws;
+			ws.window = run.ws_window;
+			run_scenario(&run, &ws, id++);
+		}
+		if (has_scen(scen, nscen, "connector")) {
+			snprintf(w.name, sizeof(w.name), "connector");
+			w.kind = LG_KIND_CONNECTOR;
 			run_scenario(&run, &w, id++);
 		}
 		lg_sleep_until_us(lg_mono_us() + (uint64_t)(run.settle_seconds * 1e6));
@@ -423,8 +513,12 @@ cmd_run(int argc, char **argv)
 			s.floor_rate = floor_http;
 		} else if (strcmp(scen[i], "socket") == 0) {
 			s.kind = LG_KIND_SOCKET;
-			s.concurrency = conc;
+			s.concurrency = run.nws;
+			s.window = run.ws_window;
 			s.floor_rate = floor_socket;
+		} else if (strcmp(scen[i], "connector") == 0) {
+			s.kind = LG_KIND_CONNECTOR;	/* informational: no floor */
+			s.concurrency = conc;
 		} else {
 			s.kind = LG_KIND_HTTP;
 			s.rate = fixed_rate;
@@ -440,6 +534,7 @@ cmd_run(int argc, char **argv)
 	printf("FLOORS %s\n", all_met ? "ALL MET" : "NOT ALL MET");
 	fflush(stdout);
 	lg_send_cleanup();
+	lg_sock_close_all();
 	lg_hook_stop();
 	rc = all_met ? 0 : 1;
 	goto out;
