@@ -10,14 +10,14 @@ comma   := ,
 CC       ?= gcc
 SANITIZE ?=
 O        ?= 2
-PKGS      = libnats libprotobuf-c lmdb libcurl libwebsockets libcjson libcrypto check
+PKGS      = libnats libprotobuf-c lmdb libcurl libwebsockets libcjson libcrypto libsodium check
 
 WARN   = -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow \
          -Wformat=2 -Wpointer-arith -Wcast-qual -Wwrite-strings -Wundef -Wvla \
          -Wno-unused-parameter -Wnull-dereference -Wimplicit-fallthrough
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -O$(O) -g -pthread -MMD -MP \
          -Icommon -isystem build/gen $(shell pkg-config --cflags libnats lmdb libcjson 2>/dev/null)
-LIBS   = -lcivetweb $(shell pkg-config --libs libnats libprotobuf-c lmdb libcurl libwebsockets libcjson libcrypto 2>/dev/null) -pthread -lm
+LIBS   = -lcivetweb $(shell pkg-config --libs libnats libprotobuf-c lmdb libcurl libwebsockets libcjson libcrypto libsodium 2>/dev/null) -pthread -lm
 ifneq ($(SANITIZE),)
 CFLAGS_BASE += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZE)
