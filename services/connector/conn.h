@@ -143,6 +143,7 @@ struct conn_pending;
 struct conn_skip {
 	char key[130];
 	size_t klen;
+	uint32_t hash;               /* fnv1a32 of the key: compared first */
 	int committed;               /* set by the committer callback */
 	int seen_committed;          /* hook thread: committed before the last snapshot */
 	int used;

@@ -502,6 +502,16 @@ void conn_entry_free(struct conn_entry *en)
 	free(en);
 }
 
+static uint32_t key_hash(const void *k, size_t kl)
+{
+	const unsigned char *p = k;
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < kl; i++)
+		h = (h ^ p[i]) * 16777619u;
+	return h;
+}
+
 /* the hook worker skips an entry whose removal is being committed, and one
  * whose put is committed but whose stored callback (ack, connector_stored
  * event) has not run yet: the trace shows stored before hook_called */
@@ -511,9 +521,12 @@ static int skipped(struct conn_inbox *ib, const void *k, size_t kl)
 	int hit = 0;
 	char id[sizeof(((struct conn_pending *)0)->id)];
 
+	uint32_t h = key_hash(k, kl);
+
 	pthread_mutex_lock(&ib->mu);
 	for (i = 0; i < CONN_SKIP_MAX && ib->nskip; i++) {
-		if (ib->skip[i].used && ib->skip[i].klen == kl && memcmp(ib->skip[i].key, k, kl) == 0) {
+		if (ib->skip[i].hash == h && ib->skip[i].used && ib->skip[i].klen == kl &&
+		    memcmp(ib->skip[i].key, k, kl) == 0) {
 			hit = 1;
 			break;
 		}
@@ -578,6 +591,7 @@ enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en)
 				sk = &ib->skip[i];
 				memcpy(sk->key, en->key, en->klen);
 				sk->klen = en->klen;
+				sk->hash = key_hash(en->key, en->klen);
 				sk->committed = 0;
 				sk->seen_committed = 0;
 				sk->used = 1;
