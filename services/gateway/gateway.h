@@ -81,6 +81,7 @@ struct gw {
 	kvStore *status_kv;          /* the notifier's bucket, bound lazily; ours */
 	pthread_mutex_t status_mu;   /* guards status_kv */
 	struct reg_cache *reg;
+	struct gw_hpart *hparts;     /* per partition: POSTs waiting to be batched */
 	struct gw_key_shard keys[GW_KEY_SHARDS];
 	struct gw_key *key_graveyard; /* replaced verifiers, freed in gw_fini */
 	pthread_mutex_t grave_mu;
@@ -181,6 +182,20 @@ int gw_envelope_finish(struct gw *g, Envelope *e, struct gw_ids *ids, uint32_t t
 int gw_enq_json(const struct gw_enq_result *r, char *out, size_t sz);
 /* gw_handle_post - POST /v1/agents/{recipient}/messages (civetweb handler) */
 int gw_handle_post(struct mg_connection *c, void *arg);
+
+/* --- gateway_enqbatch.c ---------------------------------------------- */
+
+struct gw_hpart;
+/* gw_enqbatch_init / _fini - the per-partition queues of POSTs */
+int gw_enqbatch_init(struct gw *g);
+void gw_enqbatch_fini(struct gw *g);
+/* gw_enq_http - enqueue a POST's packed envelope e (batched with other
+ * POSTs of its partition) and wait for the answer in *out */
+void gw_enq_http(struct gw *g, const char *recipient, const void *wire, size_t wlen,
+    const Envelope *e, struct gw_enq_result *out);
+/* gw_enq_batch_pack - an EnqueueBatch around n packed envelopes (malloc'd) */
+unsigned char *gw_enq_batch_pack(const void *const *wires, const size_t *lens, size_t n,
+    size_t *len);
 
 /* --- gateway_reqpool.c ----------------------------------------------- */
 

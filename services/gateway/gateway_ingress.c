@@ -4,10 +4,11 @@
  *
  * The handler reads the body (bounded by CLAWRELAY_MAX_BODY_BYTES), runs the
  * proof checks (gateway_auth.c), the recipient and trust checks, assigns the
- * message's IDs, emits HOP_GATEWAY_ACCEPTED and asks relay-session with one
- * synchronous request on the civetweb worker's own thread (each connection
- * has its thread, so requests proceed in parallel). The session's answer
- * maps to the HTTP status (gw_enq_map), shared with enqueue frames.
+ * message's IDs, emits HOP_GATEWAY_ACCEPTED and hands the envelope to the
+ * partition's batcher (gateway_enqbatch.c), waiting on the civetweb
+ * worker's own thread for the answer (each connection has its thread, so
+ * POSTs proceed in parallel and share requests). The session's answer maps
+ * to the HTTP status (gw_enq_map_reply), shared with enqueue frames.
  *
  * Threads: any civetweb worker; no state of its own besides struct gw.
  */
@@ -357,8 +358,7 @@ gw_handle_post(struct mg_connection *c, void *arg)
 		goto refuse;
 	}
 	hop_emit(&e, CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED, "ok", NULL);
-	err = gw_request(g, subj, wdata, wlen, (int)g->cfg.session_timeout_ms, &reply);
-	gw_enq_map(err, reply, &e, &res);
+	gw_enq_http(g, recipient, wdata, wlen, &e, &res);
 	if (res.status == 200 || res.status == 202) {
 		char json[GW_ENQ_JSON_MAX];
 		int jn = gw_enq_json(&res, json, sizeof(json));

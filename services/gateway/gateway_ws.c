@@ -1036,36 +1036,21 @@ enq_fail_unsent(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
 		sock_unref(sk);
 }
 
-static size_t
-varint_put(unsigned char *p, uint64_t v)
-{
-	size_t n = 0;
-
-	do {
-		p[n++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-		v >>= 7;
-	} while (v != 0);
-	return n;
-}
-
 /* send the frames of list (one partition, in order) as one enqueue_batch
- * request; each frame holds a socket reference and one window place. The
- * EnqueueBatch is written by hand around the frames' packed envelopes:
- * field 1 (schema_version) and one field 2 per envelope. */
+ * request; each frame holds a socket reference and one window place */
 static void
 enq_send(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
 {
 	struct gw *g = sk->g;
 	struct gw_enq_batch *b;
 	struct gw_enq_ctx *c;
-	unsigned char *buf, *p;
-	size_t n = 0, bytes = 2;
+	const void *wires[ENQ_BATCH_MAX];
+	size_t lens[ENQ_BATCH_MAX], n = 0, len = 0;
+	unsigned char *buf = NULL;
 	char subj[256];
 
-	for (c = list; c != NULL; c = c->next) {
+	for (c = list; c != NULL; c = c->next)
 		n++;
-		bytes += 1 + 10 + c->wlen;
-	}
 	if ((b = malloc(sizeof(*b) + n * sizeof(b->ctx[0]))) == NULL) {
 		enq_fail_unsent(sk, part, list);
 		return;
@@ -1074,26 +1059,17 @@ enq_send(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
 	b->part = part;
 	b->n = n;
 	n = 0;
-	for (c = list; c != NULL; c = c->next)
-		b->ctx[n++] = c;
+	for (c = list; c != NULL; c = c->next) {
+		b->ctx[n] = c;
+		wires[n] = c->wire;
+		lens[n] = c->wlen;
+		n++;
+	}
 	for (size_t i = 0; i < n; i++)
 		b->ctx[i]->next = NULL;
-	if ((buf = malloc(bytes)) == NULL ||
-	    bus_subj(g->bus, subj, sizeof(subj), "session.%u.enqueue_batch", part) < 0) {
-		free(buf);
-		on_enq_batch_reply(b, CR_ERR_UNAVAILABLE, NULL, 0);
-		return;
-	}
-	p = buf;
-	*p++ = 0x08;
-	*p++ = ENV_SCHEMA;
-	for (size_t i = 0; i < n; i++) {
-		*p++ = 0x12;
-		p += varint_put(p, b->ctx[i]->wlen);
-		memcpy(p, b->ctx[i]->wire, b->ctx[i]->wlen);
-		p += b->ctx[i]->wlen;
-	}
-	if (gw_request_async(g, subj, buf, (size_t)(p - buf), (int)g->cfg.session_timeout_ms,
+	if (bus_subj(g->bus, subj, sizeof(subj), "session.%u.enqueue_batch", part) < 0 ||
+	    (buf = gw_enq_batch_pack(wires, lens, n, &len)) == NULL ||
+	    gw_request_async(g, subj, buf, len, (int)g->cfg.session_timeout_ms,
 	    on_enq_batch_reply, b) != CR_OK)
 		on_enq_batch_reply(b, CR_ERR_UNAVAILABLE, NULL, 0);
 	free(buf);

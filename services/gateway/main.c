@@ -65,7 +65,7 @@ gw_init(struct svc *s, void *st)
 		return 1;
 	}
 
-	if (gw_reqpool_init(g) < 0)
+	if (gw_reqpool_init(g) < 0 || gw_enqbatch_init(g) < 0)
 		return 1;
 
 	g->m_accepted_http = metric_counter("clawrelay_gateway_messages_accepted_total",
@@ -148,6 +148,7 @@ gw_fini(struct svc *s, void *st)
 	g->status_kv = NULL;
 	gw_auth_fini(g);
 	gw_reqpool_fini();
+	gw_enqbatch_fini(g);
 	pthread_mutex_destroy(&g->status_mu);
 	pthread_mutex_destroy(&g->sock_mu);
 }
