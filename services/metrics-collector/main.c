@@ -63,7 +63,8 @@ mc_init(struct svc *s, void *st)
 	    store_db(m->st, "bytime", &m->db_bytime) != CR_OK)
 		return 1;
 	m->com = store_committer_new(m->st, 10000, 2000);
-	if (m->com == NULL)
+	m->acc = mc_latency_new();
+	if (m->com == NULL || m->acc == NULL)
 		return 1;
 	if (bus_subj(m->bus, subj, sizeof(subj), "events.>") < 0 ||
 	    bus_subscribe(m->bus, subj, NULL, mc_on_event, m) != CR_OK)
@@ -138,6 +139,8 @@ mc_fini(struct svc *s, void *st)
 	m->com = NULL;
 	store_close(m->st);
 	m->st = NULL;
+	mc_latency_free(m->acc);
+	m->acc = NULL;
 }
 
 static const struct svc_def mc_def = {

@@ -5,7 +5,10 @@
  * Storage (one LMDB environment in DATA_DIR):
  *   hops:   "<correlation_id>\0<ts_us be64><hop u8><seq be32>" -> packed HopEvent
  *           (key order = trace order: by time, ties by hop number)
- *   bytime: "<received_ms be64><hops key>" -> "" (retention index)
+ *   bytime: "<received_ms be64><seq be32>" -> "<len u8><hops key>..." (retention
+ *           index: one entry per received HopBatch, up to 128 hops each);
+ *           stores written before hold "<received_ms be64><hops key>" -> ""
+ *           (one per hop), which the sweep still understands
  * Every write goes through one group committer; reads are lock-free LMDB
  * snapshots from any thread.
  */
@@ -25,6 +28,8 @@
 #define MC_NHOPS 17          /* HopKind values 0..16 */
 #define MC_NBUCKETS 16       /* end-to-end latency histogram */
 
+struct mc_acc;
+
 struct mc {
 	/* settings */
 	char *data_dir;
@@ -43,6 +48,9 @@ struct mc {
 	struct metric *m_hops[MC_NHOPS];
 	struct metric *m_bad, *m_store_err;
 	uint64_t next_sweep_ms;   /* main thread only */
+
+	/* events thread only (mc_on_event) */
+	struct mc_acc *acc;       /* when recent messages were accepted (mc_latency.c) */
 
 	/* any thread */
 	atomic_uint seq;
@@ -75,5 +83,17 @@ int mc_http_trace(struct mg_connection *c, void *arg);
 void mc_metrics_text(struct mc *m, struct strbuf *sb);
 /* mc_latency_bound - upper bound (ms) of histogram bucket i; 0 for +Inf */
 uint64_t mc_latency_bound(int i);
+/* mc_latency_new - the accepted-time table; NULL on ENOMEM; free with
+ * mc_latency_free (NULL does nothing) */
+struct mc_acc *mc_latency_new(void);
+void mc_latency_free(struct mc_acc *a);
+/* mc_latency_accepted - remember the time of a message's
+ * HOP_GATEWAY_ACCEPTED (events thread); mid is mlen bytes, borrowed */
+void mc_latency_accepted(struct mc *m, const char *corr, const unsigned char *mid, size_t mlen,
+    uint64_t ts_us);
+/* mc_latency_delivered - observe accepted -> delivered for a message's
+ * HOP_DELIVERED at ts_us (events thread) */
+void mc_latency_delivered(struct mc *m, const char *corr, const unsigned char *mid, size_t mlen,
+    uint64_t ts_us);
 
 #endif

@@ -4,8 +4,9 @@
  *
  * Threads: init/drain/fini on the main thread; receipts and failures on
  * two nats.c subscription threads; KV writes on the shards' writer threads
- * (notifier_shard.c); status/metrics on civetweb workers, reading atomics
- * and the shards' counts only.
+ * (notifier_shard.c) and their acks on a third subscription thread
+ * (notifier_kv.c); status/metrics on civetweb workers, reading atomics and
+ * the shards' counts only.
  */
 #include <stdio.h>
 
@@ -77,11 +78,11 @@ static void
 ntf_status(struct svc *s, void *st, cJSON *obj)
 {
 	struct ntf *n = st;
-	size_t pending = 0, cached = 0;
+	size_t pending = 0, cached = 0, inflight = 0;
 	cJSON *o;
 
 	if (n->shards != NULL)
-		ntf_shards_counts(n, &pending, &cached);
+		ntf_shards_counts(n, &pending, &cached, &inflight);
 	o = cJSON_AddObjectToObject(obj, "received");
 	cJSON_AddNumberToObject(o, "receipts", (double)atomic_load(&n->receipts));
 	cJSON_AddNumberToObject(o, "failures", (double)atomic_load(&n->failures));
@@ -98,6 +99,7 @@ ntf_status(struct svc *s, void *st, cJSON *obj)
 	cJSON_AddNumberToObject(o, "conflicts", (double)atomic_load(&n->kv_conflicts));
 	cJSON_AddNumberToObject(o, "lost", (double)atomic_load(&n->kv_errors));
 	cJSON_AddNumberToObject(o, "pending", (double)pending);
+	cJSON_AddNumberToObject(o, "inFlight", (double)inflight);
 	cJSON_AddNumberToObject(o, "cached", (double)cached);
 	cJSON_AddNumberToObject(o, "writers", (double)n->writers);
 }
@@ -106,10 +108,10 @@ static void
 ntf_metrics(struct svc *s, void *st, struct strbuf *sb)
 {
 	struct ntf *n = st;
-	size_t pending = 0, cached = 0;
+	size_t pending = 0, cached = 0, inflight = 0;
 
 	if (n->shards != NULL)
-		ntf_shards_counts(n, &pending, &cached);
+		ntf_shards_counts(n, &pending, &cached, &inflight);
 	sb_printf(sb, "# HELP clawrelay_notifier_pending status updates waiting for their write\n"
 	    "# TYPE clawrelay_notifier_pending gauge\nclawrelay_notifier_pending %zu\n", pending);
 }

@@ -132,9 +132,9 @@ ntf_rec_from_proto(struct ntf_rec *r, const StatusRecord *p)
 	r->updated_at_ms = p->updated_at_ms;
 }
 
-/* ntf_rec_pack - r as a packed StatusRecord; caller frees *out */
+/* ntf_rec_pack - r as a packed StatusRecord into buf */
 enum cr_err
-ntf_rec_pack(const struct ntf_rec *r, void **out, size_t *len)
+ntf_rec_pack(const struct ntf_rec *r, void *buf, size_t cap, size_t *len)
 {
 	StatusRecord p = CLAWRELAY__V1__STATUS_RECORD__INIT;
 	StateTime st[NTF_NSTATES];
@@ -163,6 +163,6 @@ ntf_rec_pack(const struct ntf_rec *r, void **out, size_t *len)
 	p.failure_reason = (char *)(uintptr_t)(r->failure_reason >= 0
 	    ? env_failure_reason_name(r->failure_reason) : "");
 	p.updated_at_ms = r->updated_at_ms;
-	return env_pack(&p.base, out, len);
+	return env_pack_into(&p.base, buf, cap, len);
 }
 

@@ -6,16 +6,33 @@
  * thread takes each entry out COALESCE_MS after the first delta of its
  * message arrived (the list is in arrival order, so it takes a prefix), so
  * the receipts of one message within COALESCE_MS of its first always become
- * one write (a fixed tick split them whenever a tick fell between them), and
- * writes each entry with one KV operation where it can:
+ * one write. Writers take due entries only on ticks (multiples of
+ * NTF_TICK_MS of the monotonic clock, the same instants for every shard), so
+ * the writes due meanwhile leave together, in one socket write, and
+ * nats-server handles them as one batch (it spends ~50 us per wake-up, and
+ * ~10 us per write in a batch); a write may leave up to a tick late, never
+ * split.
+ *
+ * It writes each entry with one KV operation where it can, published
+ * without waiting for the ack (ntf_kv_send; the ack handler marks the
+ * entry through ntf_shards_acked and the writer finishes it on its next
+ * pass):
  *   - a record this writer wrote recently is in its cache with its
- *     revision: kvStore_Update(last = that revision);
- *   - a new message (the delta has accepted or queued): kvStore_Create;
+ *     revision: update with last = that revision;
+ *   - a new message (the delta has accepted or queued): create;
  *   - otherwise, or when the write fails (another replica wrote meanwhile:
- *     "wrong last sequence", or the key exists): kvStore_Get, merge, and
- *     try again with the revision just read (bounded retries).
- * The cache (correlation ID -> record, revision) belongs to the writer
- * thread alone; entries idle for CACHE_MS are dropped.
+ *     "wrong last sequence"), no ack came within NTF_ACK_TIMEOUT_MS, or the
+ *     publish itself failed: synchronously kvStore_Get, merge, and write
+ *     with the revision just read (bounded retries).
+ * One write per message is in flight at a time: a delta that becomes due
+ * while its message's write awaits the ack waits for it (merged into
+ * `later`), then goes out with the revision the ack reported.
+ *
+ * Ownership: the cache (correlation ID -> record, revision; entries idle for
+ * CACHE_MS are dropped), the in-flight list and its table by correlation ID
+ * belong to the writer thread alone. The table of in-flight writes by write
+ * id and the entries' ack fields are shared with the ack handler, under the
+ * shard's mutex.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -31,31 +48,51 @@
 
 #define PEND_BUCKETS 4096u
 #define CACHE_BUCKETS 16384u
+#define FLIGHT_BUCKETS 1024u
 #define MAX_TRIES 8
+#define NTF_TICK_MS 10            /* a writer takes due entries at most this often */
+#define NTF_FLIGHT_MAX 2048u      /* writes awaiting their ack, per shard */
+#define NTF_ACK_TIMEOUT_MS 5000   /* then the write is redone synchronously */
+
+/* ack states of an in-flight entry */
+enum { ACK_WAITING = 0, ACK_OK, ACK_FAILED, ACK_CONFLICT, ACK_TIMEOUT };
 
 struct ntf_ent {
-	struct ntf_rec r;
-	uint64_t rev;          /* cache: KV revision of r */
-	uint64_t used;         /* cache: mono_ms of last use; pending: mono_ms it is due */
+	struct ntf_rec r;      /* pending: merged delta; cache and in flight: the record */
+	uint64_t rev;          /* cache: KV revision of r; in flight: the one it replaces */
+	uint64_t used;         /* cache: mono_ms of last use; pending: mono_ms it is due;
+	                        * in flight: mono_ms its ack is overdue */
+	uint64_t wid;          /* in flight: write id (last token of its reply subject) */
+	uint64_t newrev;       /* in flight: revision its ack reported (under mu) */
+	int ack;               /* in flight: ACK_* (under mu) */
 	uint32_t hash;
-	struct ntf_ent *hnext; /* bucket chain */
-	struct ntf_ent *lnext; /* pending: arrival order */
+	struct ntf_ent *hnext; /* bucket chain by correlation ID (pending, cache, in flight) */
+	struct ntf_ent *wnext; /* in flight: bucket chain by write id (under mu) */
+	struct ntf_ent *lnext; /* pending: arrival order; in flight: send order */
+	struct ntf_ent *later; /* in flight: deltas of its message that became due meanwhile */
 };
 
 struct ntf_shard {
 	struct ntf *n;
 	unsigned idx;
-	pthread_mutex_t mu;          /* guards ptab, plist, ptail, npending, quit */
+	pthread_mutex_t mu;          /* guards ptab, plist, ptail, npending, wtab, the
+	                              * in-flight entries' ack/newrev, waiting, quit */
 	pthread_cond_t cv;
 	struct ntf_ent *ptab[PEND_BUCKETS];
 	struct ntf_ent *plist, *ptail;
 	size_t npending;
+	struct ntf_ent *wtab[FLIGHT_BUCKETS];
+	int waiting;                 /* the writer sleeps until an ack arrives */
 	int quit;
 	pthread_t thr;
 	int started;
 	/* writer thread only */
 	struct ntf_ent *ctab[CACHE_BUCKETS];
-	_Atomic size_t ncache;
+	struct ntf_ent *ftab[FLIGHT_BUCKETS];
+	struct ntf_ent *fhead, *ftail;   /* in flight, in send order */
+	struct ntf_ent *redo;            /* deltas whose wait for an ack is over */
+	uint64_t next_wid;
+	_Atomic size_t ncache, nflight;
 	uint64_t last_sweep;
 };
 
@@ -100,10 +137,11 @@ ntf_shards_add(struct ntf *n, const struct ntf_rec *d)
 	pthread_mutex_unlock(&sh->mu);
 }
 
+/* the entry for d's correlation ID in a table chained by hnext, or NULL */
 static struct ntf_ent *
-cache_find(struct ntf_shard *sh, const struct ntf_ent *d)
+tab_find(struct ntf_ent **tab, unsigned nb, const struct ntf_ent *d)
 {
-	for (struct ntf_ent *e = sh->ctab[d->hash % CACHE_BUCKETS]; e; e = e->hnext)
+	for (struct ntf_ent *e = tab[d->hash % nb]; e; e = e->hnext)
 		if (e->hash == d->hash && strcmp(e->r.correlation_id, d->r.correlation_id) == 0)
 			return e;
 	return NULL;
@@ -112,7 +150,7 @@ cache_find(struct ntf_shard *sh, const struct ntf_ent *d)
 static void
 cache_put(struct ntf_shard *sh, const struct ntf_ent *d, const struct ntf_rec *r, uint64_t rev)
 {
-	struct ntf_ent *e = cache_find(sh, d);
+	struct ntf_ent *e = tab_find(sh->ctab, CACHE_BUCKETS, d);
 	if (e == NULL) {
 		if (atomic_load(&sh->ncache) >= (size_t)(sh->n->cache_max / sh->n->nshards + 1))
 			return;	/* full: the sweep makes room */
@@ -191,40 +229,41 @@ kv_read(struct ntf *n, const char *key, struct ntf_rec *r, uint64_t *rev)
 }
 
 static void
-write_one(struct ntf_shard *sh, const struct ntf_ent *d)
+count_write(struct ntf *n, const struct ntf_rec *r, uint64_t rev)
+{
+	struct log_ctx lc = { r->correlation_id, r->message_id, r->sender };
+
+	atomic_fetch_add(&n->kv_writes, 1);
+	metric_add(n->m_kv_writes, 1);
+	log_debug(&lc, "status %s (rev %llu)", ntf_state_name(ntf_rec_state(r)),
+	    (unsigned long long)rev);
+}
+
+/* the slow path: read the stored record, fold d's record into it and write
+ * it back with compare-and-set, synchronously, retrying on conflicts */
+static void
+write_sync(struct ntf_shard *sh, const struct ntf_ent *d)
 {
 	struct ntf *n = sh->n;
 	struct log_ctx lc = { d->r.correlation_id, d->r.message_id, d->r.sender };
-	struct ntf_ent *c = cache_find(sh, d);
 	struct ntf_rec r;
 	uint64_t rev = 0, newrev = 0;
-	int known;	/* 1: r/rev are the stored record; 0: absent; -1: not read yet */
+	unsigned char buf[NTF_PACK_MAX];
 	char key[512];
 
 	if (status_key(d->r.correlation_id, key, sizeof(key)) == 0) {
 		atomic_fetch_add(&n->kv_errors, 1);
 		return;
 	}
-	if (c != NULL) {
-		r = c->r;
-		rev = c->rev;
-		known = 1;
-	} else if (d->r.at[NTF_ACCEPTED] != 0 || d->r.at[NTF_QUEUED] != 0) {
-		known = 0;	/* most likely a new message: try create first */
-	} else {
-		known = -1;
-	}
+	cache_drop(sh, d);
 	for (int tries = 0; tries < MAX_TRIES; tries++) {
-		void *buf = NULL;
 		size_t len = 0;
 		natsStatus s;
+		int known = kv_read(n, key, &r, &rev);
 
 		if (known < 0) {
-			known = kv_read(n, key, &r, &rev);
-			if (known < 0) {
-				usleep(20000u << (tries < 4 ? tries : 4));
-				continue;
-			}
+			usleep(20000u << (tries < 4 ? tries : 4));
+			continue;
 		}
 		if (known == 0)
 			ntf_rec_init(&r);
@@ -233,7 +272,7 @@ write_one(struct ntf_shard *sh, const struct ntf_ent *d)
 			cache_put(sh, d, &r, rev);
 			return;
 		}
-		if (ntf_rec_pack(&r, &buf, &len) != CR_OK) {
+		if (ntf_rec_pack(&r, buf, sizeof(buf), &len) != CR_OK) {
 			atomic_fetch_add(&n->kv_errors, 1);
 			return;
 		}
@@ -241,13 +280,9 @@ write_one(struct ntf_shard *sh, const struct ntf_ent *d)
 			s = kvStore_Create(&newrev, n->kv, key, buf, (int)len);
 		else
 			s = kvStore_Update(&newrev, n->kv, key, buf, (int)len, rev);
-		free(buf);
 		if (s == NATS_OK) {
-			atomic_fetch_add(&n->kv_writes, 1);
-			metric_add(n->m_kv_writes, 1);
+			count_write(n, &r, newrev);
 			cache_put(sh, d, &r, newrev);
-			log_debug(&lc, "status %s (rev %llu)", ntf_state_name(ntf_rec_state(&r)),
-			    (unsigned long long)newrev);
 			return;
 		}
 		/* someone else wrote it (CAS conflict, or it exists): read again */
@@ -259,12 +294,240 @@ write_one(struct ntf_shard *sh, const struct ntf_ent *d)
 			log_warn(&lc, "status write %s: %s", key, why ? why : natsStatus_GetText(s));
 			usleep(20000u << (tries < 4 ? tries : 4));
 		}
-		cache_drop(sh, d);
-		known = -1;
 	}
 	atomic_fetch_add(&n->kv_errors, 1);
 	metric_add(n->m_kv_errors, 1);
 	log_error(&lc, "status update lost after %d tries", MAX_TRIES);
+}
+
+/* ntf_shards_acked - record the ack of write wid (ack handler's thread) */
+void
+ntf_shards_acked(struct ntf *n, unsigned shard, uint64_t wid, uint64_t rev, int conflict)
+{
+	struct ntf_shard *sh = n->shards[shard];
+
+	pthread_mutex_lock(&sh->mu);
+	/* absent: it timed out and was redone; this ack is stale */
+	for (struct ntf_ent **pp = &sh->wtab[wid % FLIGHT_BUCKETS]; *pp; pp = &(*pp)->wnext) {
+		struct ntf_ent *e = *pp;
+		if (e->wid == wid) {
+			*pp = e->wnext;
+			e->newrev = rev;
+			e->ack = rev != 0 ? ACK_OK : conflict ? ACK_CONFLICT : ACK_FAILED;
+			if (sh->waiting)
+				pthread_cond_signal(&sh->cv);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&sh->mu);
+}
+
+/* under mu: take e out of the table by write id (if its ack has not) */
+static void
+wtab_remove(struct ntf_shard *sh, const struct ntf_ent *e)
+{
+	for (struct ntf_ent **pp = &sh->wtab[e->wid % FLIGHT_BUCKETS]; *pp; pp = &(*pp)->wnext) {
+		if (*pp == e) {
+			*pp = e->wnext;
+			return;
+		}
+	}
+}
+
+static void
+ftab_remove(struct ntf_shard *sh, const struct ntf_ent *e)
+{
+	for (struct ntf_ent **pp = &sh->ftab[e->hash % FLIGHT_BUCKETS]; *pp; pp = &(*pp)->hnext) {
+		if (*pp == e) {
+			*pp = e->hnext;
+			return;
+		}
+	}
+}
+
+/* finish the in-flight writes at the head of the send order whose ack came
+ * (or is overdue): cache the new revision or redo the write synchronously;
+ * deltas that waited for them go to sh->redo */
+static void
+flights_finish(struct ntf_shard *sh)
+{
+	struct ntf *n = sh->n;
+	struct ntf_ent *done = NULL, **tail = &done, *e;
+	uint64_t now = mono_ms();
+
+	if (sh->fhead == NULL)
+		return;
+	pthread_mutex_lock(&sh->mu);
+	/* acks come in send order (one connection, one stream), so the head
+	 * is the one to look at */
+	while ((e = sh->fhead) != NULL) {
+		if (e->ack == ACK_WAITING) {
+			if (now < e->used)
+				break;
+			wtab_remove(sh, e);	/* a late ack finds nothing */
+			e->ack = ACK_TIMEOUT;
+		}
+		sh->fhead = e->lnext;
+		*tail = e;
+		tail = &e->lnext;
+	}
+	*tail = NULL;
+	if (sh->fhead == NULL)
+		sh->ftail = NULL;
+	pthread_mutex_unlock(&sh->mu);
+
+	while ((e = done) != NULL) {
+		done = e->lnext;
+		ftab_remove(sh, e);
+		atomic_fetch_sub(&sh->nflight, 1);
+		switch (e->ack) {
+		case ACK_OK:
+			count_write(n, &e->r, e->newrev);
+			cache_put(sh, e, &e->r, e->newrev);
+			break;
+		case ACK_CONFLICT:	/* another replica wrote it meanwhile */
+			atomic_fetch_add(&n->kv_conflicts, 1);
+			metric_add(n->m_kv_conflicts, 1);
+			write_sync(sh, e);
+			break;
+		default: {
+			struct log_ctx lc = { e->r.correlation_id, e->r.message_id, e->r.sender };
+			log_warn(&lc, "status write %s: writing it again",
+			    e->ack == ACK_TIMEOUT ? "not acknowledged in time" : "refused");
+			write_sync(sh, e);
+			break;
+		}
+		}
+		if (e->later != NULL) {
+			e->later->lnext = sh->redo;
+			sh->redo = e->later;
+		}
+		free(e);
+	}
+}
+
+/* sleep until the oldest in-flight write is acknowledged (or overdue) */
+static void
+flights_wait(struct ntf_shard *sh)
+{
+	struct ntf_ent *e = sh->fhead;
+
+	if (e == NULL)
+		return;
+	pthread_mutex_lock(&sh->mu);
+	if (e->ack == ACK_WAITING) {
+		uint64_t now = mono_ms(), ms = e->used > now ? e->used - now : 0;
+		struct timespec ts;
+
+		if (ms > 100)
+			ms = 100;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += (long)ms * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		sh->waiting = 1;
+		pthread_cond_timedwait(&sh->cv, &sh->mu, &ts);
+		sh->waiting = 0;
+	}
+	pthread_mutex_unlock(&sh->mu);
+	flights_finish(sh);
+}
+
+/* write the due delta d (takes it): fold it into the cached record and
+ * publish the result, or leave it to the slow path */
+static void
+submit(struct ntf_shard *sh, struct ntf_ent *d)
+{
+	struct ntf *n = sh->n;
+	struct ntf_ent *f, *c;
+	struct ntf_rec r;
+	uint64_t rev;
+	unsigned char buf[NTF_PACK_MAX];
+	size_t len = 0;
+	char key[512];
+
+	while (atomic_load(&sh->nflight) >= NTF_FLIGHT_MAX)
+		flights_wait(sh);
+	if ((f = tab_find(sh->ftab, FLIGHT_BUCKETS, d)) != NULL) {
+		/* its message's write awaits the ack: go after it */
+		if (f->later != NULL) {
+			ntf_rec_merge(&f->later->r, &d->r);
+			free(d);
+		} else {
+			d->lnext = NULL;
+			f->later = d;
+		}
+		return;
+	}
+	if (status_key(d->r.correlation_id, key, sizeof(key)) == 0) {
+		atomic_fetch_add(&n->kv_errors, 1);
+		free(d);
+		return;
+	}
+	if ((c = tab_find(sh->ctab, CACHE_BUCKETS, d)) != NULL) {
+		r = c->r;
+		rev = c->rev;
+	} else if (d->r.at[NTF_ACCEPTED] != 0 || d->r.at[NTF_QUEUED] != 0) {
+		ntf_rec_init(&r);	/* most likely a new message: create */
+		rev = 0;
+	} else {
+		write_sync(sh, d);	/* written before, not by this writer lately */
+		free(d);
+		return;
+	}
+	if (!ntf_rec_merge(&r, &d->r)) {
+		atomic_fetch_add(&n->kv_skipped, 1);	/* nothing new */
+		if (c != NULL)
+			c->used = mono_ms();
+		free(d);
+		return;
+	}
+	if (ntf_rec_pack(&r, buf, sizeof(buf), &len) != CR_OK) {
+		atomic_fetch_add(&n->kv_errors, 1);
+		free(d);
+		return;
+	}
+	d->r = r;
+	d->rev = rev;
+	d->wid = ++sh->next_wid;
+	d->ack = ACK_WAITING;
+	d->later = NULL;
+	d->lnext = NULL;
+	d->used = mono_ms() + NTF_ACK_TIMEOUT_MS;
+	/* in the table before the publish: the ack may come at once */
+	pthread_mutex_lock(&sh->mu);
+	d->wnext = sh->wtab[d->wid % FLIGHT_BUCKETS];
+	sh->wtab[d->wid % FLIGHT_BUCKETS] = d;
+	pthread_mutex_unlock(&sh->mu);
+	if (ntf_kv_send(n, sh->idx, d->wid, key, rev, buf, len) != CR_OK) {
+		pthread_mutex_lock(&sh->mu);
+		wtab_remove(sh, d);
+		pthread_mutex_unlock(&sh->mu);
+		write_sync(sh, d);
+		free(d);
+		return;
+	}
+	d->hnext = sh->ftab[d->hash % FLIGHT_BUCKETS];
+	sh->ftab[d->hash % FLIGHT_BUCKETS] = d;
+	if (sh->ftail != NULL)
+		sh->ftail->lnext = d;
+	else
+		sh->fhead = d;
+	sh->ftail = d;
+	atomic_fetch_add(&sh->nflight, 1);
+}
+
+/* submit the deltas whose wait for an ack is over */
+static void
+submit_redo(struct ntf_shard *sh)
+{
+	while (sh->redo != NULL) {
+		struct ntf_ent *e = sh->redo;
+		sh->redo = e->lnext;
+		submit(sh, e);
+	}
 }
 
 static void *
@@ -276,16 +539,21 @@ writer_main(void *arg)
 	for (;;) {
 		struct ntf_ent *batch, **tailp;
 		int quit;
-		uint64_t now, wait_ms;
+		uint64_t now, wake;
 		struct timespec ts;
 
 		pthread_mutex_lock(&sh->mu);
 		now = mono_ms();
-		if (!sh->quit && (sh->plist == NULL || sh->plist->used > now)) {
-			wait_ms = sh->plist ? sh->plist->used - now : (uint64_t)n->coalesce_ms;
+		/* due entries on the next tick (every shard's tick is the same
+		 * instant, so their writes leave together); acks overdue */
+		wake = sh->plist ? sh->plist->used : now + (uint64_t)n->coalesce_ms;
+		wake += NTF_TICK_MS - 1 - (wake + NTF_TICK_MS - 1) % NTF_TICK_MS;
+		if (sh->fhead != NULL && sh->fhead->used < wake)
+			wake = sh->fhead->used;
+		if (!sh->quit && wake > now) {
 			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-			ts.tv_sec += (time_t)(wait_ms / 1000);
+			ts.tv_nsec += (long)((wake - now) % 1000) * 1000000L;
+			ts.tv_sec += (time_t)((wake - now) / 1000);
 			if (ts.tv_nsec >= 1000000000L) {
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000L;
@@ -312,18 +580,25 @@ writer_main(void *arg)
 		*tailp = NULL;
 		pthread_mutex_unlock(&sh->mu);
 
+		flights_finish(sh);
+		submit_redo(sh);
 		while (batch != NULL) {
 			struct ntf_ent *e = batch;
 			batch = e->lnext;
-			write_one(sh, e);
-			free(e);
+			submit(sh, e);
 		}
 		if (mono_ms() - sh->last_sweep >= 1000) {
 			cache_sweep(sh, (uint64_t)n->cache_ms);
 			sh->last_sweep = mono_ms();
 		}
-		if (quit)
+		if (quit) {
+			/* everything is out: wait for the acks (or redo the writes) */
+			while (sh->fhead != NULL || sh->redo != NULL) {
+				flights_wait(sh);
+				submit_redo(sh);
+			}
 			break;
+		}
 	}
 	return NULL;
 }
@@ -334,6 +609,8 @@ ntf_shards_start(struct ntf *n, unsigned count)
 {
 	n->shards = calloc(count, sizeof(*n->shards));
 	if (n->shards == NULL)
+		return -1;
+	if (ntf_kv_open(n) != 0)
 		return -1;
 	for (unsigned i = 0; i < count; i++) {
 		struct ntf_shard *sh = calloc(1, sizeof(*sh));
@@ -366,10 +643,13 @@ ntf_shards_stop(struct ntf *n)
 		pthread_cond_signal(&sh->cv);
 		pthread_mutex_unlock(&sh->mu);
 	}
+	for (unsigned i = 0; i < n->nshards; i++)
+		if (n->shards[i]->started)
+			pthread_join(n->shards[i]->thr, NULL);
+	/* no more acks can reach the shards once this returns */
+	ntf_kv_close(n);
 	for (unsigned i = 0; i < n->nshards; i++) {
 		struct ntf_shard *sh = n->shards[i];
-		if (sh->started)
-			pthread_join(sh->thr, NULL);
 		/* anything merged after the last swap (handlers are drained by now) */
 		while (sh->plist) {
 			struct ntf_ent *e = sh->plist;
@@ -386,17 +666,19 @@ ntf_shards_stop(struct ntf *n)
 	n->nshards = 0;
 }
 
-/* ntf_shards_counts - pending deltas and cached records over all shards */
+/* ntf_shards_counts - pending deltas, cached records, writes in flight */
 void
-ntf_shards_counts(struct ntf *n, size_t *pending, size_t *cached)
+ntf_shards_counts(struct ntf *n, size_t *pending, size_t *cached, size_t *inflight)
 {
 	*pending = 0;
 	*cached = 0;
+	*inflight = 0;
 	for (unsigned i = 0; i < n->nshards; i++) {
 		struct ntf_shard *sh = n->shards[i];
 		pthread_mutex_lock(&sh->mu);
 		*pending += sh->npending;
 		pthread_mutex_unlock(&sh->mu);
 		*cached += atomic_load(&sh->ncache);
+		*inflight += atomic_load(&sh->nflight);
 	}
 }

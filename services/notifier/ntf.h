@@ -5,11 +5,13 @@
  * Receipts and failures arrive on nats.c's subscription threads; each is
  * turned into a delta (struct ntf_rec with only what it reports) and merged
  * into the pending table of one shard, chosen by a hash of the correlation
- * ID. Each shard's writer thread takes its whole pending table every
- * COALESCE_MS and folds every correlation ID's merged delta into its
- * StatusRecord in KV with one write (compare-and-set on the last revision).
- * A correlation ID always maps to the same shard, so its writes are ordered
- * within this replica; CAS keeps replicas from losing each other's updates.
+ * ID. Each shard's writer thread takes every entry COALESCE_MS after its
+ * message's first delta (on its next tick) and folds the merged delta into the StatusRecord in
+ * KV with one write (compare-and-set on the last revision), published
+ * without waiting for its ack (notifier_kv.c), at most one in flight per
+ * message. A correlation ID always maps to the same shard, so its writes are
+ * ordered within this replica; CAS keeps replicas from losing each other's
+ * updates.
  */
 #ifndef NTF_H
 #define NTF_H
@@ -32,6 +34,8 @@ enum ntf_state {
 
 #define NTF_ID_MAX 128
 #define NTF_ERR_MAX 256
+/* a packed StatusRecord: four IDs, six history entries, the error, framing */
+#define NTF_PACK_MAX (4 * (NTF_ID_MAX + 3) + NTF_NSTATES * 32 + NTF_ERR_MAX + 3 + 128)
 
 /* One StatusRecord in memory (also used as a delta: only what one or more
  * receipts/failures reported). */
@@ -60,7 +64,11 @@ struct ntf {
 	/* set by init, read-only afterwards */
 	struct svc *svc;
 	struct bus *bus;
-	kvStore *kv;
+	kvStore *kv;                 /* synchronous reads and retried writes */
+	natsConnection *kv_nc;       /* async writes (the bus's buffered connection) */
+	natsSubscription *kv_sub;    /* their acks */
+	char kv_inbox[64];           /* acks come to <inbox>.<shard>.<write id> */
+	char kv_prefix[64];          /* "$KV.<bucket>." */
 	struct ntf_shard **shards;
 	unsigned nshards;
 
@@ -84,16 +92,32 @@ int ntf_rec_merge(struct ntf_rec *r, const struct ntf_rec *d);
 int ntf_rec_state(const struct ntf_rec *r);
 /* ntf_rec_from_proto - decode a StatusRecord (borrowed) into r */
 void ntf_rec_from_proto(struct ntf_rec *r, const StatusRecord *p);
-/* ntf_rec_pack - r as a packed StatusRecord; caller frees *out with free() */
-enum cr_err ntf_rec_pack(const struct ntf_rec *r, void **out, size_t *len);
+/* ntf_rec_pack - r as a packed StatusRecord into buf (cap bytes; NTF_PACK_MAX
+ * always suffices) */
+enum cr_err ntf_rec_pack(const struct ntf_rec *r, void *buf, size_t cap, size_t *len);
 /* ntf_shards_start - create and start n shards; 0 on success */
 int ntf_shards_start(struct ntf *n, unsigned count);
 /* ntf_shards_add - merge delta d (copied) into its shard's pending table */
 void ntf_shards_add(struct ntf *n, const struct ntf_rec *d);
 /* ntf_shards_stop - write everything pending, stop and free the shards */
 void ntf_shards_stop(struct ntf *n);
-/* ntf_shards_counts - pending deltas and cached records over all shards */
-void ntf_shards_counts(struct ntf *n, size_t *pending, size_t *cached);
+/* ntf_shards_counts - pending deltas, cached records and writes awaiting
+ * their ack over all shards */
+void ntf_shards_counts(struct ntf *n, size_t *pending, size_t *cached, size_t *inflight);
+/* ntf_shards_acked - the ack of write wid of shard (ack handler's thread):
+ * rev the new revision, 0 if the write failed (conflict: CAS mismatch) */
+void ntf_shards_acked(struct ntf *n, unsigned shard, uint64_t wid, uint64_t rev, int conflict);
+
+/* ntf_kv_open - subscribe the reply inbox of async writes; 0 on success */
+int ntf_kv_open(struct ntf *n);
+/* ntf_kv_close - unsubscribe once the ack handler has returned for the last
+ * time (after the writers stopped); idempotent */
+void ntf_kv_close(struct ntf *n);
+/* ntf_kv_send - publish packed record buf (borrowed) as key's value if its
+ * last revision is rev (0: if the key does not exist); its ack goes to
+ * ntf_shards_acked(n, shard, wid, ...) */
+enum cr_err ntf_kv_send(struct ntf *n, unsigned shard, uint64_t wid, const char *key,
+    uint64_t rev, const void *buf, size_t len);
 
 /* ntf_on_receipt / ntf_on_failure - bus handlers; msg borrowed */
 void ntf_on_receipt(void *arg, natsMsg *msg);

@@ -3,11 +3,12 @@
  * includes it).
  *
  * The load generator drives the real stack and measures it end to end:
- *   lg_send.c  - the http scenarios' senders: signed HTTP POSTs straight to
- *                the gateway, open loop at a fixed rate or as fast as the
- *                concurrency allows; and the informational connector
+ *   lg_send.c  - the HTTP sender threads: signed POSTs straight to the
+ *                gateway (http, fixed), open loop at a fixed rate or as fast
+ *                as the concurrency allows; and the informational connector
  *                scenario's POSTs to sending connectors' local API (which
  *                forward them over their socket with `enqueue`).
+ *   lg_http.c  - the minimal keep-alive HTTP/1.1 client they use (lg_http.h).
  *   lg_sock.c  - the socket scenario: the load generator's own WebSockets to
  *                the gateway's /v1/connect, one per sender identity, with
  *                `enqueue` frames pipelined up to the gateway's window.
@@ -45,7 +46,7 @@
 #define LG_MAX_SCEN     8
 #define LG_MAX_IDS      256
 #define LG_MAX_WATCH    32
-#define LG_MAX_CONC     1024  /* sender threads of one scenario */
+#define LG_MAX_CONC     1024  /* HTTP sender threads (requests in flight) of one scenario */
 #define LG_PAYLOAD_MAX  (64 * 1024)
 
 struct auth_key;
@@ -60,6 +61,13 @@ enum lg_kind {
 struct lg_sender {
 	char id[130];
 	struct auth_key *key;        /* owned; freed by lg_run_free */
+};
+
+/* where HTTP requests go: http://host:port/base */
+struct lg_dest {
+	char host[256];
+	int port;
+	char base[256];              /* path prefix, "" or "/x" */
 };
 
 /* one watched process (CPU accounting per scenario) */
@@ -112,9 +120,7 @@ struct lg_scen {
 /* Everything the run needs (main.c fills it). */
 struct lg_run {
 	char gateway[256];           /* http://127.0.0.1:port */
-	char gw_host[256];           /* its parts, for the sockets */
-	int gw_port;
-	char gw_base[256];           /* path prefix, "" or "/x" */
+	struct lg_dest gw;           /* its parts */
 	struct lg_sender senders[LG_MAX_IDS];      /* HTTP senders */
 	int nsenders;
 	struct lg_sender ws_senders[LG_MAX_IDS];   /* socket senders, one socket each */
@@ -123,7 +129,7 @@ struct lg_run {
 	int ws_events;               /* send connector_sent hop events, as a connector */
 	char recipients[LG_MAX_IDS][130];
 	int nrecipients;
-	char conn_urls[LG_MAX_IDS][256];   /* sending connectors' local API base URLs */
+	struct lg_dest conns[LG_MAX_IDS];  /* sending connectors' local API */
 	int nconn;
 	size_t payload_bytes;
 	double drain_seconds;

@@ -1,22 +1,29 @@
 /*
- * lg_send.c - the sender threads of clawrelay-loadgen.
+ * lg_send.c - the HTTP sender threads of clawrelay-loadgen (scenarios http,
+ * fixed and connector; the socket scenario is lg_sock.c).
  *
- * Each scenario runs sc->concurrency threads, each with one libcurl easy
- * handle (one keep-alive connection). A thread takes the next sequence
- * number from the record (an atomic counter), so every number is sent once:
+ * Each scenario runs sc->concurrency threads, each with one keep-alive
+ * connection (lg_http.c). A thread takes the next sequence number from the
+ * record (an atomic counter), so every number is sent once:
  *   - as fast as possible (rate 0): send at once; the scenario is closed
  *     loop with `concurrency` requests in flight;
  *   - at a fixed rate: sequence number n is due at t0 + n/rate; the thread
  *     sleeps until then and writes that intended time into the payload, so a
  *     late send counts against latency.
- * HTTP requests are signed with the sender's key (DESIGN 5); connector requests
- * are POSTs to a sending connector's local API, which forwards them as
- * `enqueue` frames over its authenticated socket.
+ * http requests are signed with the sender's key (DESIGN 5): thread i sends
+ * as sender i % senders. connector requests are POSTs to sending connector
+ * i % connectors' local API, which forwards each as an `enqueue` frame over
+ * its authenticated socket.
+ *
+ * A thread per request in flight (rather than a few threads multiplexing
+ * them) keeps the offered load up when the machine is saturated: the
+ * scheduler shares the CPU by thread, and a blocked sender costs nothing.
  *
  * Threads: every function here runs on a sender thread except lg_send_run
- * (the caller's thread, which starts and joins them). Threads share only the
- * record (atomics, and slots owned by the thread that took the seq) and the
- * read-only run and scenario.
+ * (the caller's thread, which starts and joins them) and lg_send_cleanup.
+ * Threads share only the record (atomics, and slots owned by the thread
+ * that took the seq) and the read-only run and scenario; connection i is
+ * used by thread i of the running scenario only.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -25,16 +32,17 @@
 #include <string.h>
 #include <time.h>
 
-#include <curl/curl.h>
-
 #include "auth.h"
 #include "lg.h"
+#include "lg_http.h"
 #include "util.h"
 
-/* one easy handle (one keep-alive connection) per worker slot, kept across
- * scenarios so a scenario does not pay for new connections; slot i is used
- * only by worker i of the running scenario, and scenarios run one at a time */
-static CURL *handles[LG_MAX_CONC];
+#define HTTP_TIMEOUT_MS 30000
+
+/* connections kept across scenarios (one array per kind of destination),
+ * so a scenario does not pay for new connections */
+static struct lg_http gw_conns[LG_MAX_CONC], conn_conns[LG_MAX_CONC];
+static int gw_used[LG_MAX_CONC], conn_used[LG_MAX_CONC];
 
 struct lg_worker {
 	const struct lg_run *run;
@@ -44,26 +52,6 @@ struct lg_worker {
 	pthread_t th;
 	int started;
 };
-
-/* the first bytes of an answer, kept for the first refusal's report */
-struct lg_body {
-	char buf[200];
-	size_t len;
-};
-
-static size_t
-keep_body(char *ptr, size_t size, size_t n, void *ud)
-{
-	struct lg_body *b = ud;
-	size_t len = size * n, room = sizeof(b->buf) - 1 - b->len;
-
-	if (len < room)
-		room = len;
-	memcpy(b->buf + b->len, ptr, room);
-	b->len += room;
-	b->buf[b->len] = '\0';
-	return size * n;
-}
 
 /* lg_payload - write the payload of (scenario, seq, t_us) padded to n bytes */
 size_t
@@ -113,79 +101,53 @@ lg_count(struct lg_rec *rec, size_t seq, long status, uint64_t rt_us, const char
 	}
 }
 
-static void
-count_answer(struct lg_rec *rec, size_t seq, long status, CURLcode rc, uint64_t rt_us,
-    const struct lg_body *body)
+/* one signed POST to the gateway; 0 with *status, or -1 (why in *why) */
+static int
+send_http(const struct lg_run *run, struct lg_http *c, const struct lg_sender *snd,
+    const char *rcpt, const char *payload, size_t len, const char *nonce, long *status,
+    char *snip, size_t snipsz, const char **why)
 {
-	if (rc != CURLE_OK)
-		lg_count(rec, seq, 0, rt_us, curl_easy_strerror(rc));
-	else
-		lg_count(rec, seq, status ? status : 999, rt_us, body->buf);
-}
-
-/* one signed POST to the gateway; returns the curl result, status in *status */
-static CURLcode
-send_http(const struct lg_run *run, CURL *h, const struct lg_sender *snd, const char *rcpt,
-    const char *payload, size_t len, const char *nonce, long *status)
-{
-	char path[200], url[512], ts[24], sha[AUTH_SHA256_B64_SIZE], sig[AUTH_SIG_B64_SIZE];
-	char h_agent[200], h_ts[48], h_nonce[160], h_sha[80], h_sig[128];
-	struct curl_slist *hl = NULL, *n;
-	CURLcode rc = CURLE_OUT_OF_MEMORY;
+	char path[200], url_path[480], ts[24], sha[AUTH_SHA256_B64_SIZE], sig[AUTH_SIG_B64_SIZE];
+	char hdrs[800];
 
 	snprintf(path, sizeof(path), "/v1/agents/%s/messages", rcpt);
-	snprintf(url, sizeof(url), "%s%s", run->gateway, path);
+	snprintf(url_path, sizeof(url_path), "%s%s", run->gw.base, path);
 	snprintf(ts, sizeof(ts), "%" PRIu64, now_ms() / 1000);
-	if (auth_sha256_b64url(payload, len, sha) != CR_OK)
-		return CURLE_ABORTED_BY_CALLBACK;
 	struct auth_proof_input in = {
 		.method = "POST", .path = path, .query = NULL, .agent = snd->id,
 		.timestamp = ts, .nonce = nonce, .body_sha256 = sha,
 	};
-	if (auth_sign_request(snd->key, &in, sig) != CR_OK)
-		return CURLE_ABORTED_BY_CALLBACK;
-	snprintf(h_agent, sizeof(h_agent), "X-Claw-Agent: %s", snd->id);
-	snprintf(h_ts, sizeof(h_ts), "X-Claw-Timestamp: %s", ts);
-	snprintf(h_nonce, sizeof(h_nonce), "X-Claw-Nonce: %s", nonce);
-	snprintf(h_sha, sizeof(h_sha), "X-Claw-Body-SHA256: %s", sha);
-	snprintf(h_sig, sizeof(h_sig), "X-Claw-Proof: %s", sig);
-	const char *hdrs[] = { h_agent, h_ts, h_nonce, h_sha, h_sig,
-		"Content-Type: text/plain", "Expect:", NULL };
-	for (int i = 0; hdrs[i]; i++) {
-		if ((n = curl_slist_append(hl, hdrs[i])) == NULL)
-			goto out;
-		hl = n;
+	if (auth_sha256_b64url(payload, len, sha) != CR_OK ||
+	    auth_sign_request(snd->key, &in, sig) != CR_OK) {
+		*why = "signing failed";
+		return -1;
 	}
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)len);
-	rc = curl_easy_perform(h);
-	if (rc == CURLE_OK)
-		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-out:
-	curl_slist_free_all(hl);
-	return rc;
+	snprintf(hdrs, sizeof(hdrs), "X-Claw-Agent: %s\r\nX-Claw-Timestamp: %s\r\n"
+	    "X-Claw-Nonce: %s\r\nX-Claw-Body-SHA256: %s\r\nX-Claw-Proof: %s\r\n"
+	    "Content-Type: text/plain\r\n", snd->id, ts, nonce, sha, sig);
+	if (lg_http_post(c, url_path, hdrs, payload, len, HTTP_TIMEOUT_MS, status, snip,
+	    snipsz) != 0) {
+		*why = c->why;
+		return -1;
+	}
+	return 0;
 }
 
 /* one POST to a sending connector's local API */
-static CURLcode
-send_connector(const char *base, CURL *h, struct curl_slist *hl, const char *rcpt,
-    const char *payload, size_t len, long *status)
+static int
+send_connector(const struct lg_dest *d, struct lg_http *c, const char *rcpt,
+    const char *payload, size_t len, long *status, char *snip, size_t snipsz,
+    const char **why)
 {
-	char url[512];
-	CURLcode rc;
+	char path[480];
 
-	snprintf(url, sizeof(url), "%s/v1/outbound/%s", base, rcpt);
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)len);
-	rc = curl_easy_perform(h);
-	if (rc == CURLE_OK)
-		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-	return rc;
+	snprintf(path, sizeof(path), "%s/v1/outbound/%s", d->base, rcpt);
+	if (lg_http_post(c, path, "Content-Type: text/plain\r\n", payload, len, HTTP_TIMEOUT_MS,
+	    status, snip, snipsz) != 0) {
+		*why = c->why;
+		return -1;
+	}
+	return 0;
 }
 
 static void *
@@ -196,33 +158,33 @@ worker_main(void *arg)
 	const struct lg_scen *sc = w->sc;
 	struct lg_rec *rec = w->rec;
 	const struct lg_sender *snd = run->nsenders ? &run->senders[w->idx % run->nsenders] : NULL;
-	const char *conn = run->nconn ? run->conn_urls[w->idx % run->nconn] : NULL;
-	struct curl_slist *conn_hl = NULL;
-	struct lg_body body;
-	char nonce[96];
+	const struct lg_dest *dest = run->nconn ? &run->conns[w->idx % run->nconn] : NULL;
+	struct lg_http *c;
+	char nonce[96], snip[200];
 	char *payload = malloc(run->payload_bytes + 1);
-	CURL *h = handles[w->idx];
 
-	if (h == NULL)
-		h = handles[w->idx] = curl_easy_init();
-	if (payload == NULL || h == NULL)
+	if (sc->kind == LG_KIND_CONNECTOR) {
+		c = &conn_conns[w->idx];
+		if (!conn_used[w->idx]) {
+			lg_http_init(c, dest->host, dest->port);
+			conn_used[w->idx] = 1;
+		}
+	} else {
+		c = &gw_conns[w->idx];
+		if (!gw_used[w->idx]) {
+			lg_http_init(c, run->gw.host, run->gw.port);
+			gw_used[w->idx] = 1;
+		}
+	}
+	if (payload == NULL)
 		goto out;
-	conn_hl = curl_slist_append(NULL, "Content-Type: text/plain");
-	if (conn_hl == NULL || curl_slist_append(conn_hl, "Expect:") == NULL)
-		goto out;
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, keep_body);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
-	curl_easy_setopt(h, CURLOPT_POST, 1L);
 
 	for (;;) {
 		size_t seq = atomic_fetch_add(&rec->next_seq, 1);
+		const char *why = NULL;
 		uint64_t t;
 		long status = 0;
-		CURLcode rc;
+		int rc;
 
 		if (seq >= rec->cap)
 			break;
@@ -241,27 +203,30 @@ worker_main(void *arg)
 		size_t len = lg_payload(payload, run->payload_bytes, rec->id, seq, t);
 		uint64_t start = lg_mono_us();
 
-		body.len = 0;
-		body.buf[0] = '\0';
-		if (sc->kind == LG_KIND_HTTP) {
-			snprintf(nonce, sizeof(nonce), "lg%s-%d-%zu", run->run_tag, rec->id, seq);
-			rc = send_http(run, h, snd, rcpt, payload, len, nonce, &status);
+		snip[0] = '\0';
+		if (sc->kind == LG_KIND_CONNECTOR) {
+			rc = send_connector(dest, c, rcpt, payload, len, &status, snip, sizeof(snip),
+			    &why);
 		} else {
-			rc = send_connector(conn, h, conn_hl, rcpt, payload, len, &status);
+			snprintf(nonce, sizeof(nonce), "lg%s-%d-%zu", run->run_tag, rec->id, seq);
+			rc = send_http(run, c, snd, rcpt, payload, len, nonce, &status, snip,
+			    sizeof(snip), &why);
 		}
 		uint64_t end = lg_mono_us();
-		count_answer(rec, seq, status, rc, end - start, &body);
+		if (rc != 0)
+			lg_count(rec, seq, 0, end - start, why);
+		else
+			lg_count(rec, seq, status ? status : 999, end - start, snip);
 		uint64_t last = atomic_load(&rec->t_last_send_us);
 		while (end > last && !atomic_compare_exchange_weak(&rec->t_last_send_us, &last, end))
 			;
-		if (!(rc == CURLE_OK && (status == 202 || status == 200)) && sc->rate <= 0) {
+		if (!(rc == 0 && (status == 202 || status == 200)) && sc->rate <= 0) {
 			/* do not spin on a refusing stack; a real client backs off too */
 			struct timespec ts = { 0, 1000000L };
 			nanosleep(&ts, NULL);
 		}
 	}
 out:
-	curl_slist_free_all(conn_hl);
 	free(payload);
 	return NULL;
 }
@@ -303,8 +268,10 @@ void
 lg_send_cleanup(void)
 {
 	for (int i = 0; i < LG_MAX_CONC; i++) {
-		if (handles[i])
-			curl_easy_cleanup(handles[i]);
-		handles[i] = NULL;
+		if (gw_used[i])
+			lg_http_close(&gw_conns[i]);
+		if (conn_used[i])
+			lg_http_close(&conn_conns[i]);
+		gw_used[i] = conn_used[i] = 0;
 	}
 }

@@ -140,7 +140,7 @@ sock_open_one(const struct lg_run *run, int i)
 	char hdrs[1024], why[256];
 	int status = 0;
 
-	snprintf(path, sizeof(path), "%s/v1/connect", run->gw_base);
+	snprintf(path, sizeof(path), "%s/v1/connect", run->gw.base);
 	snprintf(ts, sizeof(ts), "%" PRIu64, now_ms() / 1000);
 	rand_hex(nonce, 16);
 	if (auth_sha256_b64url("", 0, sha) != CR_OK)
@@ -156,7 +156,7 @@ sock_open_one(const struct lg_run *run, int i)
 	snprintf(hdrs, sizeof(hdrs), "X-Claw-Agent: %s\r\nX-Claw-Timestamp: %s\r\n"
 	    "X-Claw-Nonce: %s\r\nX-Claw-Body-SHA256: %s\r\nX-Claw-Proof: %s\r\n",
 	    snd->id, ts, nonce, sha, sig);
-	if (lg_ws_open(ws, run->gw_host, run->gw_port, path, hdrs, SOCK_OPEN_TIMEOUT_MS,
+	if (lg_ws_open(ws, run->gw.host, run->gw.port, path, hdrs, SOCK_OPEN_TIMEOUT_MS,
 	    &status) != 0) {
 		sock_warn(i, run, "upgrade", ws->why);
 		return -1;

@@ -33,6 +33,7 @@
 
 #include "auth.h"
 #include "lg.h"
+#include "lg_http.h"
 #include "util.h"
 
 static void
@@ -228,48 +229,6 @@ add_sender(struct lg_sender *list, int *n, const char *opt, const char *arg)
 	return 0;
 }
 
-/* split http://host[:port][/base] into the run's gw_host, gw_port, gw_base */
-static int
-parse_gateway(struct lg_run *run)
-{
-	const char *h = run->gateway, *slash, *colon, *hend;
-	size_t n;
-
-	if (strncmp(h, "http://", 7) != 0) {
-		fprintf(stderr, "loadgen: --gateway wants http://host[:port][/path]: %s\n", h);
-		return -1;
-	}
-	h += 7;
-	slash = strchr(h, '/');
-	hend = slash ? slash : h + strlen(h);
-	colon = memchr(h, ':', (size_t)(hend - h));
-	run->gw_port = 80;
-	if (colon != NULL) {
-		char *end;
-		long p = strtol(colon + 1, &end, 10);
-		if (end != hend || p < 1 || p > 65535) {
-			fprintf(stderr, "loadgen: bad port in --gateway %s\n", run->gateway);
-			return -1;
-		}
-		run->gw_port = (int)p;
-		hend = colon;
-	}
-	n = (size_t)(hend - h);
-	if (n == 0 || n >= sizeof(run->gw_host))
-		return -1;
-	memcpy(run->gw_host, h, n);
-	run->gw_host[n] = '\0';
-	n = slash ? strlen(slash) : 0;
-	while (n > 0 && slash[n - 1] == '/')
-		n--;
-	if (n >= sizeof(run->gw_base))
-		return -1;
-	if (n > 0)
-		memcpy(run->gw_base, slash, n);
-	run->gw_base[n] = '\0';
-	return 0;
-}
-
 static int
 add_watch(struct lg_run *run, const char *arg)
 {
@@ -362,7 +321,8 @@ cmd_run(int argc, char **argv)
 		{ "gateway", 1, NULL, O_GW }, { "hook-port", 1, NULL, O_HOOK },
 		{ "recipient", 1, NULL, O_RCPT }, { "sender", 1, NULL, O_SENDER },
 		{ "ws-sender", 1, NULL, O_WS_SENDER }, { "socket-window", 1, NULL, O_WS_WINDOW },
-		{ "socket-events", 1, NULL, O_WS_EVENTS }, { "connector", 1, NULL, O_CONN }, { "scenario", 1, NULL, O_SCEN },
+		{ "socket-events", 1, NULL, O_WS_EVENTS }, { "connector", 1, NULL, O_CONN },
+		{ "scenario", 1, NULL, O_SCEN },
 		{ "seconds", 1, NULL, O_SECS }, { "concurrency", 1, NULL, O_CONC },
 		{ "fixed-rate", 1, NULL, O_FRATE }, { "fixed-concurrency", 1, NULL, O_FCONC },
 		{ "payload-bytes", 1, NULL, O_PAYLOAD }, { "drain-seconds", 1, NULL, O_DRAIN },
@@ -397,11 +357,16 @@ cmd_run(int argc, char **argv)
 			break;
 		case O_WS_WINDOW: run.ws_window = atoi(optarg); break;
 		case O_WS_EVENTS: run.ws_events = atoi(optarg) != 0; break;
-		case O_CONN:
-			if (run.nconn >= LG_MAX_IDS)
+		case O_CONN: {
+			struct lg_dest *d = &run.conns[run.nconn];
+			if (run.nconn >= LG_MAX_IDS || lg_url_parse(optarg, d->host, sizeof(d->host),
+			    &d->port, d->base, sizeof(d->base)) != 0) {
+				fprintf(stderr, "loadgen: --connector wants http://host[:port]: %s\n", optarg);
 				goto bad;
-			snprintf(run.conn_urls[run.nconn++], sizeof(run.conn_urls[0]), "%s", optarg);
+			}
+			run.nconn++;
 			break;
+		}
 		case O_SCEN:
 			if (nscen >= LG_MAX_SCEN || (strcmp(optarg, "http") && strcmp(optarg, "socket") &&
 			    strcmp(optarg, "fixed") && strcmp(optarg, "connector")))
@@ -441,8 +406,11 @@ cmd_run(int argc, char **argv)
 	    payload > LG_PAYLOAD_MAX || warmup < 0 || run.drain_seconds <= 0 ||
 	    run.ws_window < 1 || run.ws_window > 65536)
 		goto bad;
-	if (parse_gateway(&run) != 0)
+	if (lg_url_parse(run.gateway, run.gw.host, sizeof(run.gw.host), &run.gw.port, run.gw.base,
+	    sizeof(run.gw.base)) != 0) {
+		fprintf(stderr, "loadgen: --gateway wants http://host[:port][/path]: %s\n", run.gateway);
 		goto bad;
+	}
 	if ((has_scen(scen, nscen, "http") || has_scen(scen, nscen, "fixed")) && run.nsenders == 0) {
 		fprintf(stderr, "loadgen: http and fixed scenarios need --sender\n");
 		goto bad;
