@@ -102,6 +102,7 @@ struct lg_rec {
 	atomic_size_t delivered_in_window; /* unique deliveries before t_end_us */
 	atomic_size_t dups;          /* a seq delivered again */
 	_Atomic uint64_t t_last_deliver_us;
+	_Atomic uint64_t sender_cpu_ns; /* CPU time of the sender threads (each adds its own) */
 };
 
 /* A scenario as asked for. */
@@ -127,6 +128,8 @@ struct lg_run {
 	int nws;
 	int ws_window;               /* enqueue frames in flight per socket */
 	int ws_events;               /* send connector_sent hop events, as a connector */
+	int ws_backlog;              /* socket: at most this many sent and not yet delivered
+	                              * or refused, all sockets together (0: no limit) */
 	char recipients[LG_MAX_IDS][130];
 	int nrecipients;
 	struct lg_dest conns[LG_MAX_IDS];  /* sending connectors' local API */
@@ -193,6 +196,9 @@ void lg_rec_free(struct lg_rec *rec);
 uint64_t lg_mono_us(void);
 /* lg_sleep_until_us - sleep until the monotonic time t_us */
 void lg_sleep_until_us(uint64_t t_us);
+/* lg_thread_cpu_done - add the calling thread's CPU time to rec->sender_cpu_ns
+ * (a sender thread, just before it ends) */
+void lg_thread_cpu_done(struct lg_rec *rec);
 /* lg_proc_ticks - utime+stime (clock ticks) of pid and its threads, 0 if
  * gone; the system part in *sys when sys is not NULL */
 uint64_t lg_proc_ticks(int pid, uint64_t *sys);
