@@ -17,7 +17,7 @@
  *
  * Threads: main owns the run; lg_send_run starts and joins the sender
  * threads of one scenario (lg_sock_run those of the socket scenario);
- * civetweb's workers run the hook (lg_hook.c).
+ * the hook server's own thread runs the hook (lg_hook.c).
  */
 #include <arpa/inet.h>
 #include <getopt.h>
