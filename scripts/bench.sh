@@ -14,7 +14,8 @@
 #              gateway's /v1/connect per socket sender (BENCH_SOCKET_SENDERS
 #              agents with keys), with the connector's signed upgrade and
 #              reconnect handshake, and pipelines `enqueue` frames on each, up
-#              to BENCH_SOCKET_WINDOW in flight (floor 5000 msg/s end to end)
+#              to BENCH_SOCKET_WINDOW in flight per socket and BENCH_SOCKET_BACKLOG
+#              not yet delivered in all (floor 5000 msg/s end to end)
 #   fixed      signed HTTP POSTs at BENCH_FIXED_RATE msg/s (floor: p99 e2e < 50 ms)
 #   connector  informational, no floor, not run unless asked for: POSTs to
 #              BENCH_CONNECTOR_SENDERS sending connectors' local API, which
@@ -33,6 +34,10 @@
 #   BENCH_SOCKET_SENDERS   socket sender identities = sockets of the socket scenario (default 4)
 #   BENCH_SOCKET_WINDOW    enqueue frames in flight per socket; also given to the gateway
 #                          as CLAWRELAY_WS_ENQUEUE_WINDOW (default 256, the gateway's default)
+#   BENCH_SOCKET_BACKLOG   the socket senders keep at most this many messages sent and not
+#                          yet delivered (all sockets together), so the stack runs in a steady
+#                          state instead of draining a growing backlog after the send window
+#                          (0: no limit; default 1024)
 #   BENCH_SOCKET_EVENTS    1: the socket senders send a connector_sent hop event per message
 #                          (event_batch frames), as a connector does; 0: enqueue frames only
 #                          (default 1)
@@ -60,6 +65,7 @@ NHTTP=${BENCH_HTTP_SENDERS:-4}
 NSOCK=${BENCH_SOCKET_SENDERS:-4}
 WSWIN=${BENCH_SOCKET_WINDOW:-256}
 WSEV=${BENCH_SOCKET_EVENTS:-1}
+WSBACK=${BENCH_SOCKET_BACKLOG:-1024}
 NCONN=${BENCH_CONNECTOR_SENDERS:-4}
 CONC=${BENCH_CONCURRENCY:-32}
 RATE=${BENCH_FIXED_RATE:-1000}
@@ -232,6 +238,7 @@ done
 LG_ARGS="--gateway $GW_URL --hook-port $HOOK_PORT --seconds $SECS --concurrency $CONC"
 LG_ARGS="$LG_ARGS --fixed-rate $RATE --fixed-concurrency $FCONC --payload-bytes $PAYLOAD --warmup $WARMUP"
 LG_ARGS="$LG_ARGS --drain-seconds $DRAIN --socket-window $WSWIN --socket-events $WSEV"
+LG_ARGS="$LG_ARGS --socket-backlog $WSBACK"
 for r in $RECV; do LG_ARGS="$LG_ARGS --recipient $r"; done
 for s in $HS; do LG_ARGS="$LG_ARGS --sender $s=$WORK/keys/$s.key"; done
 for s in $SS; do LG_ARGS="$LG_ARGS --ws-sender $s=$WORK/keys/$s.key"; done
@@ -246,7 +253,8 @@ BUSY=$("$LG" machine-busy 2)
 MEM=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 # every setting that shapes the run, so the line reproduces it exactly
 RERUN="BENCH_RECEIVERS=$NRECV BENCH_HTTP_SENDERS=$NHTTP BENCH_SOCKET_SENDERS=$NSOCK"
-RERUN="$RERUN BENCH_SOCKET_WINDOW=$WSWIN BENCH_SOCKET_EVENTS=$WSEV${CS:+ BENCH_CONNECTOR_SENDERS=$NCONN}"
+RERUN="$RERUN BENCH_SOCKET_WINDOW=$WSWIN BENCH_SOCKET_EVENTS=$WSEV BENCH_SOCKET_BACKLOG=$WSBACK"
+RERUN="$RERUN${CS:+ BENCH_CONNECTOR_SENDERS=$NCONN}"
 RERUN="$RERUN BENCH_CONCURRENCY=$CONC BENCH_FIXED_RATE=$RATE BENCH_FIXED_CONCURRENCY=$FCONC"
 RERUN="$RERUN BENCH_PAYLOAD_BYTES=$PAYLOAD BENCH_WARMUP=$WARMUP${SVC_ENV:+ BENCH_SERVICE_ENV=\"$SVC_ENV\"}"
 RERUN="$RERUN BENCH_SECONDS=$SECS BENCH_SCENARIOS=\"$SCENARIOS\" sh scripts/bench.sh"
@@ -273,7 +281,8 @@ OUT=$ROOT/run/bench/last.txt
 	echo "              socket${SVC_ENV:+; extra service env: $SVC_ENV}"
 	echo "  load        http: $NHTTP HTTP sender identities, $CONC concurrent requests; socket: $NSOCK"
 	echo "              sockets (one per sender identity) opened by the load generator itself,"
-	echo "              $WSWIN enqueue frames in flight on each, $SOCK_EV;"
+	echo "              $WSWIN enqueue frames in flight on each, at most $WSBACK sent and not yet"
+	echo "              delivered (0: no limit), $SOCK_EV;"
 	echo "              payload $PAYLOAD B, $SECS s per scenario, fixed rate $RATE msg/s from"
 	echo "              $FCONC sender threads"
 	echo "  floors      http >= 2500 msg/s e2e; socket >= 5000 msg/s e2e; fixed: p99 e2e < 50 ms;"

@@ -7,13 +7,69 @@
  * its reason, and is also published at once (not coalesced) as the public
  * notice on <P>.notify.failure.<tok(sender)> with the headers of DESIGN §5.
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
 #include "ntf.h"
 #include "status.h"
 #include "util.h"
+
+/* A receipt is decoded into a buffer on the handler's stack: protobuf-c
+ * allocates every string of a message, and those mallocs and frees cost
+ * more than the rest of a receipt's handling. What does not fit spills to
+ * malloc (and is freed by decoded_free). */
+struct arena {
+	_Alignas(16) unsigned char buf[4096];
+	size_t used;
+	unsigned spilled;
+};
+
+static void *
+arena_alloc(void *data, size_t size)
+{
+	struct arena *a = data;
+
+	size = (size + 15) & ~(size_t)15;
+	if (sizeof(a->buf) - a->used >= size) {
+		void *p = a->buf + a->used;
+		a->used += size;
+		return p;
+	}
+	a->spilled++;
+	return malloc(size);
+}
+
+static void
+arena_free(void *data, void *p)
+{
+	struct arena *a = data;
+	uintptr_t b = (uintptr_t)a->buf, q = (uintptr_t)p;
+
+	if (q < b || q >= b + sizeof(a->buf))
+		free(p);
+}
+
+/* decode msg's payload as desc into the arena behind alloc; NULL if it is
+ * not one (the caller checks schema_version) */
+static ProtobufCMessage *
+decode(const ProtobufCMessageDescriptor *desc, natsMsg *msg, ProtobufCAllocator *alloc)
+{
+	size_t len = (size_t)natsMsg_GetDataLength(msg);
+
+	if (len > ENV_MAX_WIRE)
+		return NULL;
+	return protobuf_c_message_unpack(desc, alloc, len, (const uint8_t *)natsMsg_GetData(msg));
+}
+
+static void
+decoded_free(ProtobufCMessage *m, ProtobufCAllocator *alloc)
+{
+	if (m != NULL && ((struct arena *)alloc->allocator_data)->spilled > 0)
+		protobuf_c_message_free_unpacked(m, alloc);
+}
 
 static void
 bad(struct ntf *n, natsMsg *msg, const char *what)
@@ -34,10 +90,10 @@ ids_ok(const char *corr, const char *mid, const char *sender, const char *rcpt)
 static void
 set_ids(struct ntf_rec *d, const char *corr, const char *mid, const char *sender, const char *rcpt)
 {
-	snprintf(d->correlation_id, sizeof(d->correlation_id), "%s", corr);
-	snprintf(d->message_id, sizeof(d->message_id), "%s", mid);
-	snprintf(d->sender, sizeof(d->sender), "%s", sender);
-	snprintf(d->recipient, sizeof(d->recipient), "%s", rcpt);
+	ntf_copy(d->correlation_id, sizeof(d->correlation_id), corr);
+	ntf_copy(d->message_id, sizeof(d->message_id), mid);
+	ntf_copy(d->sender, sizeof(d->sender), sender);
+	ntf_copy(d->recipient, sizeof(d->recipient), rcpt);
 }
 
 /* fold one receipt (borrowed) into its status record */
@@ -45,7 +101,8 @@ static void
 fold_receipt(struct ntf *n, natsMsg *msg, const Receipt *r)
 {
 	struct ntf_rec d;
-	int k = r != NULL ? ntf_state_rank(r->state) : -1;
+	uint64_t now;
+	int k = ntf_state_rank(r->state);
 
 	if (k < 0 || k == NTF_FAILED || !ids_ok(r->correlation_id, r->message_id, r->sender,
 	    r->recipient)) {
@@ -57,9 +114,10 @@ fold_receipt(struct ntf *n, natsMsg *msg, const Receipt *r)
 	metric_add(n->m_receipts, 1);
 	ntf_rec_init(&d);
 	set_ids(&d, r->correlation_id, r->message_id, r->sender, r->recipient);
-	d.at[k] = r->at_ms ? r->at_ms : now_ms();
+	now = now_ms();
+	d.at[k] = r->at_ms ? r->at_ms : now;
 	d.attempts = r->attempts;
-	d.updated_at_ms = now_ms();
+	d.updated_at_ms = now;
 	ntf_shards_add(n, &d);
 }
 
@@ -68,18 +126,24 @@ void
 ntf_on_receipt(void *arg, natsMsg *msg)
 {
 	struct ntf *n = arg;
-	ProtobufCMessage *m = NULL;
+	struct arena a;
+	ProtobufCAllocator alloc = { arena_alloc, arena_free, &a };
+	ProtobufCMessage *m;
+	const Receipt *r;
 
-	if (env_unpack_msg(&clawrelay__v1__receipt__descriptor, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
+	a.used = 0;
+	a.spilled = 0;
+	m = decode(&clawrelay__v1__receipt__descriptor, msg, &alloc);
+	r = (const Receipt *)m;
+	if (r == NULL || r->schema_version != ENV_SCHEMA)
 		bad(n, msg, "undecodable receipt");
-		return;
-	}
-	fold_receipt(n, msg, (const Receipt *)m);
-	protobuf_c_message_free_unpacked(m, NULL);
+	else
+		fold_receipt(n, msg, r);
+	decoded_free(m, &alloc);
 }
 
-/* ntf_on_receipt_batch - fold each Receipt of a ReceiptBatch */
+/* ntf_on_receipt_batch - fold each Receipt of a ReceiptBatch (a batch is
+ * decoded with the ordinary allocator: its cost is shared by its receipts) */
 void
 ntf_on_receipt_batch(void *arg, natsMsg *msg)
 {
@@ -145,16 +209,20 @@ void
 ntf_on_failure(void *arg, natsMsg *msg)
 {
 	struct ntf *n = arg;
-	ProtobufCMessage *m = NULL;
+	struct arena a;
+	ProtobufCAllocator alloc = { arena_alloc, arena_free, &a };
+	ProtobufCMessage *m;
 	const Failure *f;
 	struct ntf_rec d;
 
-	if (env_unpack_msg(&clawrelay__v1__failure__descriptor, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
-		bad(n, msg, "undecodable failure");
-		return;
-	}
+	a.used = 0;
+	a.spilled = 0;
+	m = decode(&clawrelay__v1__failure__descriptor, msg, &alloc);
 	f = (const Failure *)m;
+	if (f == NULL || f->schema_version != ENV_SCHEMA) {
+		bad(n, msg, "undecodable failure");
+		goto out;
+	}
 	if (!ids_ok(f->correlation_id, f->message_id, f->sender, f->recipient)) {
 		bad(n, msg, "failure with bad IDs");
 		goto out;
@@ -172,5 +240,5 @@ ntf_on_failure(void *arg, natsMsg *msg)
 	ntf_shards_add(n, &d);
 	publish_notice(n, msg, f);
 out:
-	protobuf_c_message_free_unpacked(m, NULL);
+	decoded_free(m, &alloc);
 }

@@ -54,12 +54,25 @@ ntf_rec_state(const struct ntf_rec *r)
 	return -1;
 }
 
+/* ntf_copy - src into dst (sz bytes), cut to fit; snprintf's formatting
+ * cost several times as much, four times per receipt */
+void
+ntf_copy(char *dst, size_t sz, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (n >= sz)
+		n = sz - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 static int
 fill(char *dst, size_t sz, const char *src)
 {
 	if (dst[0] != '\0' || src[0] == '\0')
 		return 0;
-	snprintf(dst, sz, "%s", src);
+	ntf_copy(dst, sz, src);
 	return 1;
 }
 
@@ -96,7 +109,7 @@ ntf_rec_merge(struct ntf_rec *r, const struct ntf_rec *d)
 	}
 	if (d->last_error[0] != '\0' && strcmp(d->last_error, r->last_error) != 0 &&
 	    !(failed && r->last_error[0] != '\0')) {
-		snprintf(r->last_error, sizeof(r->last_error), "%s", d->last_error);
+		ntf_copy(r->last_error, sizeof(r->last_error), d->last_error);
 		changed = 1;
 	}
 	if (d->updated_at_ms > r->updated_at_ms && changed)
@@ -109,10 +122,10 @@ void
 ntf_rec_from_proto(struct ntf_rec *r, const StatusRecord *p)
 {
 	ntf_rec_init(r);
-	snprintf(r->correlation_id, sizeof(r->correlation_id), "%s", p->correlation_id);
-	snprintf(r->message_id, sizeof(r->message_id), "%s", p->message_id);
-	snprintf(r->sender, sizeof(r->sender), "%s", p->sender);
-	snprintf(r->recipient, sizeof(r->recipient), "%s", p->recipient);
+	ntf_copy(r->correlation_id, sizeof(r->correlation_id), p->correlation_id);
+	ntf_copy(r->message_id, sizeof(r->message_id), p->message_id);
+	ntf_copy(r->sender, sizeof(r->sender), p->sender);
+	ntf_copy(r->recipient, sizeof(r->recipient), p->recipient);
 	for (size_t i = 0; i < p->n_history; i++) {
 		int k = p->history[i] ? ntf_state_rank(p->history[i]->state) : -1;
 		if (k >= 0 && (r->at[k] == 0 || p->history[i]->at_ms < r->at[k]))
@@ -122,7 +135,7 @@ ntf_rec_from_proto(struct ntf_rec *r, const StatusRecord *p)
 	if (k >= 0 && r->at[k] == 0)
 		r->at[k] = p->updated_at_ms ? p->updated_at_ms : 1;
 	r->attempts = p->attempts;
-	snprintf(r->last_error, sizeof(r->last_error), "%s", p->last_error);
+	ntf_copy(r->last_error, sizeof(r->last_error), p->last_error);
 	for (int i = 0; i < 16 && p->failure_reason[0]; i++) {
 		if (strcmp(env_failure_reason_name(i), p->failure_reason) == 0) {
 			r->failure_reason = i;

@@ -28,11 +28,13 @@
  * while its message's write awaits the ack waits for it (merged into
  * `later`), then goes out with the revision the ack reported.
  *
- * Ownership: the cache (correlation ID -> record, revision; entries idle for
- * CACHE_MS are dropped), the in-flight list and its table by correlation ID
+ * Ownership: the cache (correlation ID -> record, revision, for messages not
+ * yet processed or failed; entries idle for CACHE_MS are dropped), the
+ * in-flight list and its table by correlation ID
  * belong to the writer thread alone. The table of in-flight writes by write
  * id and the entries' ack fields are shared with the ack handler, under the
- * shard's mutex.
+ * shard's second mutex (fmu), so that acks and receipts (mu) never wait for
+ * each other.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -75,15 +77,17 @@ struct ntf_ent {
 struct ntf_shard {
 	struct ntf *n;
 	unsigned idx;
-	pthread_mutex_t mu;          /* guards ptab, plist, ptail, npending, wtab, the
-	                              * in-flight entries' ack/newrev, waiting, quit */
-	pthread_cond_t cv;
+	pthread_mutex_t mu;          /* guards ptab, plist, ptail, npending, quit */
+	pthread_cond_t cv;           /* the writer sleeps until its next tick */
 	struct ntf_ent *ptab[PEND_BUCKETS];
 	struct ntf_ent *plist, *ptail;
 	size_t npending;
-	struct ntf_ent *wtab[FLIGHT_BUCKETS];
-	int waiting;                 /* the writer sleeps until an ack arrives */
 	int quit;
+	/* a lock of its own, so acks and receipts do not contend */
+	pthread_mutex_t fmu;         /* guards wtab, the in-flight entries' ack/newrev, waiting */
+	pthread_cond_t fcv;          /* the writer waits for an ack */
+	struct ntf_ent *wtab[FLIGHT_BUCKETS];
+	int waiting;
 	pthread_t thr;
 	int started;
 	/* writer thread only */
@@ -147,10 +151,20 @@ tab_find(struct ntf_ent **tab, unsigned nb, const struct ntf_ent *d)
 	return NULL;
 }
 
+static void cache_drop(struct ntf_shard *sh, const struct ntf_ent *d);
+
 static void
 cache_put(struct ntf_shard *sh, const struct ntf_ent *d, const struct ntf_rec *r, uint64_t rev)
 {
-	struct ntf_ent *e = tab_find(sh->ctab, CACHE_BUCKETS, d);
+	struct ntf_ent *e;
+
+	if (r->at[NTF_PROCESSED] != 0 || r->at[NTF_FAILED] != 0) {
+		/* final: rarely written again, while its room in a full cache
+		 * would save a read for a message still on its way */
+		cache_drop(sh, d);
+		return;
+	}
+	e = tab_find(sh->ctab, CACHE_BUCKETS, d);
 	if (e == NULL) {
 		if (atomic_load(&sh->ncache) >= (size_t)(sh->n->cache_max / sh->n->nshards + 1))
 			return;	/* full: the sweep makes room */
@@ -306,7 +320,7 @@ ntf_shards_acked(struct ntf *n, unsigned shard, uint64_t wid, uint64_t rev, int 
 {
 	struct ntf_shard *sh = n->shards[shard];
 
-	pthread_mutex_lock(&sh->mu);
+	pthread_mutex_lock(&sh->fmu);
 	/* absent: it timed out and was redone; this ack is stale */
 	for (struct ntf_ent **pp = &sh->wtab[wid % FLIGHT_BUCKETS]; *pp; pp = &(*pp)->wnext) {
 		struct ntf_ent *e = *pp;
@@ -315,14 +329,14 @@ ntf_shards_acked(struct ntf *n, unsigned shard, uint64_t wid, uint64_t rev, int 
 			e->newrev = rev;
 			e->ack = rev != 0 ? ACK_OK : conflict ? ACK_CONFLICT : ACK_FAILED;
 			if (sh->waiting)
-				pthread_cond_signal(&sh->cv);
+				pthread_cond_signal(&sh->fcv);
 			break;
 		}
 	}
-	pthread_mutex_unlock(&sh->mu);
+	pthread_mutex_unlock(&sh->fmu);
 }
 
-/* under mu: take e out of the table by write id (if its ack has not) */
+/* under fmu: take e out of the table by write id (if its ack has not) */
 static void
 wtab_remove(struct ntf_shard *sh, const struct ntf_ent *e)
 {
@@ -357,7 +371,7 @@ flights_finish(struct ntf_shard *sh)
 
 	if (sh->fhead == NULL)
 		return;
-	pthread_mutex_lock(&sh->mu);
+	pthread_mutex_lock(&sh->fmu);
 	/* acks come in send order (one connection, one stream), so the head
 	 * is the one to look at */
 	while ((e = sh->fhead) != NULL) {
@@ -374,7 +388,7 @@ flights_finish(struct ntf_shard *sh)
 	*tail = NULL;
 	if (sh->fhead == NULL)
 		sh->ftail = NULL;
-	pthread_mutex_unlock(&sh->mu);
+	pthread_mutex_unlock(&sh->fmu);
 
 	while ((e = done) != NULL) {
 		done = e->lnext;
@@ -414,7 +428,7 @@ flights_wait(struct ntf_shard *sh)
 
 	if (e == NULL)
 		return;
-	pthread_mutex_lock(&sh->mu);
+	pthread_mutex_lock(&sh->fmu);
 	if (e->ack == ACK_WAITING) {
 		uint64_t now = mono_ms(), ms = e->used > now ? e->used - now : 0;
 		struct timespec ts;
@@ -428,10 +442,10 @@ flights_wait(struct ntf_shard *sh)
 			ts.tv_nsec -= 1000000000L;
 		}
 		sh->waiting = 1;
-		pthread_cond_timedwait(&sh->cv, &sh->mu, &ts);
+		pthread_cond_timedwait(&sh->fcv, &sh->fmu, &ts);
 		sh->waiting = 0;
 	}
-	pthread_mutex_unlock(&sh->mu);
+	pthread_mutex_unlock(&sh->fmu);
 	flights_finish(sh);
 }
 
@@ -497,14 +511,14 @@ submit(struct ntf_shard *sh, struct ntf_ent *d)
 	d->lnext = NULL;
 	d->used = mono_ms() + NTF_ACK_TIMEOUT_MS;
 	/* in the table before the publish: the ack may come at once */
-	pthread_mutex_lock(&sh->mu);
+	pthread_mutex_lock(&sh->fmu);
 	d->wnext = sh->wtab[d->wid % FLIGHT_BUCKETS];
 	sh->wtab[d->wid % FLIGHT_BUCKETS] = d;
-	pthread_mutex_unlock(&sh->mu);
+	pthread_mutex_unlock(&sh->fmu);
 	if (ntf_kv_send(n, sh->idx, d->wid, key, rev, buf, len) != CR_OK) {
-		pthread_mutex_lock(&sh->mu);
+		pthread_mutex_lock(&sh->fmu);
 		wtab_remove(sh, d);
-		pthread_mutex_unlock(&sh->mu);
+		pthread_mutex_unlock(&sh->fmu);
 		write_sync(sh, d);
 		free(d);
 		return;
@@ -621,6 +635,8 @@ ntf_shards_start(struct ntf *n, unsigned count)
 		sh->last_sweep = mono_ms();
 		pthread_mutex_init(&sh->mu, NULL);
 		pthread_cond_init(&sh->cv, NULL);
+		pthread_mutex_init(&sh->fmu, NULL);
+		pthread_cond_init(&sh->fcv, NULL);
 		n->shards[i] = sh;
 		n->nshards = i + 1;
 		if (pthread_create(&sh->thr, NULL, writer_main, sh) != 0) {
@@ -657,6 +673,8 @@ ntf_shards_stop(struct ntf *n)
 			free(e);
 		}
 		cache_sweep(sh, 0);
+		pthread_cond_destroy(&sh->fcv);
+		pthread_mutex_destroy(&sh->fmu);
 		pthread_cond_destroy(&sh->cv);
 		pthread_mutex_destroy(&sh->mu);
 		free(sh);

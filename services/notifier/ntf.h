@@ -83,6 +83,8 @@ struct ntf {
 int ntf_state_rank(const char *name);
 /* ntf_state_name - enum ntf_state to its name */
 const char *ntf_state_name(int rank);
+/* ntf_copy - the C string src into dst (sz bytes), cut to fit */
+void ntf_copy(char *dst, size_t sz, const char *src);
 /* ntf_rec_init - empty record (no state, no failure) */
 void ntf_rec_init(struct ntf_rec *r);
 /* ntf_rec_merge - fold delta d into r: states only move forward, the first

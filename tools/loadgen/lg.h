@@ -11,11 +11,14 @@
  *   lg_http.c  - the minimal keep-alive HTTP/1.1 client they use (lg_http.h).
  *   lg_sock.c  - the socket scenario: the load generator's own WebSockets to
  *                the gateway's /v1/connect, one per sender identity, with
- *                `enqueue` frames pipelined up to the gateway's window.
+ *                `enqueue` frames pipelined up to the gateway's window and a
+ *                limit on messages not yet delivered.
  *   lg_ws.c    - the small RFC 6455 client lg_sock.c uses (lg_ws.h).
- *   lg_hook.c  - the embedded hook server (civetweb) the receiving connectors
- *                call: it parses the payload, which carries the scenario, a
- *                sequence number and the send time, and records the arrival.
+ *   lg_hook.c  - the embedded hook server (a small epoll HTTP/1.1 server)
+ *                the receiving connectors call: it parses the payload, which
+ *                carries the scenario, a sequence number and the send time,
+ *                and records the arrival.
+ *   lg_sock.c and lg_send.c also share lg_count (the answers' tally).
  *   lg_stats.c - percentiles, per-process CPU from /proc, the report.
  *   main.c     - options, helper commands for scripts/bench.sh, the run.
  *
@@ -33,7 +36,7 @@
  *     pointed away; slots are written with atomics (bitmap) or by the one
  *     thread that owns the slot (seq is handed out once; the latency array
  *     index by an atomic counter). Counters are atomics.
- *   - the hook handlers run on civetweb's workers and only touch the lg_rec
+ *   - the hook server runs on its own thread and only touches the lg_rec
  *     of the scenario named in the payload, through lg_hook_set().
  */
 #ifndef LG_H
@@ -102,6 +105,7 @@ struct lg_rec {
 	atomic_size_t delivered_in_window; /* unique deliveries before t_end_us */
 	atomic_size_t dups;          /* a seq delivered again */
 	_Atomic uint64_t t_last_deliver_us;
+	_Atomic uint64_t sender_cpu_ns; /* CPU time of the sender threads (each adds its own) */
 };
 
 /* A scenario as asked for. */
@@ -127,6 +131,8 @@ struct lg_run {
 	int nws;
 	int ws_window;               /* enqueue frames in flight per socket */
 	int ws_events;               /* send connector_sent hop events, as a connector */
+	int ws_backlog;              /* socket: at most this many sent and not yet delivered
+	                              * or refused, all sockets together (0: no limit) */
 	char recipients[LG_MAX_IDS][130];
 	int nrecipients;
 	struct lg_dest conns[LG_MAX_IDS];  /* sending connectors' local API */
@@ -171,7 +177,7 @@ void lg_sock_close_all(void);
 
 /* lg_hook_start - start the hook server on 127.0.0.1:port; 0 or -1 */
 int lg_hook_start(int port);
-/* lg_hook_stop - stop it (joins civetweb's threads) */
+/* lg_hook_stop - stop it (joins its thread, closes its connections) */
 void lg_hook_stop(void);
 /* lg_hook_set - the record deliveries of scenario rec->id go to (borrowed
  * until lg_hook_set(NULL) returns); NULL: deliveries are only counted as stray */
@@ -193,6 +199,9 @@ void lg_rec_free(struct lg_rec *rec);
 uint64_t lg_mono_us(void);
 /* lg_sleep_until_us - sleep until the monotonic time t_us */
 void lg_sleep_until_us(uint64_t t_us);
+/* lg_thread_cpu_done - add the calling thread's CPU time to rec->sender_cpu_ns
+ * (a sender thread, just before it ends) */
+void lg_thread_cpu_done(struct lg_rec *rec);
 /* lg_proc_ticks - utime+stime (clock ticks) of pid and its threads, 0 if
  * gone; the system part in *sys when sys is not NULL */
 uint64_t lg_proc_ticks(int pid, uint64_t *sys);

@@ -228,6 +228,7 @@ worker_main(void *arg)
 	}
 out:
 	free(payload);
+	lg_thread_cpu_done(rec);
 	return NULL;
 }
 

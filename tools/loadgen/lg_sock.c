@@ -221,6 +221,7 @@ struct lg_sstate {
 	uint32_t nfree, window, gen, gen_max;
 	char *payload;
 	int stopping;
+	int held_back;               /* the last fill stopped at the backlog limit */
 	uint64_t pause_until;
 	/* connector_sent hop events of one round (run->ws_events) */
 	char (*cids)[SOCK_CID_MAX];  /* [window] correlation IDs */
@@ -260,6 +261,20 @@ fill(struct lg_sstate *s)
 	uint64_t t = lg_mono_us(), created = now_ms(), wall_us = now_us();
 	char idem[SOCK_CID_MAX + 8];
 
+	s->held_back = 0;
+	if (room > 0 && s->run->ws_backlog > 0) {
+		/* messages sent and neither delivered nor refused yet, all sockets */
+		long long out = (long long)atomic_load(&rec->next_seq) -
+		    (long long)atomic_load(&rec->delivered) -
+		    ((long long)atomic_load(&rec->sent) - (long long)atomic_load(&rec->accepted));
+		long long lim = s->run->ws_backlog;
+		if (out >= lim) {
+			s->held_back = 1;
+			return 0;
+		}
+		if ((long long)room > lim - out)
+			room = (size_t)(lim - out);
+	}
 	if (room == 0)
 		return 0;
 	seq0 = atomic_fetch_add(&rec->next_seq, room);
@@ -473,6 +488,8 @@ sock_loop(struct lg_sstate *s)
 			timeout_ms = (int)((drain_deadline - now) / 1000) + 1;
 		} else if (s->nfree > 0 && s->pause_until > now) {
 			timeout_ms = (int)((s->pause_until - now + 999) / 1000);
+		} else if (s->held_back) {
+			timeout_ms = 1;	/* deliveries free the backlog; look again soon */
 		} else {
 			timeout_ms = (int)((rec->t_end_us - now + 999) / 1000);
 		}
@@ -554,6 +571,7 @@ out:
 	free(s.cids);
 	free(s.evs);
 	free(s.evp);
+	lg_thread_cpu_done(w->rec);
 	return NULL;
 }
 

@@ -35,6 +35,17 @@ lg_sleep_until_us(uint64_t t_us)
 		;
 }
 
+/* lg_thread_cpu_done - add the calling thread's CPU time to the record */
+void
+lg_thread_cpu_done(struct lg_rec *rec)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+		atomic_fetch_add(&rec->sender_cpu_ns,
+		    (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+}
+
 /* lg_rec_new - a record with room for cap sequence numbers; caller frees
  * with lg_rec_free */
 struct lg_rec *
@@ -231,7 +242,8 @@ lg_report(struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec,
 	if (sc->kind == LG_KIND_SOCKET)
 		printf("\n== scenario %s: enqueue frames on the load generator's own sockets to the"
 		    " gateway, as fast as accepted, %d sockets (one per sender), window %d frames per"
-		    " socket, %.0f s ==\n", sc->name, sc->concurrency, sc->window, sc->seconds);
+		    " socket, at most %d sent and not yet delivered, %.0f s ==\n", sc->name,
+		    sc->concurrency, sc->window, run->ws_backlog, sc->seconds);
 	else
 		printf("\n== scenario %s: %s, %s, %d concurrent senders, %.0f s ==\n", sc->name,
 		    sc->kind == LG_KIND_HTTP ? "signed HTTP POST to the gateway" :
@@ -279,6 +291,9 @@ lg_report(struct lg_run *run, const struct lg_scen *sc, struct lg_rec *rec,
 	    100.0 * (double)ncpu * (double)(busy1 - m_busy0) / (double)(total1 - m_total0) : 0;
 	printf("\n    watched sum %.0f%%; whole machine %.0f%% of %ld00%% busy; other processes"
 	    " %.0f%%\n", sum, mach, ncpu, mach > sum ? mach - sum : 0);
+	printf("    of loadgen: its sender threads %.0f us per sent message; the rest is mostly the"
+	    " receivers' hook server\n", sent ? (double)atomic_load(&rec->sender_cpu_ns) / 1e3 /
+	    (double)sent : 0);
 
 	if (sc->floor_rate > 0) {
 		int ok = del_rate >= sc->floor_rate && del >= acc;

@@ -17,7 +17,7 @@
  *
  * Threads: main owns the run; lg_send_run starts and joins the sender
  * threads of one scenario (lg_sock_run those of the socket scenario);
- * civetweb's workers run the hook (lg_hook.c).
+ * the hook server's own thread runs the hook (lg_hook.c).
  */
 #include <arpa/inet.h>
 #include <getopt.h>
@@ -58,6 +58,10 @@ usage(FILE *f)
 	    "                         opens one WebSocket to the gateway per sender (repeat)\n"
 	    "  --socket-window N      enqueue frames in flight per socket, 1-65536; at most the\n"
 	    "                         gateway's CLAWRELAY_WS_ENQUEUE_WINDOW (default 256)\n"
+	    "  --socket-backlog N     socket: at most N messages sent and not yet delivered (or\n"
+	    "                         refused), all sockets together, so the stack is measured in\n"
+	    "                         a steady state, not while it drains a growing backlog;\n"
+	    "                         0 = no limit (default 1024)\n"
 	    "  --socket-events 0|1    send a connector_sent hop event per message in event_batch\n"
 	    "                         frames, as the connector does (default 1)\n"
 	    "  --connector URL        a sending connector's local API base URL, for the\n"
@@ -314,14 +318,15 @@ cmd_run(int argc, char **argv)
 	double seconds = 10, fixed_rate = 1000, warmup = 2;
 	double floor_http = 2500, floor_socket = 5000, floor_p99 = 50;
 	long payload = 256;
-	enum { O_GW = 1, O_HOOK, O_RCPT, O_SENDER, O_WS_SENDER, O_WS_WINDOW, O_WS_EVENTS, O_CONN, O_SCEN,
+	enum { O_GW = 1, O_HOOK, O_RCPT, O_SENDER, O_WS_SENDER, O_WS_WINDOW, O_WS_EVENTS, O_WS_BACKLOG, O_CONN, O_SCEN,
 		O_SECS, O_CONC, O_FRATE, O_FCONC, O_PAYLOAD, O_DRAIN, O_SETTLE, O_WARM, O_FHTTP,
 		O_FSOCK, O_FP99, O_WATCH, O_HELP };
 	static const struct option opts[] = {
 		{ "gateway", 1, NULL, O_GW }, { "hook-port", 1, NULL, O_HOOK },
 		{ "recipient", 1, NULL, O_RCPT }, { "sender", 1, NULL, O_SENDER },
 		{ "ws-sender", 1, NULL, O_WS_SENDER }, { "socket-window", 1, NULL, O_WS_WINDOW },
-		{ "socket-events", 1, NULL, O_WS_EVENTS }, { "connector", 1, NULL, O_CONN },
+		{ "socket-events", 1, NULL, O_WS_EVENTS }, { "socket-backlog", 1, NULL, O_WS_BACKLOG },
+		{ "connector", 1, NULL, O_CONN },
 		{ "scenario", 1, NULL, O_SCEN },
 		{ "seconds", 1, NULL, O_SECS }, { "concurrency", 1, NULL, O_CONC },
 		{ "fixed-rate", 1, NULL, O_FRATE }, { "fixed-concurrency", 1, NULL, O_FCONC },
@@ -337,6 +342,7 @@ cmd_run(int argc, char **argv)
 	run.settle_seconds = 2;
 	run.ws_window = 256;
 	run.ws_events = 1;
+	run.ws_backlog = 1024;
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {
 		case O_GW: snprintf(run.gateway, sizeof(run.gateway), "%s", optarg); break;
@@ -357,6 +363,7 @@ cmd_run(int argc, char **argv)
 			break;
 		case O_WS_WINDOW: run.ws_window = atoi(optarg); break;
 		case O_WS_EVENTS: run.ws_events = atoi(optarg) != 0; break;
+		case O_WS_BACKLOG: run.ws_backlog = atoi(optarg); break;
 		case O_CONN: {
 			struct lg_dest *d = &run.conns[run.nconn];
 			if (run.nconn >= LG_MAX_IDS || lg_url_parse(optarg, d->host, sizeof(d->host),
@@ -404,7 +411,7 @@ cmd_run(int argc, char **argv)
 	    run.nrecipients == 0 || nscen == 0 || seconds <= 0 || conc < 1 || conc > 1024 ||
 	    fixed_conc < 1 || fixed_conc > 1024 || fixed_rate <= 0 || payload < 64 ||
 	    payload > LG_PAYLOAD_MAX || warmup < 0 || run.drain_seconds <= 0 ||
-	    run.ws_window < 1 || run.ws_window > 65536)
+	    run.ws_window < 1 || run.ws_window > 65536 || run.ws_backlog < 0)
 		goto bad;
 	if (lg_url_parse(run.gateway, run.gw.host, sizeof(run.gw.host), &run.gw.port, run.gw.base,
 	    sizeof(run.gw.base)) != 0) {
