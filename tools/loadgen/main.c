@@ -444,7 +444,12 @@ cmd_run(int argc, char **argv)
 	    run.ws_window, run.nconn, run.payload_bytes);
 	fflush(stdout);
 	if (has_scen(scen, nscen, "socket")) {
-		if (lg_sock_open_all(&run) != 0) {
+		/* a stack that has just started may not own every partition yet
+		 * (relay-session answers the reconnect only then): try for 30 s */
+		int opened = -1;
+		for (int t = 0; t < 30 && (opened = lg_sock_open_all(&run)) != 0; t++)
+			sleep(1);
+		if (opened != 0) {
 			fprintf(stderr, "loadgen: the socket senders' sockets did not all open\n");
 			lg_sock_close_all();
 			lg_hook_stop();
