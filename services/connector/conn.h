@@ -122,8 +122,12 @@ struct conn_ws {
 	enum conn_ws_state state;
 	struct conn_fq q_ctrl, q_keep, q_ev;
 	int kicked;                  /* lws_cancel_service sent, not yet seen */
-	int ev_timer_on;             /* the event flush timer runs (or a kick for it is on its way) */
-	uint64_t ev_seq, ev_seq_seen; /* events queued; as of the timer's last look */
+	int ev_timer_on;             /* the event pacer runs */
+	int ev_flush;                /* the pacer asks the lws thread to send events */
+	uint64_t ev_seq, ev_seq_seen; /* events queued; as of the pacer's last look */
+	pthread_cond_t ev_cv;        /* wakes the pacer */
+	pthread_t ev_thread;
+	int ev_started;
 	uint64_t ev_dropped;
 	uint64_t connects, disconnects;
 	uint64_t connected_at_ms, offline_since_ms;

@@ -23,11 +23,11 @@
  * Wake-ups: another thread's frame makes one lws_cancel_service until the
  * lws thread saw it (ws.kicked), so a burst costs one wake-up. Events do
  * not wake the lws thread on their own: they ride with the next control
- * frame, or with the flush timer (EV_FLUSH_US) that runs while events flow
- * and sleeps after an idle period (the first event after it kicks once).
+ * frame, or when the event pacer thread (ev_pacer: every EV_FLUSH_US while
+ * events flow, asleep after an idle period) kicks the lws thread.
  *
  * Threads: wsi, rx, need_hello, attempt, last_rx_mono and the timers belong
- * to the lws thread. Other threads only take ws.mu, queue, and call
+ * to the lws thread; the pacer only takes ws.mu and kicks. Other threads only take ws.mu, queue, and call
  * lws_cancel_service (under ws.mu, so it never races the context's
  * destruction); the lws thread then asks for a writable callback.
  */
@@ -53,7 +53,7 @@ struct conn_waiter {
 };
 
 /* timers: the lws thread only */
-static lws_sorted_usec_list_t sul_connect, sul_heartbeat, sul_ev;
+static lws_sorted_usec_list_t sul_connect, sul_heartbeat;
 /* events that no control frame took along wait at most about this long */
 #define EV_FLUSH_US 5000
 static struct conn *g_conn;   /* the one connector; set before the thread starts */
@@ -237,11 +237,11 @@ enum cr_err conn_ws_queue_event(struct conn *c, const HopEvent *ev)
 	}
 	fq_push(&ws->q_ev, fr);
 	ws->ev_seq++;
-	/* events ride with the next control frame, or go with the flush timer;
-	 * only a dormant timer needs a kick to start it */
+	/* events ride with the next control frame, or go when the pacer says;
+	 * only a dormant pacer needs waking */
 	if (!ws->ev_timer_on && ws->state == CONN_WS_OPEN) {
 		ws->ev_timer_on = 1;
-		kick_locked(ws);
+		pthread_cond_signal(&ws->ev_cv);
 	}
 	pthread_mutex_unlock(&ws->mu);
 	if (old) {
@@ -728,34 +728,47 @@ static int on_writable(struct conn *c, struct lws *wsi)
 	return rc;
 }
 
-/* lws thread: the event flush timer. It runs every EV_FLUSH_US while
- * events keep coming (sending what no control frame took along) and goes
- * dormant after a period without any; the next event wakes it (one kick).
- * So events cost at most ~1000000/EV_FLUSH_US wake-ups a second, whatever
- * the message rate. */
-static void ev_flush_cb(lws_sorted_usec_list_t *sul)
+/* The event pacer (its own thread): every EV_FLUSH_US while events keep
+ * coming it asks the lws thread to send what no control frame took along,
+ * and it goes dormant after a period without any; the next event wakes it.
+ * So events cost at most ~1000000/EV_FLUSH_US wake-ups of the lws thread a
+ * second, whatever the message rate. It is not an lws timer on purpose:
+ * libwebsockets 4.1 rounds the time left to a timer down to whole
+ * milliseconds for poll(), so it spins with a zero timeout through the last
+ * millisecond before every timer; with a 5 ms timer that was a fifth of the
+ * time, ~130,000 polls a second, 10% of a core per connector. A condition
+ * variable waits to the nanosecond. */
+static void *ev_pacer(void *arg)
 {
-	struct conn *c = g_conn;
-	struct conn_ws *ws;
-	int pending = 0, rearm = 0;
+	struct conn *c = arg;
+	struct conn_ws *ws = &c->ws;
+	struct timespec ts;
 
-	(void)sul;
-	if (!c || atomic_load(&c->ws.stop))
-		return;
-	ws = &c->ws;
 	pthread_mutex_lock(&ws->mu);
-	if (ws->state == CONN_WS_OPEN && ws->wsi) {
-		pending = ws->q_ev.n != 0;
-		rearm = ws->ev_seq != ws->ev_seq_seen;
+	while (!atomic_load(&ws->stop)) {
+		if (!ws->ev_timer_on) {
+			pthread_cond_wait(&ws->ev_cv, &ws->mu);
+			continue;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += EV_FLUSH_US * 1000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&ws->ev_cv, &ws->mu, &ts);
+		if (atomic_load(&ws->stop))
+			break;
+		if (ws->state == CONN_WS_OPEN && ws->q_ev.n) {
+			ws->ev_flush = 1;
+			kick_locked(ws);
+		}
+		if (ws->ev_seq == ws->ev_seq_seen)
+			ws->ev_timer_on = 0;	/* a period without events: dormant */
 		ws->ev_seq_seen = ws->ev_seq;
 	}
-	if (!rearm)
-		ws->ev_timer_on = 0;
 	pthread_mutex_unlock(&ws->mu);
-	if (pending)
-		lws_callback_on_writable(ws->wsi);
-	if (rearm)
-		lws_sul_schedule(ws->ctx, 0, &sul_ev, ev_flush_cb, (lws_usec_t)EV_FLUSH_US);
+	return NULL;
 }
 
 static void on_reconnect_ack(struct conn *c, const ReconnectAck *a)
@@ -972,22 +985,16 @@ static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
 			on_down(c, "closed");
 		break;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: {
-		int now_w, later;
+		int now_w;
 
 		pthread_mutex_lock(&ws->mu);
 		ws->kicked = 0;
-		now_w = ws->state == CONN_WS_OPEN && (ws->q_ctrl.n || ws->q_keep.n);
-		later = ws->state == CONN_WS_OPEN && ws->ev_timer_on;
-		ws->ev_seq_seen = ws->ev_seq;
+		now_w = ws->state == CONN_WS_OPEN &&
+		    (ws->q_ctrl.n || ws->q_keep.n || (ws->ev_flush && ws->q_ev.n));
+		ws->ev_flush = 0;
 		pthread_mutex_unlock(&ws->mu);
-		if (!ws->wsi)
-			break;
-		if (now_w)
+		if (ws->wsi && now_w)
 			lws_callback_on_writable(ws->wsi);
-		/* start the flush timer unless it runs already */
-		if (later && lws_dll2_is_detached(&sul_ev.list))
-			lws_sul_schedule(ws->ctx, 0, &sul_ev, ev_flush_cb,
-			    (lws_usec_t)EV_FLUSH_US);
 		break;
 	}
 	default:
@@ -1031,7 +1038,6 @@ static void *ws_thread(void *arg)
 	}
 	lws_sul_cancel(&sul_connect);
 	lws_sul_cancel(&sul_heartbeat);
-	lws_sul_cancel(&sul_ev);
 	pthread_mutex_lock(&ws->mu);
 	ctx = ws->ctx;
 	ws->ctx = NULL;
@@ -1053,6 +1059,7 @@ enum cr_err conn_ws_start(struct conn *c)
 	m_ev_dropped = metric_counter("clawrelay_connector_events_dropped_total", NULL,
 	    "hop events dropped because the event queue was full");
 	pthread_mutex_init(&ws->mu, NULL);
+	pthread_cond_init(&ws->ev_cv, NULL);
 	sb_init(&ws->rx);
 	g_conn = c;
 	if (conn_inbox_meta_get(c, "last_received_id", last, sizeof(last)) == 0)
@@ -1082,6 +1089,10 @@ enum cr_err conn_ws_start(struct conn *c)
 		return CR_ERR_INTERNAL;
 	}
 	ws->started = 1;
+	if (pthread_create(&ws->ev_thread, NULL, ev_pacer, c) == 0)
+		ws->ev_started = 1;
+	else
+		log_error(NULL, "event pacer thread: events go only with control frames");
 	return CR_OK;
 }
 
@@ -1098,6 +1109,14 @@ void conn_ws_stop(struct conn *c)
 		pthread_mutex_unlock(&ws->mu);
 		pthread_join(ws->thread, NULL);
 		ws->started = 0;
+	}
+	if (ws->ev_started) {
+		atomic_store(&ws->stop, 1);
+		pthread_mutex_lock(&ws->mu);
+		pthread_cond_signal(&ws->ev_cv);
+		pthread_mutex_unlock(&ws->mu);
+		pthread_join(ws->ev_thread, NULL);
+		ws->ev_started = 0;
 	}
 	pthread_mutex_lock(&ws->mu);
 	ws->state = CONN_WS_DOWN;
