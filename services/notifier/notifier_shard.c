@@ -13,6 +13,18 @@
  * ~10 us per write in a batch); a write may leave up to a tick late, never
  * split.
  *
+ * Under load (more than NTF_BUSY_DELTAS receipts and failures a second,
+ * ~1,000 messages) a message that is due but not done (rec_done: failed, or
+ * both delivered and processed) is held (the held list, in arrival order)
+ * until it is, or until NTF_HOLD_WINDOWS x COALESCE_MS after its first
+ * delta: a relay with a backlog takes longer than COALESCE_MS from queued
+ * to processed, and without the hold every such message costs two or three
+ * writes (the record, then its updates), and each write costs nats-server
+ * more than the whole rest of the message's status. The recorded times do
+ * not change, only when a queued state becomes visible; a message that is
+ * done is written on the next tick. Below that rate, records are written
+ * COALESCE_MS after their first delta.
+ *
  * It writes each entry with one KV operation where it can, published
  * without waiting for the ack (ntf_kv_send; the ack handler marks the
  * entry through ntf_shards_acked and the writer finishes it on its next
@@ -29,7 +41,7 @@
  * `later`), then goes out with the revision the ack reported.
  *
  * Ownership: the cache (correlation ID -> record, revision, for messages not
- * yet processed or failed; entries idle for CACHE_MS are dropped), the
+ * done; entries idle for CACHE_MS are dropped), the
  * in-flight list and its table by correlation ID
  * belong to the writer thread alone. The table of in-flight writes by write
  * id and the entries' ack fields are shared with the ack handler, under the
@@ -55,6 +67,9 @@
 #define NTF_TICK_MS 10            /* a writer takes due entries at most this often */
 #define NTF_FLIGHT_MAX 2048u      /* writes awaiting their ack, per shard */
 #define NTF_ACK_TIMEOUT_MS 5000   /* then the write is redone synchronously */
+#define NTF_BUSY_DELTAS 3000      /* receipts + failures a second that make the writers hold */
+#define NTF_BUSY_WINDOW_MS 100    /* ... measured over this long */
+#define NTF_HOLD_WINDOWS 20       /* a held record waits at most this many COALESCE_MS */
 
 /* ack states of an in-flight entry */
 enum { ACK_WAITING = 0, ACK_OK, ACK_FAILED, ACK_CONFLICT, ACK_TIMEOUT };
@@ -64,6 +79,8 @@ struct ntf_ent {
 	uint64_t rev;          /* cache: KV revision of r; in flight: the one it replaces */
 	uint64_t used;         /* cache: mono_ms of last use; pending: mono_ms it is due;
 	                        * in flight: mono_ms its ack is overdue */
+	uint64_t first;        /* pending: mono_ms of its first delta */
+	int held;              /* pending: on the held list */
 	uint64_t wid;          /* in flight: write id (last token of its reply subject) */
 	uint64_t newrev;       /* in flight: revision its ack reported (under mu) */
 	int ack;               /* in flight: ACK_* (under mu) */
@@ -71,17 +88,21 @@ struct ntf_ent {
 	struct ntf_ent *hnext; /* bucket chain by correlation ID (pending, cache, in flight) */
 	struct ntf_ent *wnext; /* in flight: bucket chain by write id (under mu) */
 	struct ntf_ent *lnext; /* pending: arrival order; in flight: send order */
+	struct ntf_ent *lprev; /* held: arrival order, backwards */
 	struct ntf_ent *later; /* in flight: deltas of its message that became due meanwhile */
 };
 
 struct ntf_shard {
 	struct ntf *n;
 	unsigned idx;
-	pthread_mutex_t mu;          /* guards ptab, plist, ptail, npending, quit */
+	pthread_mutex_t mu;          /* guards ptab, plist, ptail, hlist, htail,
+	                              * npending, busy, quit */
 	pthread_cond_t cv;           /* the writer sleeps until its next tick */
 	struct ntf_ent *ptab[PEND_BUCKETS];
-	struct ntf_ent *plist, *ptail;
-	size_t npending;
+	struct ntf_ent *plist, *ptail;   /* pending, in arrival order (due order) */
+	struct ntf_ent *hlist, *htail;   /* held, in arrival order */
+	size_t npending;                 /* entries in ptab (both lists) */
+	int busy;                        /* hold records (see the file header) */
 	int quit;
 	/* a lock of its own, so acks and receipts do not contend */
 	pthread_mutex_t fmu;         /* guards wtab, the in-flight entries' ack/newrev, waiting */
@@ -98,7 +119,16 @@ struct ntf_shard {
 	uint64_t next_wid;
 	_Atomic size_t ncache, nflight;
 	uint64_t last_sweep;
+	uint64_t rate_ms, rate_deltas;   /* start of the load measurement, deltas then */
 };
+
+/* nothing more to come: failed, or processed and delivered (those two
+ * receipts come from different services, in either order) */
+static int
+rec_done(const struct ntf_rec *r)
+{
+	return r->at[NTF_FAILED] != 0 || (r->at[NTF_PROCESSED] != 0 && r->at[NTF_DELIVERED] != 0);
+}
 
 /* ntf_shards_add - merge d into its shard's pending table */
 void
@@ -113,6 +143,20 @@ ntf_shards_add(struct ntf *n, const struct ntf_rec *d)
 	for (e = sh->ptab[b]; e; e = e->hnext) {
 		if (e->hash == h && strcmp(e->r.correlation_id, d->correlation_id) == 0) {
 			ntf_rec_merge(&e->r, d);
+			if (e->held && rec_done(&e->r)) {
+				/* what it waited for: due now, at the head of the
+				 * pending list (which stays in due order) */
+				*(e->lprev ? &e->lprev->lnext : &sh->hlist) = e->lnext;
+				*(e->lnext ? &e->lnext->lprev : &sh->htail) = e->lprev;
+				e->held = 0;
+				e->used = mono_ms();
+				if (sh->plist != NULL && sh->plist->used < e->used)
+					e->used = sh->plist->used;
+				e->lnext = sh->plist;
+				sh->plist = e;
+				if (sh->ptail == NULL)
+					sh->ptail = e;
+			}
 			pthread_mutex_unlock(&sh->mu);
 			atomic_fetch_add(&n->coalesced, 1);
 			return;
@@ -128,7 +172,9 @@ ntf_shards_add(struct ntf *n, const struct ntf_rec *d)
 	e->r = *d;
 	e->hash = h;
 	e->rev = 0;
-	e->used = mono_ms() + (uint64_t)n->coalesce_ms;
+	e->first = mono_ms();
+	e->used = e->first + (uint64_t)n->coalesce_ms;
+	e->held = 0;
 	e->hnext = sh->ptab[b];
 	sh->ptab[b] = e;
 	e->lnext = NULL;
@@ -158,9 +204,9 @@ cache_put(struct ntf_shard *sh, const struct ntf_ent *d, const struct ntf_rec *r
 {
 	struct ntf_ent *e;
 
-	if (r->at[NTF_PROCESSED] != 0 || r->at[NTF_FAILED] != 0) {
-		/* final: rarely written again, while its room in a full cache
-		 * would save a read for a message still on its way */
+	if (rec_done(r)) {
+		/* rarely written again, while its room in a full cache would
+		 * save a read for a message still on its way */
 		cache_drop(sh, d);
 		return;
 	}
@@ -544,6 +590,35 @@ submit_redo(struct ntf_shard *sh)
 	}
 }
 
+/* under mu: take e out of the pending table */
+static void
+pend_remove(struct ntf_shard *sh, struct ntf_ent *e)
+{
+	struct ntf_ent **pp = &sh->ptab[(e->hash / sh->n->nshards) % PEND_BUCKETS];
+
+	while (*pp != e)
+		pp = &(*pp)->hnext;
+	*pp = e->hnext;
+	e->held = 0;
+	sh->npending--;
+}
+
+/* under mu: every NTF_BUSY_WINDOW_MS, is the process taking enough
+ * receipts and failures that records not yet done should be held? (A short
+ * window: until it says so, a burst's messages cost two writes each.) */
+static void
+busy_update(struct ntf_shard *sh, uint64_t now)
+{
+	struct ntf *n = sh->n;
+	uint64_t deltas = atomic_load(&n->receipts) + atomic_load(&n->failures);
+
+	if (now - sh->rate_ms < NTF_BUSY_WINDOW_MS)
+		return;
+	sh->busy = (deltas - sh->rate_deltas) * 1000 >= NTF_BUSY_DELTAS * (now - sh->rate_ms);
+	sh->rate_ms = now;
+	sh->rate_deltas = deltas;
+}
+
 static void *
 writer_main(void *arg)
 {
@@ -561,6 +636,8 @@ writer_main(void *arg)
 		/* due entries on the next tick (every shard's tick is the same
 		 * instant, so their writes leave together); acks overdue */
 		wake = sh->plist ? sh->plist->used : now + (uint64_t)n->coalesce_ms;
+		if (sh->hlist != NULL && sh->hlist->used < wake)
+			wake = sh->hlist->used;
 		wake += NTF_TICK_MS - 1 - (wake + NTF_TICK_MS - 1) % NTF_TICK_MS;
 		if (sh->fhead != NULL && sh->fhead->used < wake)
 			wake = sh->fhead->used;
@@ -576,21 +653,41 @@ writer_main(void *arg)
 			now = mono_ms();
 		}
 		quit = sh->quit;
-		/* take the due prefix (all of it when quitting) out of the table */
-		batch = sh->plist;
+		busy_update(sh, now);
+		/* take the due entries (all of them when quitting) out of the
+		 * table; under load, hold the ones not yet final */
+		batch = NULL;
 		tailp = &batch;
-		while (*tailp != NULL && (quit || (*tailp)->used <= now)) {
-			struct ntf_ent *e = *tailp, **pp;
-			for (pp = &sh->ptab[(e->hash / n->nshards) % PEND_BUCKETS]; *pp != e;
-			    pp = &(*pp)->hnext)
-				;
-			*pp = e->hnext;
-			sh->npending--;
+		while (sh->plist != NULL && (quit || sh->plist->used <= now)) {
+			struct ntf_ent *e = sh->plist;
+			sh->plist = e->lnext;
+			if (!quit && sh->busy && !rec_done(&e->r) &&
+			    now < e->first + NTF_HOLD_WINDOWS * (uint64_t)n->coalesce_ms) {
+				e->held = 1;
+				e->used = e->first + NTF_HOLD_WINDOWS * (uint64_t)n->coalesce_ms;
+				e->lnext = NULL;
+				e->lprev = sh->htail;
+				*(sh->htail ? &sh->htail->lnext : &sh->hlist) = e;
+				sh->htail = e;
+				continue;
+			}
+			pend_remove(sh, e);
+			*tailp = e;
 			tailp = &e->lnext;
 		}
-		sh->plist = *tailp;
 		if (sh->plist == NULL)
 			sh->ptail = NULL;
+		while (sh->hlist != NULL && (quit || sh->hlist->used <= now)) {
+			struct ntf_ent *e = sh->hlist;
+			sh->hlist = e->lnext;
+			if (sh->hlist != NULL)
+				sh->hlist->lprev = NULL;
+			else
+				sh->htail = NULL;
+			pend_remove(sh, e);
+			*tailp = e;
+			tailp = &e->lnext;
+		}
 		*tailp = NULL;
 		pthread_mutex_unlock(&sh->mu);
 
@@ -633,6 +730,7 @@ ntf_shards_start(struct ntf *n, unsigned count)
 		sh->n = n;
 		sh->idx = i;
 		sh->last_sweep = mono_ms();
+		sh->rate_ms = mono_ms();
 		pthread_mutex_init(&sh->mu, NULL);
 		pthread_cond_init(&sh->cv, NULL);
 		pthread_mutex_init(&sh->fmu, NULL);
@@ -670,6 +768,11 @@ ntf_shards_stop(struct ntf *n)
 		while (sh->plist) {
 			struct ntf_ent *e = sh->plist;
 			sh->plist = e->lnext;
+			free(e);
+		}
+		while (sh->hlist) {
+			struct ntf_ent *e = sh->hlist;
+			sh->hlist = e->lnext;
 			free(e);
 		}
 		cache_sweep(sh, 0);

@@ -6,12 +6,14 @@
  * turned into a delta (struct ntf_rec with only what it reports) and merged
  * into the pending table of one shard, chosen by a hash of the correlation
  * ID. Each shard's writer thread takes every entry COALESCE_MS after its
- * message's first delta (on its next tick) and folds the merged delta into the StatusRecord in
+ * message's first delta (on its next tick; under load, a message not yet
+ * done, i.e. failed or both delivered and processed, is held up to 20 such
+ * windows for the rest) and folds the merged delta into the StatusRecord in
  * KV with one write (compare-and-set on the last revision), published
  * without waiting for its ack (notifier_kv.c), at most one in flight per
- * message. A correlation ID always maps to the same shard, so its writes are
- * ordered within this replica; CAS keeps replicas from losing each other's
- * updates.
+ * message. A correlation ID always maps to the same shard, so its writes
+ * are ordered within this replica; CAS keeps replicas from losing each
+ * other's updates.
  */
 #ifndef NTF_H
 #define NTF_H
