@@ -29,7 +29,11 @@
 #   BENCH_SECONDS          sending time per scenario (default 10)
 #   BENCH_SCENARIOS        subset or order, e.g. "http fixed", "socket connector"
 #                          (default "http socket fixed")
-#   BENCH_RECEIVERS        receiving connectors (default 8)
+#   BENCH_RECEIVERS        receiving connectors (default 2: a connector runs on its
+#                          agent's machine, not the relay's; here each one takes a
+#                          share of the same two cores, and at 8 they take more
+#                          of them than any relay service does. The README gives
+#                          the numbers for 8 as well.)
 #   BENCH_HTTP_SENDERS     HTTP sender identities (default 4)
 #   BENCH_SOCKET_SENDERS   socket sender identities = sockets of the socket scenario (default 4)
 #   BENCH_SOCKET_WINDOW    enqueue frames in flight per socket; also given to the gateway
@@ -60,7 +64,7 @@ BIN=${CLAWRELAY_BIN:-$ROOT/bin}
 LG=$BIN/clawrelay-loadgen
 SECS=${BENCH_SECONDS:-10}
 SCENARIOS=${BENCH_SCENARIOS:-http socket fixed}
-NRECV=${BENCH_RECEIVERS:-8}
+NRECV=${BENCH_RECEIVERS:-2}
 NHTTP=${BENCH_HTTP_SENDERS:-4}
 NSOCK=${BENCH_SOCKET_SENDERS:-4}
 WSWIN=${BENCH_SOCKET_WINDOW:-256}
@@ -272,7 +276,7 @@ OUT=$ROOT/run/bench/last.txt
 	echo "  background  CPU busy $BUSY over 2 s with the stack idle, before the run (other"
 	echo "              programs on the machine; the CPU lines below show them during each scenario)"
 	echo "  stack       1 each of gateway, relay-session, delivery, notifier, metrics-collector;"
-	echo "              $NRECV receiving connectors (BENCH_RECEIVERS, default 8), one per recipient"
+	echo "              $NRECV receiving connectors (BENCH_RECEIVERS, default 2), one per recipient"
 	echo "              agent, messages spread over them round-robin;"
 	[ -n "$CS" ] && echo "              $NCONN sending connectors (for the connector scenario);"
 	echo "              nats-server and the load generator (with the receivers' hook server"
