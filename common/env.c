@@ -35,6 +35,18 @@ env_pack_into(const ProtobufCMessage *m, void *buf, size_t cap, size_t *len)
 	return CR_OK;
 }
 
+/* env_pack_buf - into buf when it fits, else into *heap (caller frees) */
+const void *
+env_pack_buf(const ProtobufCMessage *m, void *buf, size_t cap, void **heap, size_t *len)
+{
+	*heap = NULL;
+	if (env_pack_into(m, buf, cap, len) == CR_OK)
+		return buf;
+	if (env_pack(m, heap, len) != CR_OK)
+		return NULL;
+	return *heap;
+}
+
 static int
 id_ok(const char *s, size_t max)
 {

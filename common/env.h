@@ -53,6 +53,11 @@ typedef Clawrelay__V1__ErrorFrame ErrorFrame;
 enum cr_err env_pack(const ProtobufCMessage *m, void **out, size_t *len);
 /* env_pack_into - serialise into buf if it fits (returns CR_ERR_TOO_BIG if not) */
 enum cr_err env_pack_into(const ProtobufCMessage *m, void *buf, size_t cap, size_t *len);
+/* env_pack_buf - serialise into buf when it fits, else into a malloc'd
+ * buffer left in *heap (the caller frees *heap either way); returns where
+ * the bytes are, or NULL when out of memory */
+const void *env_pack_buf(const ProtobufCMessage *m, void *buf, size_t cap, void **heap,
+    size_t *len);
 
 /* env_unpack - decode an envelope; refuses bad bytes, unknown schema
  * version and envelopes failing env_validate. Caller frees with env_free. */

@@ -248,13 +248,11 @@ struct conn_entry {
 enum cr_err conn_inbox_open(struct conn *c);
 /* conn_inbox_close - stop the committer and close the store */
 void conn_inbox_close(struct conn *c);
-/* conn_inbox_deliver_many - handle the envelopes of a deliver_batch frame
+/* conn_inbox_deliver_many - handle the envelopes of a deliver(_batch) frame
  * (lws thread): duplicate -> ack at once; full -> refuse; the rest are
  * committed together, then acked in one frame with their events from the
  * committer thread. The envelopes are borrowed. */
 void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n);
-/* conn_inbox_deliver - the same for one envelope (a deliver frame) */
-void conn_inbox_deliver(struct conn *c, const Envelope *e);
 /* conn_inbox_head - the first entry in (lane, message_id) order; 1 and *out
  * (caller frees with conn_entry_free) if there is one, 0 if empty, -1 on error */
 int conn_inbox_head(struct conn *c, struct conn_entry **out);

@@ -7,7 +7,7 @@
  * critical message that arrives overtakes waiting normal ones.
  *
  * A message may wait up to REORDER_MS in the inbox before its first call
- * (its due time, set by conn_inbox_deliver): only when a gap is plausible,
+ * (its due time, set by conn_inbox_deliver_many): only when a gap is plausible,
  * i.e. an older message of its lane may still be on its way (no queue_seq,
  * or the lane saw an out-of-order arrival lately). A message that arrives in
  * queue_seq order is called at once.

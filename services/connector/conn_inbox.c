@@ -29,7 +29,7 @@
  * slots); a crash in that window means the hook sees the message again (at
  * least once), as it would have with an fsync lost in the crash.
  *
- * Threads: conn_inbox_deliver(_many) runs on the lws thread only (so pending only
+ * Threads: conn_inbox_deliver_many runs on the lws thread only (so pending only
  * grows there; max_seq and disturbed_until_ms are the lws thread's); commit
  * callbacks run on the committer thread; the hook worker reads the head and
  * moves entries; the main thread prunes. The pending set, the skip slots
@@ -482,14 +482,6 @@ out:
 	free(g);
 	free(imm);
 	free(immp);
-}
-
-/* conn_inbox_deliver - one envelope (a deliver frame) */
-void conn_inbox_deliver(struct conn *c, const Envelope *e)
-{
-	union { const Envelope *c; Envelope *m; } u = { e };
-
-	conn_inbox_deliver_many(c, &u.m, 1);
 }
 
 /* conn_entry_free - NULL does nothing */

@@ -865,7 +865,6 @@ static void on_frame(struct conn *c, struct lws *wsi, const void *data, size_t l
 {
 	ProtobufCMessage *m = NULL;
 	Frame *f;
-	const char *why = NULL;
 
 	if (env_unpack_msg(&clawrelay__v1__frame__descriptor, data, len, &m) != CR_OK) {
 		log_warn(NULL, "undecodable frame (%zu bytes) ignored", len);
@@ -877,23 +876,16 @@ static void on_frame(struct conn *c, struct lws *wsi, const void *data, size_t l
 		on_reconnect_ack(c, f->reconnect_ack);
 		lws_callback_on_writable(wsi);
 		break;
-	case CLAWRELAY__V1__FRAME__BODY_DELIVER:
-		if (env_validate(f->deliver, &why) != CR_OK) {
-			Frame r = CLAWRELAY__V1__FRAME__INIT;
-			DeliverAck a = CLAWRELAY__V1__DELIVER_ACK__INIT;
+	case CLAWRELAY__V1__FRAME__BODY_DELIVER: {
+		/* one envelope: the batch path with a batch of one */
+		DeliverBatch one = CLAWRELAY__V1__DELIVER_BATCH__INIT;
+		Envelope *e = f->deliver;
 
-			log_warn(NULL, "invalid deliver frame refused: %s", why ? why : "?");
-			a.message_id = f->deliver->message_id;
-			a.accepted = 0;
-			a.reason = conn_str("invalid");
-			r.schema_version = ENV_SCHEMA;
-			r.body_case = CLAWRELAY__V1__FRAME__BODY_DELIVER_ACK;
-			r.deliver_ack = &a;
-			conn_ws_send(c, &r, CONN_FK_CTRL);
-			break;
-		}
-		conn_inbox_deliver(c, f->deliver);
+		one.n_envelopes = 1;
+		one.envelopes = &e;
+		on_deliver_batch(c, &one);
 		break;
+	}
 	case CLAWRELAY__V1__FRAME__BODY_DELIVER_BATCH:
 		on_deliver_batch(c, f->deliver_batch);
 		break;

@@ -74,18 +74,16 @@ batch_answer(struct dlv_batch *b)
 	DispatchBatchResult r = CLAWRELAY__V1__DISPATCH_BATCH_RESULT__INIT;
 	unsigned char buf[4096];
 	void *heap = NULL;
+	const void *wire;
 	size_t len = 0;
-	enum cr_err err;
+	enum cr_err err = CR_ERR_NOMEM;
 
 	if (b->reply != NULL) {
 		r.schema_version = ENV_SCHEMA;
 		r.n_results = b->n;
 		r.results = b->resp;
-		err = env_pack_into(&r.base, buf, sizeof(buf), &len);
-		if (err == CR_ERR_TOO_BIG)
-			err = env_pack(&r.base, &heap, &len);
-		if (err == CR_OK)
-			err = bus_publish_asap(b->d->bus, b->reply, heap ? heap : buf, len);
+		if ((wire = env_pack_buf(&r.base, buf, sizeof(buf), &heap, &len)) != NULL)
+			err = bus_publish_asap(b->d->bus, b->reply, wire, len);
 		if (err != CR_OK)
 			log_warn(NULL, "dispatch reply (%zu results): %s", b->n, cr_strerror(err));
 		free(heap);

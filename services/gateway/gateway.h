@@ -185,6 +185,29 @@ int gw_handle_post(struct mg_connection *c, void *arg);
 
 /* --- gateway_enqbatch.c ---------------------------------------------- */
 
+#define GW_BQ_MAX 256                 /* envelopes in one enqueue_batch at most */
+#define GW_BQ_BYTES (512u * 1024u)    /* and bytes */
+
+/* A packed envelope waiting in a partition's batch queue; embedded first
+ * in the socket path's frame context and in a POST's waiter. */
+struct gw_bq_item {
+	struct gw_bq_item *next;
+	const void *wire;
+	size_t wlen;
+};
+/* One partition's queue: `busy` while a batch of it is out. The owner's
+ * mutex guards it. */
+struct gw_bq {
+	int busy;
+	struct gw_bq_item *head, *tail;
+};
+/* gw_bq_enter - queue it (1: a batch is out, it waits) or mark the queue
+ * busy and leave it alone (0: the caller sends it now as a batch of one) */
+int gw_bq_enter(struct gw_bq *q, struct gw_bq_item *it);
+/* gw_bq_take - detach the next batch (GW_BQ_MAX items, GW_BQ_BYTES), linked
+ * by next; NULL when none waits, and the queue is idle again */
+struct gw_bq_item *gw_bq_take(struct gw_bq *q);
+
 struct gw_hpart;
 /* gw_enqbatch_init / _fini - the per-partition queues of POSTs */
 int gw_enqbatch_init(struct gw *g);

@@ -26,23 +26,17 @@
 #include "gateway.h"
 #include "log.h"
 
-#define HB_MAX 256
-#define HB_BYTES (512u * 1024u)
-
 struct gw_hwait {
+	struct gw_bq_item q;          /* first: the queue links waiters by it */
 	pthread_cond_t cv;
 	int done;
-	const void *wire;
-	size_t wlen;
 	const Envelope *e;
 	struct gw_enq_result *out;
-	struct gw_hwait *next;
 };
 
 struct gw_hpart {
 	pthread_mutex_t mu;
-	int busy;
-	struct gw_hwait *head, *tail;
+	struct gw_bq q;
 };
 
 struct gw_hbatch {
@@ -114,31 +108,48 @@ gw_enqbatch_fini(struct gw *g)
 	g->hparts = NULL;
 }
 
-/* mu held: the next batch of hp, or NULL (and hp is idle) */
-static struct gw_hwait *
-take_locked(struct gw_hpart *hp)
+/* gw_bq_enter - queue it, or take the idle queue for a batch of one */
+int
+gw_bq_enter(struct gw_bq *q, struct gw_bq_item *it)
 {
-	struct gw_hwait *head = hp->head, *w = head;
+	it->next = NULL;
+	if (!q->busy) {
+		q->busy = 1;
+		return 0;
+	}
+	if (q->tail)
+		q->tail->next = it;
+	else
+		q->head = it;
+	q->tail = it;
+	return 1;
+}
+
+/* gw_bq_take - the next batch of q, or NULL (and q is idle) */
+struct gw_bq_item *
+gw_bq_take(struct gw_bq *q)
+{
+	struct gw_bq_item *head = q->head, *it = head;
 	size_t n = 1, bytes;
 
 	if (head == NULL) {
-		hp->busy = 0;
+		q->busy = 0;
 		return NULL;
 	}
 	bytes = head->wlen;
-	while (w->next != NULL && n < HB_MAX && bytes + w->next->wlen <= HB_BYTES) {
-		w = w->next;
-		bytes += w->wlen;
+	while (it->next != NULL && n < GW_BQ_MAX && bytes + it->next->wlen <= GW_BQ_BYTES) {
+		it = it->next;
+		bytes += it->wlen;
 		n++;
 	}
-	hp->head = w->next;
-	if (hp->head == NULL)
-		hp->tail = NULL;
-	w->next = NULL;
+	q->head = it->next;
+	if (q->head == NULL)
+		q->tail = NULL;
+	it->next = NULL;
 	return head;
 }
 
-static void send_batch(struct gw *g, uint32_t part, struct gw_hwait *list);
+static void send_batch(struct gw *g, uint32_t part, struct gw_bq_item *list);
 
 /* the answer of a batch (pool inbox thread, or the tick on a timeout) */
 static void
@@ -148,7 +159,7 @@ on_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 	struct gw_hpart *hp = &b->g->hparts[b->part];
 	ProtobufCMessage *m = NULL;
 	const EnqueueBatchReply *br = NULL;
-	struct gw_hwait *next;
+	struct gw_bq_item *next;
 
 	(void)more;
 	if (err == CR_OK && reply != NULL &&
@@ -171,7 +182,7 @@ on_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 		b->w[i]->done = 1;
 		pthread_cond_signal(&b->w[i]->cv);
 	}
-	next = take_locked(hp);
+	next = gw_bq_take(&hp->q);
 	pthread_mutex_unlock(&hp->mu);
 	if (next != NULL)
 		send_batch(b->g, b->part, next);
@@ -180,32 +191,33 @@ on_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 
 /* send the waiters of list (one partition, in order) as one request */
 static void
-send_batch(struct gw *g, uint32_t part, struct gw_hwait *list)
+send_batch(struct gw *g, uint32_t part, struct gw_bq_item *list)
 {
-	const void *wires[HB_MAX];
-	size_t lens[HB_MAX], n = 0, len = 0;
+	const void *wires[GW_BQ_MAX];
+	size_t lens[GW_BQ_MAX], n = 0, len = 0;
 	struct gw_hbatch *b;
-	struct gw_hwait *w;
+	struct gw_bq_item *it;
 	unsigned char *buf = NULL;
 	char subj[256];
 
-	for (w = list; w != NULL; w = w->next)
+	for (it = list; it != NULL; it = it->next)
 		n++;
 	if ((b = malloc(sizeof(*b) + n * sizeof(b->w[0]))) == NULL) {
 		/* answer them unavailable by hand, then try the next ones */
 		struct gw_hpart *hp = &g->hparts[part];
-		struct gw_hwait *next;
+		struct gw_bq_item *next;
 
 		log_error(NULL, "enqueue batch of %zu POSTs: out of memory", n);
-		for (w = list; w != NULL; w = w->next)
-			gw_enq_map(CR_ERR_UNAVAILABLE, NULL, w->e, w->out);
+		for (it = list; it != NULL; it = it->next)
+			gw_enq_map(CR_ERR_UNAVAILABLE, NULL, ((struct gw_hwait *)it)->e,
+			    ((struct gw_hwait *)it)->out);
 		pthread_mutex_lock(&hp->mu);
-		for (w = list; w != NULL; w = next) {
-			next = w->next;
-			w->done = 1;
-			pthread_cond_signal(&w->cv);
+		for (it = list; it != NULL; it = next) {
+			next = it->next;
+			((struct gw_hwait *)it)->done = 1;
+			pthread_cond_signal(&((struct gw_hwait *)it)->cv);
 		}
-		next = take_locked(hp);
+		next = gw_bq_take(&hp->q);
 		pthread_mutex_unlock(&hp->mu);
 		if (next != NULL)
 			send_batch(g, part, next);
@@ -215,10 +227,10 @@ send_batch(struct gw *g, uint32_t part, struct gw_hwait *list)
 	b->part = part;
 	b->n = n;
 	n = 0;
-	for (w = list; w != NULL; w = w->next) {
-		b->w[n] = w;
-		wires[n] = w->wire;
-		lens[n] = w->wlen;
+	for (it = list; it != NULL; it = it->next) {
+		b->w[n] = (struct gw_hwait *)it;
+		wires[n] = it->wire;
+		lens[n] = it->wlen;
 		n++;
 	}
 	if (bus_subj(g->bus, subj, sizeof(subj), "session.%u.enqueue_batch", part) < 0 ||
@@ -242,24 +254,15 @@ gw_enq_http(struct gw *g, const char *recipient, const void *wire, size_t wlen,
 
 	memset(&w, 0, sizeof(w));
 	pthread_cond_init(&w.cv, NULL);
-	w.wire = wire;
-	w.wlen = wlen;
+	w.q.wire = wire;
+	w.q.wlen = wlen;
 	w.e = e;
 	w.out = out;
 	pthread_mutex_lock(&hp->mu);
-	send_now = !hp->busy;
-	if (send_now) {
-		hp->busy = 1;
-	} else {
-		if (hp->tail)
-			hp->tail->next = &w;
-		else
-			hp->head = &w;
-		hp->tail = &w;
-	}
+	send_now = !gw_bq_enter(&hp->q, &w.q);
 	pthread_mutex_unlock(&hp->mu);
 	if (send_now)
-		send_batch(g, part, &w);
+		send_batch(g, part, &w.q);
 	pthread_mutex_lock(&hp->mu);
 	while (!w.done)
 		pthread_cond_wait(&w.cv, &hp->mu);

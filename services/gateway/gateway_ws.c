@@ -106,20 +106,13 @@ struct gw_sock {
 	struct gw_pend *pend;         /* under mu */
 	size_t npend;
 	long long inflight;           /* enqueues awaiting relay-session, under mu */
-	struct gw_enq_q *eq;          /* under mu: per partition, allocated at the first enqueue */
+	struct gw_bq *eq;             /* under mu: per partition, allocated at the first enqueue */
 
 	int registered;               /* under g->sock_mu */
 	struct gw_sock *next;         /* under g->sock_mu */
 
 	unsigned bad;                 /* reader thread only */
 	struct strbuf frag;           /* reader thread only */
-};
-
-/* One partition's enqueue frames of one socket: a batch out, and the ones
- * waiting for its answer. */
-struct gw_enq_q {
-	int busy;
-	struct gw_enq_ctx *head, *tail;
 };
 
 /* An enqueue batch request: its frames in order. */
@@ -132,10 +125,8 @@ struct gw_enq_batch {
 
 /* An enqueue frame on its way to relay-session. */
 struct gw_enq_ctx {
+	struct gw_bq_item q;          /* first: the packed Envelope, queue link */
 	struct gw_sock *sk;
-	struct gw_enq_ctx *next;      /* in its partition's queue */
-	void *wire;                   /* the packed Envelope */
-	size_t wlen;
 	uint32_t part;
 	uint32_t request_id;
 	char message_id[ULID_LEN + 1];
@@ -210,17 +201,14 @@ dreq_answer(struct gw_dreq *r)
 	DeliverAckBatch b = CLAWRELAY__V1__DELIVER_ACK_BATCH__INIT;
 	unsigned char buf[4096];
 	void *heap = NULL;
+	const void *wire;
 	size_t len = 0;
-	enum cr_err err;
 
 	if (r->reply != NULL) {
 		b.n_acks = r->n;
 		b.acks = r->ackp;
-		err = env_pack_into(&b.base, buf, sizeof(buf), &len);
-		if (err == CR_ERR_TOO_BIG)
-			err = env_pack(&b.base, &heap, &len);
-		if (err == CR_OK)
-			gw_publish_asap(r->g, r->reply, heap ? heap : buf, len);
+		if ((wire = env_pack_buf(&b.base, buf, sizeof(buf), &heap, &len)) != NULL)
+			gw_publish_asap(r->g, r->reply, wire, len);
 		free(heap);
 	}
 	dreq_free(r);
@@ -912,41 +900,13 @@ enq_refuse(struct gw_sock *sk, uint32_t request_id, const struct gw_refusal *rf,
 	return 1;
 }
 
-#define ENQ_BATCH_MAX 256
-#define ENQ_BATCH_BYTES (512u * 1024u)
-
-static void enq_send(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list);
+static void enq_send(struct gw_sock *sk, uint32_t part, struct gw_bq_item *list);
 
 static void
 enq_ctx_free(struct gw_enq_ctx *ctx)
 {
-	free(ctx->wire);
+	free((void *)(uintptr_t)ctx->q.wire);
 	free(ctx);
-}
-
-/* mu held: detach the next batch of q (at most ENQ_BATCH_MAX frames and
- * ENQ_BATCH_BYTES); NULL when none waits, and then q is no longer busy */
-static struct gw_enq_ctx *
-enq_take_locked(struct gw_enq_q *q)
-{
-	struct gw_enq_ctx *head = q->head, *c = head;
-	size_t n = 1, bytes;
-
-	if (head == NULL) {
-		q->busy = 0;
-		return NULL;
-	}
-	bytes = head->wlen;
-	while (c->next != NULL && n < ENQ_BATCH_MAX && bytes + c->next->wlen <= ENQ_BATCH_BYTES) {
-		c = c->next;
-		bytes += c->wlen;
-		n++;
-	}
-	q->head = c->next;
-	if (q->head == NULL)
-		q->tail = NULL;
-	c->next = NULL;
-	return head;
 }
 
 /* relay-session's answer to an enqueue batch (pool inbox thread, or the
@@ -959,7 +919,7 @@ on_enq_batch_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 	struct gw_sock *sk = b->sk;
 	ProtobufCMessage *m = NULL;
 	const EnqueueBatchReply *br = NULL;
-	struct gw_enq_ctx *next;
+	struct gw_bq_item *next;
 	int hold;
 
 	if (err == CR_OK && reply != NULL &&
@@ -993,7 +953,7 @@ on_enq_batch_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 	protobuf_c_message_free_unpacked(m, NULL);
 	pthread_mutex_lock(&sk->mu);
 	sk->inflight -= (long long)b->n;
-	next = enq_take_locked(&sk->eq[b->part]);
+	next = gw_bq_take(&sk->eq[b->part]);
 	pthread_cond_broadcast(&sk->cv);
 	pthread_mutex_unlock(&sk->mu);
 	if (next != NULL)
@@ -1010,24 +970,26 @@ on_enq_batch_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 /* no memory for a batch: answer its frames 503 one by one, and let the
  * next waiting ones try (bounded: each round answers at least one frame) */
 static void
-enq_fail_unsent(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
+enq_fail_unsent(struct gw_sock *sk, uint32_t part, struct gw_bq_item *list)
 {
-	struct gw_enq_ctx *c, *next;
+	struct gw_bq_item *it, *next;
 	struct gw_refusal rf = { 0 };
 	long long n = 0;
 
 	log_error(NULL, "enqueue batch for %s: out of memory", sk->agent);
 	gw_refuse(&rf, 503, "internal", "out of memory");
 	rf.retry_after_s = 1;
-	for (c = list; c != NULL; c = next) {
-		next = c->next;
+	for (it = list; it != NULL; it = next) {
+		struct gw_enq_ctx *c = (struct gw_enq_ctx *)it;
+
+		next = it->next;
 		enq_refuse(sk, c->request_id, &rf, c->correlation_id);
 		enq_ctx_free(c);
 		n++;
 	}
 	pthread_mutex_lock(&sk->mu);
 	sk->inflight -= n;
-	next = enq_take_locked(&sk->eq[part]);
+	next = gw_bq_take(&sk->eq[part]);
 	pthread_cond_broadcast(&sk->cv);
 	pthread_mutex_unlock(&sk->mu);
 	if (next != NULL)
@@ -1039,17 +1001,17 @@ enq_fail_unsent(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
 /* send the frames of list (one partition, in order) as one enqueue_batch
  * request; each frame holds a socket reference and one window place */
 static void
-enq_send(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
+enq_send(struct gw_sock *sk, uint32_t part, struct gw_bq_item *list)
 {
 	struct gw *g = sk->g;
 	struct gw_enq_batch *b;
-	struct gw_enq_ctx *c;
-	const void *wires[ENQ_BATCH_MAX];
-	size_t lens[ENQ_BATCH_MAX], n = 0, len = 0;
+	struct gw_bq_item *it;
+	const void *wires[GW_BQ_MAX];
+	size_t lens[GW_BQ_MAX], n = 0, len = 0;
 	unsigned char *buf = NULL;
 	char subj[256];
 
-	for (c = list; c != NULL; c = c->next)
+	for (it = list; it != NULL; it = it->next)
 		n++;
 	if ((b = malloc(sizeof(*b) + n * sizeof(b->ctx[0]))) == NULL) {
 		enq_fail_unsent(sk, part, list);
@@ -1059,14 +1021,12 @@ enq_send(struct gw_sock *sk, uint32_t part, struct gw_enq_ctx *list)
 	b->part = part;
 	b->n = n;
 	n = 0;
-	for (c = list; c != NULL; c = c->next) {
-		b->ctx[n] = c;
-		wires[n] = c->wire;
-		lens[n] = c->wlen;
+	for (it = list; it != NULL; it = it->next) {
+		b->ctx[n] = (struct gw_enq_ctx *)it;
+		wires[n] = it->wire;
+		lens[n] = it->wlen;
 		n++;
 	}
-	for (size_t i = 0; i < n; i++)
-		b->ctx[i]->next = NULL;
 	if (bus_subj(g->bus, subj, sizeof(subj), "session.%u.enqueue_batch", part) < 0 ||
 	    (buf = gw_enq_batch_pack(wires, lens, n, &len)) == NULL ||
 	    gw_request_async(g, subj, buf, len, (int)g->cfg.session_timeout_ms,
@@ -1198,29 +1158,19 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	}
 	ctx->sk = sk;
 	ctx->request_id = rid;
-	ctx->wire = wire;
-	ctx->wlen = wlen;
+	ctx->q.wire = wire;
+	ctx->q.wlen = wlen;
 	ctx->part = partition_of(e.recipient, (uint32_t)g->partitions);
 	snprintf(ctx->message_id, sizeof(ctx->message_id), "%s", e.message_id);
 	snprintf(ctx->correlation_id, sizeof(ctx->correlation_id), "%s", e.correlation_id);
 	snprintf(ctx->recipient, sizeof(ctx->recipient), "%s", e.recipient);
 	sock_ref(sk);
 	{
-		struct gw_enq_q *q = &sk->eq[ctx->part];
-		int send_now = !q->busy;
+		int send_now = !gw_bq_enter(&sk->eq[ctx->part], &ctx->q);
 
-		if (send_now) {
-			q->busy = 1;
-		} else {
-			if (q->tail)
-				q->tail->next = ctx;
-			else
-				q->head = ctx;
-			q->tail = ctx;
-		}
 		pthread_mutex_unlock(&sk->mu);
 		if (send_now)
-			enq_send(sk, ctx->part, ctx);
+			enq_send(sk, ctx->part, &ctx->q);
 	}
 	return 1;
 }
