@@ -9,6 +9,7 @@
  * the shards' counts only.
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "log.h"
 #include "ntf.h"
@@ -58,7 +59,8 @@ ntf_init(struct svc *s, void *st)
 		log_error(NULL, "bucket %s: %s", STATUS_BUCKET, cr_strerror(err));
 		return 1;
 	}
-	if (ntf_shards_start(n, (unsigned)n->writers) != 0)
+	n->batch_arena = malloc(NTF_BATCH_ARENA);	/* malloc aligns to 16 */
+	if (n->batch_arena == NULL || ntf_shards_start(n, (unsigned)n->writers) != 0)
 		return 1;
 	if (bus_subj(n->bus, subj, sizeof(subj), "receipt.>") < 0 ||
 	    bus_subscribe(n->bus, subj, "notifier", ntf_on_receipt, n) != CR_OK)
@@ -129,7 +131,11 @@ ntf_drain(struct svc *s, void *st)
 static void
 ntf_fini(struct svc *s, void *st)
 {
-	ntf_shards_stop(st);
+	struct ntf *n = st;
+
+	ntf_shards_stop(n);
+	free(n->batch_arena);	/* the bus and its subscriptions are gone */
+	n->batch_arena = NULL;
 }
 
 static const struct svc_def ntf_def = {

@@ -17,13 +17,15 @@
 #include "status.h"
 #include "util.h"
 
-/* A receipt is decoded into a buffer on the handler's stack: protobuf-c
- * allocates every string of a message, and those mallocs and frees cost
- * more than the rest of a receipt's handling. What does not fit spills to
- * malloc (and is freed by decoded_free). */
+/* A message is decoded into an arena: protobuf-c allocates every string of
+ * a message, and those mallocs and frees cost more than the rest of a
+ * receipt's handling. A single receipt or failure uses a buffer on the
+ * handler's stack, a ReceiptBatch the batch subscription's own buffer
+ * (n->batch_arena). What does not fit spills to malloc (and is freed by
+ * decoded_free). */
 struct arena {
-	_Alignas(16) unsigned char buf[4096];
-	size_t used;
+	unsigned char *buf;    /* 16-byte aligned */
+	size_t cap, used;
 	unsigned spilled;
 };
 
@@ -33,7 +35,7 @@ arena_alloc(void *data, size_t size)
 	struct arena *a = data;
 
 	size = (size + 15) & ~(size_t)15;
-	if (sizeof(a->buf) - a->used >= size) {
+	if (a->cap - a->used >= size) {
 		void *p = a->buf + a->used;
 		a->used += size;
 		return p;
@@ -48,7 +50,7 @@ arena_free(void *data, void *p)
 	struct arena *a = data;
 	uintptr_t b = (uintptr_t)a->buf, q = (uintptr_t)p;
 
-	if (q < b || q >= b + sizeof(a->buf))
+	if (q < b || q >= b + a->cap)
 		free(p);
 }
 
@@ -126,13 +128,12 @@ void
 ntf_on_receipt(void *arg, natsMsg *msg)
 {
 	struct ntf *n = arg;
-	struct arena a;
+	_Alignas(16) unsigned char mem[4096];
+	struct arena a = { mem, sizeof(mem), 0, 0 };
 	ProtobufCAllocator alloc = { arena_alloc, arena_free, &a };
 	ProtobufCMessage *m;
 	const Receipt *r;
 
-	a.used = 0;
-	a.spilled = 0;
 	m = decode(&clawrelay__v1__receipt__descriptor, msg, &alloc);
 	r = (const Receipt *)m;
 	if (r == NULL || r->schema_version != ENV_SCHEMA)
@@ -142,24 +143,25 @@ ntf_on_receipt(void *arg, natsMsg *msg)
 	decoded_free(m, &alloc);
 }
 
-/* ntf_on_receipt_batch - fold each Receipt of a ReceiptBatch (a batch is
- * decoded with the ordinary allocator: its cost is shared by its receipts) */
+/* ntf_on_receipt_batch - fold each Receipt of a ReceiptBatch */
 void
 ntf_on_receipt_batch(void *arg, natsMsg *msg)
 {
 	struct ntf *n = arg;
-	ProtobufCMessage *m = NULL;
+	struct arena a = { n->batch_arena, NTF_BATCH_ARENA, 0, 0 };
+	ProtobufCAllocator alloc = { arena_alloc, arena_free, &a };
+	ProtobufCMessage *m;
 	const ReceiptBatch *b;
 
-	if (env_unpack_msg(&clawrelay__v1__receipt_batch__descriptor, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
-		bad(n, msg, "undecodable receipt batch");
-		return;
-	}
+	m = decode(&clawrelay__v1__receipt_batch__descriptor, msg, &alloc);
 	b = (const ReceiptBatch *)m;
-	for (size_t i = 0; i < b->n_receipts; i++)
-		fold_receipt(n, msg, b->receipts[i]);
-	protobuf_c_message_free_unpacked(m, NULL);
+	if (b == NULL || b->schema_version != ENV_SCHEMA) {
+		bad(n, msg, "undecodable receipt batch");
+	} else {
+		for (size_t i = 0; i < b->n_receipts; i++)
+			fold_receipt(n, msg, b->receipts[i]);
+	}
+	decoded_free(m, &alloc);
 }
 
 static void
@@ -209,14 +211,13 @@ void
 ntf_on_failure(void *arg, natsMsg *msg)
 {
 	struct ntf *n = arg;
-	struct arena a;
+	_Alignas(16) unsigned char mem[4096];
+	struct arena a = { mem, sizeof(mem), 0, 0 };
 	ProtobufCAllocator alloc = { arena_alloc, arena_free, &a };
 	ProtobufCMessage *m;
 	const Failure *f;
 	struct ntf_rec d;
 
-	a.used = 0;
-	a.spilled = 0;
 	m = decode(&clawrelay__v1__failure__descriptor, msg, &alloc);
 	f = (const Failure *)m;
 	if (f == NULL || f->schema_version != ENV_SCHEMA) {

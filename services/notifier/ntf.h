@@ -35,6 +35,7 @@ enum ntf_state {
 };
 
 #define NTF_ID_MAX 128
+#define NTF_BATCH_ARENA (256u * 1024)
 #define NTF_ERR_MAX 256
 /* a packed StatusRecord: four IDs, six history entries, the error, framing */
 #define NTF_PACK_MAX (4 * (NTF_ID_MAX + 3) + NTF_NSTATES * 32 + NTF_ERR_MAX + 3 + 128)
@@ -73,6 +74,8 @@ struct ntf {
 	char kv_prefix[64];          /* "$KV.<bucket>." */
 	struct ntf_shard **shards;
 	unsigned nshards;
+	unsigned char *batch_arena;  /* NTF_BATCH_ARENA bytes: the receipt-batch
+	                              * subscription's thread decodes into it */
 
 	/* counters, any thread */
 	atomic_ullong receipts, failures, bad, notices, notice_errors;
