@@ -166,6 +166,29 @@ list_agent(void *arg, const struct reg_agent *a)
 	s->n++;
 }
 
+/* wait until pid's state is T (stopped); 0, or -1 after timeout_ms */
+static int
+wait_stopped(pid_t pid, int timeout_ms)
+{
+	char path[64], buf[256];
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	for (int t = 0; t < timeout_ms; t += 5) {
+		FILE *f = fopen(path, "r");
+		char *p = NULL;
+
+		if (f != NULL) {
+			if (fgets(buf, sizeof(buf), f) != NULL)
+				p = strrchr(buf, ')');
+			fclose(f);
+		}
+		if (p != NULL && p[1] == ' ' && (p[2] == 'T' || p[2] == 't'))
+			return 0;
+		usleep(5000);
+	}
+	return -1;
+}
+
 START_TEST(registry)
 {
 	struct bus *b = connect_bus();
@@ -209,12 +232,16 @@ START_TEST(registry)
 	/* the registry stops answering; results are checked after it is woken,
 	 * so a failing check cannot leave it stopped */
 	kill(nats_pid, SIGSTOP);
+	/* kill() returns before the stop takes effect: on a busy machine the
+	 * server could still answer the next request (seen once) */
+	int stopped = wait_stopped(nats_pid, 2000);
 	memset(&got, 0, sizeof(got));
 	enum cr_err stale_agent = reg_cache_agent(c, "team.bob", &got);
 	enum cr_err stale_trust = reg_cache_trust(c, "team", "team.bob", &tg);
 	struct reg_agent other;
 	enum cr_err unknown = reg_cache_agent(c, "did:cdi:example.com:agent:01J", &other);
 	kill(nats_pid, SIGCONT);
+	ck_assert_msg(stopped == 0, "nats-server did not stop");
 	ck_assert_msg(stale_agent == CR_OK, "stale agent: %s", cr_strerror(stale_agent));
 	ck_assert_str_eq(got.id, "team.bob");
 	ck_assert_msg(stale_trust == CR_OK, "stale trust: %s", cr_strerror(stale_trust));
