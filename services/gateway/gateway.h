@@ -159,8 +159,8 @@ void gw_auth_fini(struct gw *g);
 void gw_enq_map(enum cr_err err, natsMsg *reply, const Envelope *e, struct gw_enq_result *out);
 /* gw_enq_map_reply - the same for an EnqueueReply already decoded */
 void gw_enq_map_reply(const EnqueueReply *r, const Envelope *e, struct gw_enq_result *out);
-/* gw_enq_subject - "<P>.session.<p>.enqueue" for recipient into out */
-int gw_enq_subject(struct gw *g, const char *recipient, char *out, size_t sz);
+/* gw_enq_subject - "<P>.session.<p>.enqueue_batch" for partition p into out */
+int gw_enq_subject(struct gw *g, uint32_t part, char *out, size_t sz);
 /* gw_fill_trace - trace_id/span_id from traceparent (NULL or malformed:
  * fresh random ones) into the caller's buffers; flags into *flags */
 void gw_fill_trace(const char *traceparent, char trace_id[33], char span_id[17], unsigned *flags);
@@ -225,17 +225,13 @@ unsigned char *gw_enq_batch_pack(const void *const *wires, const size_t *lens, s
 /* gw_reqpool_init - the gateway's own send-asap connections for hot
  * requests and replies; 0 or -1 (main thread, in gw_init) */
 int gw_reqpool_init(struct gw *g);
-/* gw_request - like bus_request, on this thread's pool connection with the
- * answer delivered straight to this thread; *reply: caller destroys */
-enum cr_err gw_request(struct gw *g, const char *subj, const void *data, size_t len,
-    int timeout_ms, natsMsg **reply);
-/* gw_publish_asap - like bus_publish_asap, on this thread's pool connection */
+/* gw_publish_asap - like bus_publish_asap, on a pool connection */
 enum cr_err gw_publish_asap(struct gw *g, const char *subj, const void *data, size_t len);
 /* An async request's answer: err CR_OK with reply (borrowed), or
  * CR_ERR_UNAVAILABLE / CR_ERR_TIMEOUT with NULL; more = further answers are
  * already waiting on this thread (writes may be held back until the last) */
 typedef void (*gw_reply_fn)(void *arg, enum cr_err err, natsMsg *reply, int more);
-/* gw_request_async - a request on this thread's pool connection, answered
+/* gw_request_async - a request on a pool connection, answered
  * through fn (inbox thread, or the tick for timeouts); on an error return
  * fn is not called */
 enum cr_err gw_request_async(struct gw *g, const char *subj, const void *data, size_t len,

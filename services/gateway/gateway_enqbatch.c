@@ -233,7 +233,7 @@ send_batch(struct gw *g, uint32_t part, struct gw_bq_item *list)
 		lens[n] = it->wlen;
 		n++;
 	}
-	if (bus_subj(g->bus, subj, sizeof(subj), "session.%u.enqueue_batch", part) < 0 ||
+	if (gw_enq_subject(g, part, subj, sizeof(subj)) < 0 ||
 	    (buf = gw_enq_batch_pack(wires, lens, n, &len)) == NULL ||
 	    gw_request_async(g, subj, buf, len, (int)g->cfg.session_timeout_ms, on_reply,
 	    b) != CR_OK)

@@ -89,12 +89,11 @@ gw_envelope_finish(struct gw *g, Envelope *e, struct gw_ids *ids, uint32_t ttl_s
 	return 0;
 }
 
-/* gw_enq_subject - "<P>.session.<p>.enqueue" for recipient */
+/* gw_enq_subject - "<P>.session.<p>.enqueue_batch" for partition p */
 int
-gw_enq_subject(struct gw *g, const char *recipient, char *out, size_t sz)
+gw_enq_subject(struct gw *g, uint32_t part, char *out, size_t sz)
 {
-	return bus_subj(g->bus, out, sz, "session.%u.enqueue",
-	    partition_of(recipient, g->partitions));
+	return bus_subj(g->bus, out, sz, "session.%u.enqueue_batch", part);
 }
 
 static void
@@ -279,13 +278,12 @@ gw_handle_post(struct mg_connection *c, void *arg)
 	struct gw_ids ids;
 	struct gw_enq_result res;
 	struct strbuf body;
-	char recipient[AUTH_ID_MAX + 2], subj[256];
+	char recipient[AUTH_ID_MAX + 2];
 	const char *why = NULL, *cid = NULL;
 	void *wire = NULL;
 	const void *wdata = NULL;
 	unsigned char wstack[GW_WIRE_STACK];
 	size_t wlen = 0;
-	natsMsg *reply = NULL;
 	enum cr_err err;
 	Envelope e = CLAWRELAY__V1__ENVELOPE__INIT;
 
@@ -353,7 +351,7 @@ gw_handle_post(struct mg_connection *c, void *arg)
 	} else if (env_pack(&e.base, &wire, &wlen) == CR_OK) {
 		wdata = wire;
 	}
-	if (wdata == NULL || gw_enq_subject(g, recipient, subj, sizeof(subj)) < 0) {
+	if (wdata == NULL) {
 		gw_refuse(&rf, 503, "internal", "the message could not be encoded");
 		goto refuse;
 	}
@@ -380,8 +378,6 @@ gw_handle_post(struct mg_connection *c, void *arg)
 refuse:
 	gw_http_refuse(c, &rf, rq.agent, cid);
 out:
-	if (reply != NULL)
-		natsMsg_Destroy(reply);
 	free(wire);
 	sb_free(&body);
 	return rf.status ? rf.status : (res.status ? res.status : 200);

@@ -1,28 +1,22 @@
 /*
- * gateway_reqpool.c - the gateway's own NATS connections for its hot
- * requests (a POST's enqueue) and replies (deliver acks).
+ * gateway_reqpool.c - the gateway's own send-asap NATS connections for its
+ * hot requests (enqueue batches, from POSTs and socket frames alike) and
+ * replies (deliver acks).
  *
  * Why not the bus's request connection: every civetweb worker and socket
  * thread publishing on one connection queues up on its one lock (nats.c
  * writes a send-asap publish to the socket while holding it), and a
- * natsConnection_Request costs two thread hand-offs for the answer (reader
- * thread -> the response subscription's thread -> the waiting thread).
- * Here the threads share GW_REQ_CONNS send-asap connections of their own
- * (round-robin), and each thread that makes requests has its own
- * synchronous subscription on its own inbox "<inbox>.*": the reader thread
- * hands the answer straight to the waiting thread. A thread makes one
- * request at a time, so an answer whose sequence number is not the current
- * one is a late answer to a request that already timed out and is dropped.
- * Enqueue frames are async requests answered on one inbox subscription,
- * which tells the callback whether more answers are already waiting (so
- * that a socket's acks of one burst leave in one send).
+ * natsConnection_Request costs two thread hand-offs for the answer. Here
+ * requests are asynchronous, answered on one inbox subscription, which
+ * tells the callback whether more answers are already waiting (so that a
+ * socket's acks of one burst leave in one send); GW_REQ_CONNS connections
+ * are used round-robin.
  *
  * Threads: gw_reqpool_init, _stop and _fini on the main thread. The
  * skeleton closes nats.c before the service's fini, while the HTTP server
  * still runs during drain: so gw_reqpool_stop (drain) first turns new
  * callers away to the bus (pool_stopping), waits until no caller is inside
- * the pool (pool_active), then closes it. A slot belongs to the thread that
- * created it (thread-specific data), the slot list to pool_mu.
+ * the pool (pool_active), then closes it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,22 +31,9 @@
  * longer the bottleneck, and one reader thread reads more answers per wake */
 #define GW_REQ_CONNS 1
 
-/* One thread's request state. */
-struct gw_rslot {
-	natsConnection *nc;          /* borrowed from the pool */
-	natsSubscription *sub;       /* sync, on "<inbox>.*"; created at the first request */
-	char inbox[64];
-	uint64_t seq;
-	struct gw_rslot *next;       /* under pool_mu */
-};
-
 static natsConnection *pool_nc[GW_REQ_CONNS];
 static int pool_n;
 static unsigned pool_next;           /* atomic: round robin */
-static pthread_key_t pool_key;
-static int pool_key_ok;
-static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct gw_rslot *pool_slots;  /* under pool_mu */
 static int pool_stopping;            /* atomic: callers use the bus instead */
 
 /* Async requests (enqueue frames): one inbox subscription on pool_nc[0],
@@ -77,7 +58,7 @@ static int
 pool_enter(void)
 {
 	__atomic_add_fetch(&pool_active, 1, __ATOMIC_SEQ_CST);
-	if (!__atomic_load_n(&pool_stopping, __ATOMIC_SEQ_CST))
+	if (!__atomic_load_n(&pool_stopping, __ATOMIC_SEQ_CST) && pool_n > 0)
 		return 1;
 	__atomic_sub_fetch(&pool_active, 1, __ATOMIC_SEQ_CST);
 	return 0;
@@ -87,6 +68,13 @@ static void
 pool_leave(void)
 {
 	__atomic_sub_fetch(&pool_active, 1, __ATOMIC_SEQ_CST);
+}
+
+/* the next pool connection, round-robin (caller is inside the pool) */
+static natsConnection *
+pool_conn(void)
+{
+	return pool_nc[__atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED) % (unsigned)pool_n];
 }
 
 static int areq_start(void);
@@ -99,9 +87,6 @@ gw_reqpool_init(struct gw *g)
 	int rc = -1;
 	enum cr_err e;
 
-	if (pthread_key_create(&pool_key, NULL) != 0)
-		goto out;
-	pool_key_ok = 1;
 	for (pool_n = 0; pool_n < GW_REQ_CONNS; pool_n++) {
 		char name[64];
 		snprintf(name, sizeof(name), "gateway-req%d", pool_n);
@@ -121,115 +106,15 @@ out:
 	return rc;
 }
 
-/* this thread's slot, made at its first use; NULL when out of memory */
-static struct gw_rslot *
-slot_get(void)
-{
-	struct gw_rslot *sl;
-
-	if (!pool_key_ok || pool_n == 0)
-		return NULL;
-	if ((sl = pthread_getspecific(pool_key)) != NULL)
-		return sl;
-	if ((sl = calloc(1, sizeof(*sl))) == NULL)
-		return NULL;
-	sl->nc = pool_nc[__atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED) % (unsigned)pool_n];
-	if (pthread_setspecific(pool_key, sl) != 0) {
-		free(sl);
-		return NULL;
-	}
-	pthread_mutex_lock(&pool_mu);
-	sl->next = pool_slots;
-	pool_slots = sl;
-	pthread_mutex_unlock(&pool_mu);
-	return sl;
-}
-
-static int
-slot_subscribe(struct gw_rslot *sl)
-{
-	char nuid[24], wild[80];
-	natsStatus s;
-
-	rand_hex(nuid, 11);
-	snprintf(sl->inbox, sizeof(sl->inbox), "_INBOX.gw%s", nuid);
-	snprintf(wild, sizeof(wild), "%s.*", sl->inbox);
-	s = natsConnection_SubscribeSync(&sl->sub, sl->nc, wild);
-	if (s != NATS_OK) {
-		log_warn(NULL, "request inbox: %s", natsStatus_GetText(s));
-		sl->sub = NULL;
-		return -1;
-	}
-	return 0;
-}
-
-/* gw_request - a synchronous request on this thread's pool connection, the
- * answer straight to this thread. On CR_OK *reply is the answer (caller
- * destroys with natsMsg_Destroy); CR_ERR_UNAVAILABLE: no responders;
- * CR_ERR_TIMEOUT: no answer in time. Falls back to bus_request when the
- * pool cannot be used. */
-enum cr_err
-gw_request(struct gw *g, const char *subj, const void *data, size_t len, int timeout_ms,
-    natsMsg **reply)
-{
-	struct gw_rslot *sl;
-	char rsubj[96];
-	uint64_t deadline;
-	natsStatus s;
-	enum cr_err err;
-
-	*reply = NULL;
-	if (!pool_enter())
-		return bus_request(g->bus, subj, data, len, timeout_ms, reply);
-	sl = slot_get();
-	if (sl == NULL || (sl->sub == NULL && slot_subscribe(sl) < 0)) {
-		pool_leave();
-		return bus_request(g->bus, subj, data, len, timeout_ms, reply);
-	}
-	snprintf(rsubj, sizeof(rsubj), "%s.%llu", sl->inbox, (unsigned long long)++sl->seq);
-	s = natsConnection_PublishRequest(sl->nc, subj, rsubj, data, (int)len);
-	if (s != NATS_OK) {
-		err = bus_err(s);
-		goto out;
-	}
-	deadline = mono_ms() + (uint64_t)timeout_ms;
-	for (;;) {
-		natsMsg *m = NULL;
-		uint64_t now = mono_ms();
-		if (now >= deadline) {
-			err = CR_ERR_TIMEOUT;
-			break;
-		}
-		s = natsSubscription_NextMsg(&m, sl->sub, (int64_t)(deadline - now));
-		if (s != NATS_OK) {
-			err = bus_err(s);	/* timeout, no responders, closed */
-			break;
-		}
-		if (strcmp(natsMsg_GetSubject(m), rsubj) == 0) {
-			*reply = m;
-			err = CR_OK;
-			break;
-		}
-		natsMsg_Destroy(m);	/* late answer to an earlier, timed-out request */
-	}
-out:
-	pool_leave();
-	return err;
-}
-
-/* gw_publish_asap - publish on this thread's pool connection (replies) */
+/* gw_publish_asap - publish on a pool connection (replies) */
 enum cr_err
 gw_publish_asap(struct gw *g, const char *subj, const void *data, size_t len)
 {
-	struct gw_rslot *sl;
 	enum cr_err err;
 
 	if (!pool_enter())
 		return bus_publish_asap(g->bus, subj, data, len);
-	if ((sl = slot_get()) == NULL)
-		err = bus_publish_asap(g->bus, subj, data, len);
-	else
-		err = bus_err(natsConnection_Publish(sl->nc, subj, data, (int)len));
+	err = bus_err(natsConnection_Publish(pool_conn(), subj, data, (int)len));
 	pool_leave();
 	return err;
 }
@@ -302,14 +187,13 @@ enum cr_err
 gw_request_async(struct gw *g, const char *subj, const void *data, size_t len,
     int timeout_ms, gw_reply_fn fn, void *arg)
 {
-	struct gw_rslot *sl;
 	struct gw_areq *a;
 	char reply[128];
 	natsStatus s;
 
 	if (!pool_enter())
 		return CR_ERR_UNAVAILABLE;
-	if (areq_sub == NULL || (sl = slot_get()) == NULL || (a = malloc(sizeof(*a))) == NULL) {
+	if (areq_sub == NULL || (a = malloc(sizeof(*a))) == NULL) {
 		pool_leave();
 		return CR_ERR_NOMEM;
 	}
@@ -324,7 +208,7 @@ gw_request_async(struct gw *g, const char *subj, const void *data, size_t len,
 	pthread_mutex_unlock(&areq_mu);
 	snprintf(reply, sizeof(reply), "%s.%llu", areq_inbox, (unsigned long long)a->id);
 	uint64_t id = a->id;	/* a may be answered and freed once published */
-	s = natsConnection_PublishRequest(sl->nc, subj, reply, data, (int)len);
+	s = natsConnection_PublishRequest(pool_conn(), subj, reply, data, (int)len);
 	pool_leave();
 	if (s != NATS_OK && (a = areq_take(id)) != NULL) {
 		free(a);
@@ -429,17 +313,6 @@ gw_reqpool_stop(int wait_ms)
 	pthread_mutex_lock(&areq_mu);
 	areq_n = 0;
 	pthread_mutex_unlock(&areq_mu);
-	pthread_mutex_lock(&pool_mu);
-	while (pool_slots != NULL) {
-		struct gw_rslot *sl = pool_slots;
-		pool_slots = sl->next;
-		if (sl->sub != NULL) {
-			natsSubscription_Unsubscribe(sl->sub);
-			natsSubscription_Destroy(sl->sub);
-		}
-		free(sl);
-	}
-	pthread_mutex_unlock(&pool_mu);
 	for (int i = 0; i < pool_n; i++) {
 		natsConnection_FlushTimeout(pool_nc[i], 1000);
 		natsConnection_Close(pool_nc[i]);
@@ -453,7 +326,5 @@ gw_reqpool_stop(int wait_ms)
 void
 gw_reqpool_fini(void)
 {
-	if (pool_key_ok)
-		pthread_key_delete(pool_key);
-	pool_key_ok = 0;
+	/* nothing left: gw_reqpool_stop closed the connections */
 }

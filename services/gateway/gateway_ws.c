@@ -1027,7 +1027,7 @@ enq_send(struct gw_sock *sk, uint32_t part, struct gw_bq_item *list)
 		lens[n] = it->wlen;
 		n++;
 	}
-	if (bus_subj(g->bus, subj, sizeof(subj), "session.%u.enqueue_batch", part) < 0 ||
+	if (gw_enq_subject(g, part, subj, sizeof(subj)) < 0 ||
 	    (buf = gw_enq_batch_pack(wires, lens, n, &len)) == NULL ||
 	    gw_request_async(g, subj, buf, len, (int)g->cfg.session_timeout_ms,
 	    on_enq_batch_reply, b) != CR_OK)
@@ -1049,7 +1049,6 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	const char *why = NULL, *cid = NULL;
 	uint32_t ttl_s = 0;
 	uint64_t now = now_ms();
-	char subj[256];
 	void *wire = NULL;
 	size_t wlen = 0;
 	struct timespec dl;
@@ -1116,8 +1115,7 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	if (in->expires_at_ms != 0)
 		e.expires_at_ms = in->expires_at_ms;
 	cid = e.correlation_id;
-	if (env_pack(&e.base, &wire, &wlen) != CR_OK ||
-	    gw_enq_subject(g, e.recipient, subj, sizeof(subj)) < 0) {
+	if (env_pack(&e.base, &wire, &wlen) != CR_OK) {
 		gw_refuse(&rf, 503, "internal", "the message could not be encoded");
 		return enq_refuse(sk, rid, &rf, cid);
 	}

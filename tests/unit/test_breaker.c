@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "breaker.h"
+#include "unit.h"
 
 static struct brk_config
 cfg_of(uint32_t consecutive, uint32_t pct, uint32_t min_calls, uint32_t window_ms)
@@ -538,9 +539,5 @@ main(void)
 	tcase_add_test(mt, one_probe_among_many_callers);
 	tcase_add_test(mt, threads_hammering_keep_invariants);
 	suite_add_tcase(s, mt);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }

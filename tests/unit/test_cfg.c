@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cfg.h"
+#include "unit.h"
 
 static char *s_url;
 static long long i_port;
@@ -109,9 +110,5 @@ main(void)
 	tcase_add_loop_test(tc, bad_values, 0, sizeof(bad) / sizeof(bad[0]));
 	tcase_add_test(tc, print_config);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }

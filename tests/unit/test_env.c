@@ -7,6 +7,7 @@
 
 #include "env.h"
 #include "util.h"
+#include "unit.h"
 
 static char s_mid[ULID_LEN + 1];
 static char s_corr[] = "corr-1";
@@ -154,9 +155,5 @@ main(void)
 	tcase_add_test(tc, garbage_never_crashes);
 	tcase_add_test(tc, names);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }

@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "unit.h"
 
 /* Run fn with stdout redirected to a temp file; return what it wrote. */
 static char *
@@ -104,9 +105,5 @@ main(void)
 	tcase_add_test(tc, json_lines);
 	tcase_add_test(tc, prometheus_text);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }

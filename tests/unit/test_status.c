@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "status.h"
+#include "unit.h"
 
 START_TEST(keys)
 {
@@ -97,9 +98,5 @@ main(void)
 	tcase_add_test(tc, trace_order_and_gaps);
 	tcase_add_test(tc, status_record);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "util.h"
+#include "unit.h"
 
 START_TEST(ulid_format_and_order)
 {
@@ -213,9 +214,5 @@ main(void)
 	tcase_add_test(tc, traceparent);
 	tcase_add_test(tc, strbuf_grows);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }
