@@ -20,6 +20,7 @@
 #include "bus.h"
 #include "env.h"
 #include "it_common.h"
+#include "util.h"
 
 static struct h_stack st;
 static int gw2_port;
@@ -545,6 +546,47 @@ START_TEST(malformed_bus_messages)
 			answered++;
 		}
 		ck_assert_int_eq(answered, 16);
+	}
+	/* a bad envelope in a good enqueue_batch is refused alone: the batch's
+	 * other envelopes are queued, each answered in its place */
+	{
+		char rcpt[] = "batch-nobody", corr[] = "batch-corr", snd[] = "alice";
+		char ct[] = "text/plain", badr[] = "bad recipient";	/* a space: not an agent ID */
+		uint8_t one[] = "x";
+		Envelope good = CLAWRELAY__V1__ENVELOPE__INIT, bad = CLAWRELAY__V1__ENVELOPE__INIT;
+		Envelope *envs[3] = { &good, &bad, &good };
+		EnqueueBatch eb = CLAWRELAY__V1__ENQUEUE_BATCH__INIT;
+		void *wire = NULL;
+		size_t wlen = 0;
+		natsMsg *reply = NULL;
+		ProtobufCMessage *m = NULL;
+
+		good.schema_version = ENV_SCHEMA;
+		good.correlation_id = corr;
+		good.sender = snd;
+		good.recipient = rcpt;
+		good.content_type = ct;
+		good.payload.data = one;
+		good.payload.len = 1;
+		bad = good;
+		bad.recipient = badr;
+		eb.schema_version = ENV_SCHEMA;
+		eb.n_envelopes = 3;
+		eb.envelopes = envs;
+		ck_assert_int_eq(env_pack(&eb.base, &wire, &wlen), CR_OK);
+		bus_subj(b, subj, sizeof(subj), "session.%u.enqueue_batch", partition_of(rcpt, 16));
+		ck_assert_int_eq(bus_request(b, subj, wire, wlen, 5000, &reply), CR_OK);
+		free(wire);
+		ck_assert_int_eq(env_unpack_msg(&clawrelay__v1__enqueue_batch_reply__descriptor,
+		    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m), CR_OK);
+		EnqueueBatchReply *br = (EnqueueBatchReply *)m;
+		ck_assert_uint_eq(br->n_replies, 3);
+		ck_assert_int_eq(br->replies[0]->status, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUED);
+		ck_assert_int_eq(br->replies[1]->status, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED);
+		ck_assert_int_eq(br->replies[2]->status, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUED);
+		ck_assert_str_ne(br->replies[0]->message_id, br->replies[2]->message_id);
+		protobuf_c_message_free_unpacked(m, NULL);
+		natsMsg_Destroy(reply);
 	}
 	/* garbage hop events, receipts, dispatches: nobody crashes */
 	static const char *const kinds[] = { "events.x", "receipt.alice", "receipts.x",
