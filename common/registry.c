@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "breaker.h"
 #include "registry.h"
 #include "util.h"
 
@@ -285,6 +286,7 @@ struct centry {
 
 struct reg_cache {
 	kvStore *kv;
+	struct brk *brk;     /* the registry boundary's breaker, or NULL */
 	uint64_t ttl_ms;
 	pthread_mutex_t mu;
 	struct centry *slots;
@@ -306,6 +308,32 @@ reg_cache_new(kvStore *kv, uint64_t ttl_ms)
 	c->ttl_ms = ttl_ms;
 	pthread_mutex_init(&c->mu, NULL);
 	return c;
+}
+
+/* reg_cache_set_breaker - guard the bucket's lookups with b (borrowed) */
+void
+reg_cache_set_breaker(struct reg_cache *c, struct brk *b)
+{
+	c->brk = b;
+}
+
+/* may a lookup go to the bucket? (the breaker lets it) */
+static int
+kv_may(struct reg_cache *c)
+{
+	return c->brk == NULL || brk_allow(c->brk, mono_ms()) != BRK_REFUSE;
+}
+
+/* the bucket's answer, for the breaker: found or not found is health */
+static void
+kv_report(struct reg_cache *c, enum cr_err err)
+{
+	if (c->brk == NULL)
+		return;
+	if (err == CR_OK || err == CR_ERR_NOT_FOUND)
+		brk_success(c->brk, mono_ms());
+	else
+		brk_failure(c->brk, mono_ms());
 }
 
 /* reg_cache_free - NULL ok */
@@ -365,7 +393,12 @@ reg_cache_agent(struct reg_cache *c, const char *id, struct reg_agent *out)
 	if (have && now - e.fetched_ms < (e.found ? c->ttl_ms : min_u64(c->ttl_ms, NEGATIVE_TTL_MS)))
 		goto hit;
 	memset(&e, 0, sizeof(e));
-	enum cr_err err = reg_agent_get(c->kv, id, &e.agent);
+	enum cr_err err = CR_ERR_UNAVAILABLE;
+	int went = kv_may(c);
+	if (went) {
+		err = reg_agent_get(c->kv, id, &e.agent);
+		kv_report(c, err);
+	}
 	if (err == CR_OK || err == CR_ERR_NOT_FOUND) {
 		snprintf(e.key, sizeof(e.key), "%s", key);
 		e.used = 1;
@@ -375,7 +408,9 @@ reg_cache_agent(struct reg_cache *c, const char *id, struct reg_agent *out)
 		goto hit;
 	}
 	if (have && cache_get(c, key, &e)) {
-		log_warn(NULL, "registry unreachable (%s): serving cached entry for %s", cr_strerror(err), id);
+		if (went)
+			log_warn(NULL, "registry unreachable (%s): serving cached entry for %s",
+			    cr_strerror(err), id);
 		goto hit;
 	}
 	return CR_ERR_UNAVAILABLE;
@@ -402,7 +437,11 @@ reg_cache_trust(struct reg_cache *c, const char *from, const char *to, struct re
 	if (have && now - e.fetched_ms < (e.found ? c->ttl_ms : min_u64(c->ttl_ms, NEGATIVE_TTL_MS)))
 		goto hit;
 	memset(&e, 0, sizeof(e));
-	enum cr_err err = reg_trust_get(c->kv, from, to, &e.trust);
+	enum cr_err err = CR_ERR_UNAVAILABLE;
+	if (kv_may(c)) {
+		err = reg_trust_get(c->kv, from, to, &e.trust);
+		kv_report(c, err);
+	}
 	if (err == CR_OK || err == CR_ERR_NOT_FOUND) {
 		snprintf(e.key, sizeof(e.key), "%s", key);
 		e.used = 1;
