@@ -211,6 +211,14 @@ route(struct dlv *d, struct dlv_attempt *a)
 		    cr_strerror(err));
 		snprintf(a->url, sizeof(a->url), "%s", a->req->webhook_url);
 	}
+	/* a request that waited past its deadline (a busy or paused delivery)
+	 * is not the destination's fault: answered before the breaker counts */
+	a->timeout_ms = budget_ms(a->url[0] ? d->webhook_timeout_ms : d->socket_timeout_ms,
+	    a->req->deadline_ms);
+	if (a->timeout_ms <= 0) {
+		dlv_finish(a, DLV_RETRY, "deadline passed", 0);
+		return 0;
+	}
 	/* the destination's breaker (DESIGN §8): while it is open the attempt
 	 * is answered at once, with the time the destination may be tried again */
 	if ((a->bk = brkset_get(d->brk, "destination", e->recipient)) != NULL &&
@@ -224,23 +232,14 @@ route(struct dlv *d, struct dlv_attempt *a)
 		return 0;
 	}
 	if (a->url[0] != '\0') {
-		a->timeout_ms = budget_ms(d->webhook_timeout_ms, a->req->deadline_ms);
-		if (a->timeout_ms <= 0) {
-			dlv_finish(a, DLV_RETRY, "deadline passed", 0);
-			return 0;
-		}
 		atomic_fetch_add(&d->inflight_webhook, 1);
 		err = dlv_pool_submit(d->pool, a);
 		if (err != CR_OK) {
+			/* local overload, reported as a failure: a probe must end */
 			atomic_fetch_sub(&d->inflight_webhook, 1);
 			dlv_finish(a, DLV_RETRY, err == CR_ERR_FULL ? "webhook queue full"
 			    : "delivery is stopping", 0);
 		}
-		return 0;
-	}
-	a->timeout_ms = budget_ms(d->socket_timeout_ms, a->req->deadline_ms);
-	if (a->timeout_ms <= 0) {
-		dlv_finish(a, DLV_RETRY, "deadline passed", 0);
 		return 0;
 	}
 	return 1;

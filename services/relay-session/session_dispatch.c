@@ -274,7 +274,9 @@ fail_unsent(struct session_part *pp, struct dispatch_ctx *list)
 			    CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY,
 			    "dispatch request not sent", 0, &w);
 	for (ctx = list; ctx != NULL; ctx = ctx->next_failed) {
-		if (open && ctx->gen == pp->gen && ctx->a != prev)
+		/* refused by the breaker to delivery: the sweep sends again once
+		 * it may (collecting now would only be refused again) */
+		if (open && ctx->gen == pp->gen && ctx->a != prev && !ctx->not_sent)
 			session_collect(pp, ctx->a, &w);
 		prev = ctx->a;
 	}
@@ -737,13 +739,21 @@ apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx, int outco
 			sl->attempts--;
 		session_agent_hold(pp, a, retry_ms ? retry_ms : 1000);
 		break;
-	case OUTCOME_NOT_SENT:
+	case OUTCOME_NOT_SENT: {
 		/* relay-session -> delivery breaker open: not sent, no attempt
 		 * spent; the sweep sends again once it lets calls through */
+		uint64_t retry = brkset_retry_in(s->dlv_brk);
+		uint64_t at = mono_ms() + (retry > 0 ? retry : 100);
+
 		sl->state = SLOT_WAITING;
 		if (sl->attempts > 0)
 			sl->attempts--;
+		if (a->next_try < at)
+			a->next_try = at;
+		if (a->crit_next_try < at)
+			a->crit_next_try = at;
 		break;
+	}
 	default: /* NACKED, RETRY, timeout, no responders */
 		sl->state = SLOT_WAITING;
 		metric_add(m_retries, 1);

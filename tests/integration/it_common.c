@@ -11,9 +11,17 @@
 int
 it_hook(struct h_stack *s, const char *name, char *out, size_t outsz, const char *const *args)
 {
+	return it_hook_at(s, name, h_free_port(), out, outsz, args);
+}
+
+/* it_hook_at - it_hook on a given port (e.g. a hook's replacement) */
+int
+it_hook_at(struct h_stack *s, const char *name, int p, char *out, size_t outsz,
+    const char *const *args)
+{
 	char port[16];
 	const char *argv[16];
-	int n = 0, p = h_free_port();
+	int n = 0;
 	snprintf(port, sizeof(port), "%d", p);
 	snprintf(out, outsz, "%s/%s.jsonl", s->dir, name);
 	argv[n++] = "--port";

@@ -502,6 +502,120 @@ START_TEST(partition_breaker_fails_fast)
 }
 END_TEST
 
+/* ---- destination and delivery breakers -------------------------------- */
+
+/* wait for a breaker event of (boundary, name, state) on sub; 0 if seen */
+static int
+wait_event(natsSubscription *sub, const char *boundary, const char *name, const char *state,
+    int timeout_ms)
+{
+	uint64_t end = mono_ms() + (uint64_t)timeout_ms;
+
+	while (mono_ms() < end) {
+		natsMsg *m = NULL;
+		int hit = 0;
+
+		if (natsSubscription_NextMsg(&m, sub, (int)(end - mono_ms())) != NATS_OK)
+			break;
+		cJSON *ev = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+		if (ev != NULL) {
+			hit = strcmp(cJSON_GetObjectItem(ev, "boundary")->valuestring, boundary) == 0 &&
+			    strcmp(cJSON_GetObjectItem(ev, "name")->valuestring, name) == 0 &&
+			    strcmp(cJSON_GetObjectItem(ev, "state")->valuestring, state) == 0;
+			cJSON_Delete(ev);
+		}
+		natsMsg_Destroy(m);
+		if (hit)
+			return 0;
+	}
+	return -1;
+}
+
+START_TEST(destination_and_delivery_breakers)
+{
+	static const char *const env[] = { "CLAWRELAY_BREAKER_CONSECUTIVE=3",
+		"CLAWRELAY_BREAKER_OPEN_MS=2000", "CLAWRELAY_BREAKER_OPEN_MAX_MS=2000",
+		"CLAWRELAY_BACKOFF_BASE_MS=50", "CLAWRELAY_BACKOFF_MAX_MS=100",
+		"CLAWRELAY_DISPATCH_TIMEOUT_MS=500", "CLAWRELAY_SOCKET_TIMEOUT_MS=400", NULL };
+	static const char *const fail[] = { "--status", "500", NULL };
+	char bad[400], good[400], url[128], body[32];
+	struct h_resp r;
+	int i;
+
+	start("breakers", env);
+	int port = it_hook(&st, "hook-down", bad, sizeof(bad), fail);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/hook", port);
+	h_agent(&st, "alice", NULL);
+	h_agent(&st, "web", url);
+	h_trust(&st, "alice", "web");
+	natsConnection *nc = nats_open();
+	natsSubscription *dsub = nats_sub(nc, "clawrelay.breaker.delivery");
+	natsSubscription *ssub = nats_sub(nc, "clawrelay.breaker.relay-session");
+
+	/* the webhook answers 500: its breaker opens, relay-session holds it */
+	for (i = 0; i < 20; i++) {
+		snprintf(body, sizeof(body), "seq=%d", i);
+		ck_assert_int_eq(post("alice", "web", body, NULL, NULL, NULL, NULL, NULL), 202);
+	}
+	ck_assert_msg(wait_event(dsub, "destination", "web", "open", 20000) == 0,
+	    "no destination breaker event for web");
+	char su[128];
+	h_sleep_ms(300);
+	struct h_proc *dl = h_find(&st, "delivery");
+	snprintf(su, sizeof(su), "http://127.0.0.1:%d/v1/status", dl->port);
+	ck_assert_int_eq(h_http("GET", su, NULL, NULL, 0, &r), 0);
+	ck_assert_ptr_nonnull(strstr(r.body.data, "\"boundary\":\"destination\",\"name\":\"web\""));
+	h_resp_free(&r);
+	/* while open the webhook is probed, not hammered: over 4 s (two open
+	 * times of 2 s) a few calls at most */
+	int before = h_file_lines(bad);
+	h_sleep_ms(4000);
+	int during = h_file_lines(bad) - before;
+	ck_assert_msg(during <= 6, "%d webhook calls in 4 s while the breaker was open", during);
+
+	/* the webhook recovers on the same port: one probe closes the breaker
+	 * and all 20 arrive once */
+	h_kill(h_find(&st, "hook-down"), SIGTERM);
+	it_hook_at(&st, "hook-up", port, good, sizeof(good), NULL);
+	ck_assert_msg(wait_event(dsub, "destination", "web", "closed", 20000) == 0,
+	    "the destination breaker never closed");
+	ck_assert_int_eq(h_wait_lines(good, 20, 30000), 20);
+	h_sleep_ms(1000);
+	int n;
+	cJSON **v = it_lines(good, &n);
+	ck_assert_int_eq(n, 20);
+	{
+		int seen[20] = { 0 };
+		for (i = 0; i < n; i++) {
+			int k = atoi(cJSON_GetObjectItem(v[i], "body")->valuestring + 4);
+			ck_assert(k >= 0 && k < 20);
+			ck_assert_msg(!seen[k], "seq %d twice", k);
+			seen[k] = 1;
+		}
+	}
+	it_lines_free(v, n);
+
+	/* delivery freezes: relay-session's breaker to it opens, and closes
+	 * again once delivery answers; nothing is lost */
+	kill(dl->pid, SIGSTOP);
+	for (i = 20; i < 30; i++) {
+		snprintf(body, sizeof(body), "seq=%d", i);
+		ck_assert_int_eq(post("alice", "web", body, NULL, NULL, NULL, NULL, NULL), 202);
+	}
+	ck_assert_msg(wait_event(ssub, "delivery", "", "open", 20000) == 0,
+	    "relay-session's breaker to delivery never opened");
+	kill(dl->pid, SIGCONT);
+	ck_assert_msg(wait_event(ssub, "delivery", "", "closed", 20000) == 0,
+	    "relay-session's breaker to delivery never closed");
+	ck_assert_int_eq(h_wait_lines(good, 30, 30000), 30);
+	h_sleep_ms(1000);
+	ck_assert_int_eq(h_file_lines(good), 30);
+	natsSubscription_Destroy(dsub);
+	natsSubscription_Destroy(ssub);
+	natsConnection_Destroy(nc);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -512,6 +626,7 @@ main(void)
 		{ "delayed", delayed_notice, 120 },
 		{ "limits", limits_and_idempotency, 120 },
 		{ "fail fast", partition_breaker_fails_fast, 120 },
+		{ "breakers", destination_and_delivery_breakers, 180 },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
