@@ -43,6 +43,7 @@ struct metric {
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct metric *head, *tail;
+static _Atomic unsigned generation = 1;    /* bumped by metrics_free_all */
 
 static const double latency_bounds[] = {
 	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -119,6 +120,36 @@ metric_histogram(const char *name, const char *labels, const char *help, const d
     int nbounds)
 {
 	return find_or_add(name, labels, help, MK_HIST, bounds, nbounds);
+}
+
+static struct metric *
+slot_get(struct metric_slot *slot, const char *name, const char *labels, const char *help,
+    enum metric_kind kind, const double *bounds, int nb)
+{
+	unsigned gen = atomic_load(&generation);
+	struct metric *m;
+
+	if (atomic_load(&slot->gen) == gen && (m = atomic_load(&slot->m)) != NULL)
+		return m;
+	m = find_or_add(name, labels, help, kind, bounds, nb);
+	atomic_store(&slot->m, m);
+	atomic_store(&slot->gen, gen);
+	return m;
+}
+
+/* metric_counter_at - metric_counter remembered in slot */
+struct metric *
+metric_counter_at(struct metric_slot *slot, const char *name, const char *labels, const char *help)
+{
+	return slot_get(slot, name, labels, help, MK_COUNTER, NULL, 0);
+}
+
+/* metric_histogram_at - metric_histogram remembered in slot */
+struct metric *
+metric_histogram_at(struct metric_slot *slot, const char *name, const char *labels,
+    const char *help, const double *bounds, int nbounds)
+{
+	return slot_get(slot, name, labels, help, MK_HIST, bounds, nbounds);
 }
 
 /* metric_add - add v (counters and gauges) */
@@ -334,5 +365,6 @@ metrics_free_all(void)
 		free(m);
 	}
 	tail = NULL;
+	atomic_fetch_add(&generation, 1);
 	pthread_mutex_unlock(&reg_mu);
 }

@@ -41,6 +41,18 @@ void metric_observe(struct metric *m, double v);
 void metric_observe_us(struct metric *m, uint64_t us);
 /* metric_value - a counter's or gauge's value; a histogram's count */
 int64_t metric_value(const struct metric *m);
+/* A remembered registration for code without an init (common/ modules):
+ * zero-initialised static; valid across metrics_free_all (re-registers). */
+struct metric_slot {
+	struct metric *_Atomic m;
+	_Atomic unsigned gen;
+};
+/* metric_counter_at / metric_histogram_at - metric_counter / metric_histogram
+ * remembered in slot: a lock only on first use; any thread */
+struct metric *metric_counter_at(struct metric_slot *slot, const char *name, const char *labels,
+    const char *help);
+struct metric *metric_histogram_at(struct metric_slot *slot, const char *name, const char *labels,
+    const char *help, const double *bounds, int nbounds);
 /* metrics_render - append every metric to sb, grouped by name */
 void metrics_render(struct strbuf *sb);
 /* metrics_snapshot - every metric as JSON (see docs/PROTOCOL.md, "stats"):
