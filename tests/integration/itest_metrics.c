@@ -276,6 +276,19 @@ START_TEST(counts_match_traffic)
 	    fabs(jnum(s, "messages.successRate") - (double)(N_BOB + K_SLOW) / (N_BOB + K_SLOW + M_REFUSED)) < 1e-4);
 	ck_assert_msg(jnum(s, "registry.lookups") > 0, "no registry lookups counted");
 	cJSON_Delete(s);
+	/* clawrelay metrics prints the same totals */
+	{
+		struct strbuf out;
+		char want_line[160];
+		const char *args[] = { "metrics", NULL };
+		sb_init(&out);
+		ck_assert_int_eq(h_cli(&st, &out, args), 0);
+		snprintf(want_line, sizeof(want_line), "messages   in %d, delivered %d, failed %d (rejected %d)",
+		    N_BOB + K_SLOW + M_REFUSED + Q_OFFLINE, N_BOB + K_SLOW, M_REFUSED, M_REFUSED);
+		ck_assert_msg(strstr(out.data, want_line) != NULL, "clawrelay metrics said:\n%s", out.data);
+		ck_assert_ptr_nonnull(strstr(out.data, "connectors 2 connected of 2"));
+		sb_free(&out);
+	}
 
 	/* the slow agent's latency: a separate window is not available per
 	 * agent, so check the histogram's upper part: K_SLOW messages took
