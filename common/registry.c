@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "breaker.h"
+#include "metrics.h"
 #include "registry.h"
 #include "util.h"
 
@@ -55,14 +56,23 @@ kv_put_msg(kvStore *kv, const char *key, const ProtobufCMessage *m)
 	return bus_err(s);
 }
 
+static struct metric_slot m_lookup, m_lookup_fail;
+
 static enum cr_err
 kv_get_bytes(kvStore *kv, const char *key, kvEntry **ent)
 {
+	uint64_t t0 = now_us();
 	natsStatus s = kvStore_Get(ent, kv, key);
+
+	metric_observe_us(metric_histogram_at(&m_lookup, "clawrelay_registry_lookup_seconds", NULL,
+	    "registry (KV) reads, found or not", NULL, 0), now_us() - t0);
 	if (s == NATS_NOT_FOUND)
 		return CR_ERR_NOT_FOUND;
-	if (s != NATS_OK)
+	if (s != NATS_OK) {
+		metric_add(metric_counter_at(&m_lookup_fail, "clawrelay_registry_lookup_failures_total",
+		    NULL, "registry (KV) reads that failed (unreachable, timeout)"), 1);
 		return bus_err(s) == CR_ERR_BUS ? CR_ERR_UNAVAILABLE : bus_err(s);
+	}
 	return CR_OK;
 }
 

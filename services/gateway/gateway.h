@@ -283,6 +283,8 @@ int gw_handle_trace(struct mg_connection *c, void *arg);
 void gw_ws_init(struct gw *g);
 /* gw_ws_status - sockets connected and their agents into obj */
 void gw_ws_status(struct gw *g, cJSON *obj);
+/* gw_ws_stats_extra - x.sockets for the stats on the bus (hop_stats_fn; arg = g) */
+void gw_ws_stats_extra(void *arg, cJSON *x);
 /* gw_ws_tick - forget deliveries whose requester has long given up */
 void gw_ws_tick(struct gw *g);
 /* gw_ws_close_all - ask every socket to close (drain) */

@@ -1669,3 +1669,26 @@ gw_ws_close_all(struct gw *g)
 	}
 	pthread_mutex_unlock(&g->sock_mu);
 }
+
+/* gw_ws_stats_extra - the registered sockets for the stats the hop
+ * flusher publishes (metrics-collector: connectors and their uptime):
+ * x.sockets = [{agent, since_ms}]; runs on the flusher thread */
+void
+gw_ws_stats_extra(void *arg, cJSON *x)
+{
+	struct gw *g = arg;
+	cJSON *list = cJSON_AddArrayToObject(x, "sockets");
+
+	if (list == NULL)
+		return;
+	pthread_mutex_lock(&g->sock_mu);
+	for (struct gw_sock *sk = g->socks; sk != NULL; sk = sk->next) {
+		cJSON *a;
+		if (!sk->registered || (a = cJSON_CreateObject()) == NULL)
+			continue;
+		cJSON_AddStringToObject(a, "agent", sk->agent);
+		cJSON_AddNumberToObject(a, "since_ms", (double)sk->connected_at_ms);
+		cJSON_AddItemToArray(list, a);
+	}
+	pthread_mutex_unlock(&g->sock_mu);
+}

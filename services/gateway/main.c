@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "hop.h"
 #include "log.h"
 
 static struct gw gw;
@@ -95,6 +96,7 @@ gw_init(struct svc *s, void *st)
 	svc_route(s, "/v1/messages/", gw_handle_message, g);
 	svc_route(s, "/v1/traces/", gw_handle_trace, g);
 	gw_ws_init(g);
+	hop_stats_extra(gw_ws_stats_extra, g);
 	return 0;
 }
 

@@ -142,6 +142,7 @@ session_tick(struct svc *svc, void *arg)
 	for (uint32_t p = 0; p < s->nparts; p++)
 		if (s->parts[p].leased)
 			session_sweep(s, &s->parts[p]);
+	session_metrics_tick(s);
 }
 
 static int

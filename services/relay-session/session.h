@@ -307,6 +307,8 @@ void session_nonce_free(struct session_nonce_set *ns);
 /* session_sweep.c */
 /* session_sweep - bounded expiry and idempotency sweeps, due dispatches (tick) */
 void session_sweep(struct session *s, struct session_part *pp);
+/* session_metrics_tick - queue gauges per partition and lane (main thread; session_metrics.c) */
+void session_metrics_tick(struct session *s);
 
 /* session_lease.c */
 /* session_lease_tick - renew held leases, drop lost ones, take free ones (tick) */
