@@ -307,7 +307,7 @@ mc_roll_breaker(struct mc *m, const cJSON *o)
 	const char *svc = str(o, "service"), *inst = str(o, "instance"), *name = str(o, "name"),
 	    *state = str(o, "state"), *bnd = str(o, "boundary");
 	struct mc_brk *b = NULL;
-	char full[256];
+	char full[sizeof(m->brks[0].name)];
 
 	if (svc == NULL || name == NULL || state == NULL)
 		return;
