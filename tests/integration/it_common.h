@@ -17,6 +17,9 @@ int it_hook_at(struct h_stack *s, const char *name, int p, char *out, size_t out
     const char *const *args);
 /* it_connector - start a connector for agent id with hook URL; returns proc */
 struct h_proc *it_connector(struct h_stack *s, const char *id, const char *hook_url);
+/* it_connector_env - it_connector with extra settings ("K=V", NULL-terminated) */
+struct h_proc *it_connector_env(struct h_stack *s, const char *id, const char *hook_url,
+    const char *const *extra);
 /* it_lines - parse each JSON line of a file; caller frees with cJSON_Delete on
  * each and free() on the array */
 cJSON **it_lines(const char *path, int *n);
