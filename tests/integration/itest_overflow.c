@@ -24,9 +24,10 @@
 #define N 200000
 #define BATCH 500
 /* measured 5 MB on the plain build (the backlog is on disk); AddressSanitizer
- * adds its shadow memory and a quarantine of freed blocks (256 MB by default) */
+ * adds its shadow memory and a quarantine of freed blocks (256 MB by
+ * default): 505 MB measured there, so its build checks a looser bound */
 #if defined(__SANITIZE_ADDRESS__)
-#define OVERFLOW_RSS_MB 512
+#define OVERFLOW_RSS_MB 1024
 #else
 #define OVERFLOW_RSS_MB 32
 #endif
