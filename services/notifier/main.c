@@ -33,8 +33,9 @@ static const struct cfg_item ntf_cfg[] = {
 	  &state.cache_max },
 	{ "STATUS_CACHE_MS", CFG_INT, "60000", 0, 86400000,
 	  "how long an idle record stays remembered", &state.cache_ms },
-	{ "NOTICE_WORKERS", CFG_INT, "2", 1, 64,
-	  "threads telling failures and delays (one notice at a time each)", &state.notice_workers },
+	{ "NOTICE_WORKERS", CFG_INT, "8", 1, 64,
+	  "threads telling failures and delays, one at a time each (most of it is waiting for KV "
+	  "and for relay-session's commit)", &state.notice_workers },
 	{ "NOTICE_MAX_AGE_S", CFG_INT, "604800", 60, 31536000,
 	  "the notice stream keeps a failure this long at most (stream max age)",
 	  &state.notice_max_age_s },
