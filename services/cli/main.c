@@ -29,6 +29,7 @@ static const struct cli_cmd cmds[] = {
 	{ "send", cli_cmd_send, "send a signed message through the gateway" },
 	{ "status", cli_cmd_status, "show a message's state and history" },
 	{ "trace", cli_cmd_trace, "show a message's hop timeline" },
+	{ "metrics", cli_cmd_metrics, "summary of the relay's health (metrics-collector)" },
 	{ "notifications", cli_cmd_notifications, "failure and delay notices: recent, or --follow" },
 	{ "follow", cli_cmd_follow, "the same as notifications --follow" },
 	{ "subject", cli_cmd_subject, "print the subject token of an agent ID" },

@@ -69,6 +69,7 @@
 #define NTF_RETRY_MAX_MS 60000
 #define NTF_CLAIM_TRIES 6
 #define NTF_DS_PREFIX "delivery-status:"
+#define NTF_DS_PAIR_UNLIMITED 1000000000u
 
 enum { ACT_ACK = 0, ACT_NAK };
 enum { CL_ABSENT = 0, CL_CLAIMED, CL_NOTICED, CL_DONE };
@@ -381,6 +382,12 @@ ds_enqueue(struct notice *nt, int64_t *delay)
 	e.content_type = (char *)(uintptr_t)"application/json";
 	e.payload.data = (uint8_t *)payload;
 	e.payload.len = strlen(payload);
+	/* the relay's own messages are bounded by the sender's failures, not
+	 * by a pair limit meant for agents: no pair rate or cap of their own
+	 * (the recipient's queue caps still apply) */
+	e.pair_rate_per_min = NTF_DS_PAIR_UNLIMITED;
+	e.pair_burst = NTF_DS_PAIR_UNLIMITED;
+	e.pair_queue_max = NTF_DS_PAIR_UNLIMITED;
 	err = env_pack(&e.base, &buf, &len);
 	if (err != CR_OK ||
 	    bus_subj(n->bus, subj, sizeof(subj), "session.%u.enqueue",
