@@ -89,6 +89,12 @@ $(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell pkg-config --libs check)
 
+# the notifier's unit test links the notifier's objects, not its main()
+NTF_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(filter-out %/main.c,$(wildcard services/notifier/*.c)))
+$(BUILD)/tests/test_notifier: $(BUILD)/tests/unit/test_notifier.o $(NTF_OBJ) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell pkg-config --libs check)
+
 $(BUILD)/tests/itest_%: $(BUILD)/tests/integration/itest_%.o $(ITEST_LIB) $(LIBCOMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell pkg-config --libs check)

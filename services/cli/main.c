@@ -30,7 +30,8 @@ static const struct cli_cmd cmds[] = {
 	{ "status", cli_cmd_status, "show a message's state and history" },
 	{ "trace", cli_cmd_trace, "show a message's hop timeline" },
 	{ "metrics", cli_cmd_metrics, "summary of the relay's health (metrics-collector)" },
-	{ "follow", cli_cmd_follow, "print failure (and delay) notifications as they happen" },
+	{ "notifications", cli_cmd_notifications, "failure and delay notices: recent, or --follow" },
+	{ "follow", cli_cmd_follow, "the same as notifications --follow" },
 	{ "subject", cli_cmd_subject, "print the subject token of an agent ID" },
 };
 
@@ -42,7 +43,7 @@ usage(FILE *f)
 	    "\n"
 	    "commands:\n");
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].summary);
+		fprintf(f, "  %-13s %s\n", cmds[i].name, cmds[i].summary);
 	fprintf(f,
 	    "\n"
 	    "global options (accepted before or after the command):\n"
