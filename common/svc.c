@@ -27,7 +27,7 @@ struct svc {
 	struct bus *bus;
 	struct mg_context *http;
 	char *nats_url, *prefix, *http_addr, *log_level, *instance;
-	long long http_port, http_threads, tick_ms, partitions;
+	long long http_port, http_threads, tick_ms, partitions, kv_replicas;
 	char instance_buf[160];
 	uint64_t started_ms;
 	volatile sig_atomic_t stop;
@@ -170,6 +170,9 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 		{ "INSTANCE", CFG_STR, "", 0, 128, "instance name in logs and events (default host-pid)", &s.instance },
 		{ "TICK_MS", CFG_INT, "100", 5, 10000, "period of the service's timer tick", &s.tick_ms },
 		{ "PARTITIONS", CFG_INT, "16", 1, 1024, "number of relay-session partitions", &s.partitions },
+		{ "KV_REPLICAS", CFG_INT, "1", 1, 5,
+		  "replicas of the NATS KV buckets this service creates (3 on a 3-node cluster; a bucket that exists keeps its own)",
+		  &s.kv_replicas },
 	};
 	const size_t ncommon = sizeof(common) / sizeof(common[0]);
 
@@ -252,6 +255,7 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 			fprintf(stderr, "clawrelay-%s: cannot use CLAWRELAY_NATS_URL=%s\n", def->name, s.nats_url);
 			goto out_curl;
 		}
+		bus_set_kv_replicas(s.bus, (int)s.kv_replicas);
 		hop_init(s.bus, def->name, s.instance_buf);
 	}
 
