@@ -1,5 +1,6 @@
 # clawrelay - one top-level Makefile.
-#   make            build every program into bin/
+#   make            build every program into bin/ (and the tests)
+#   make progs      build the programs only (what the container image needs)
 #   make test       install deps, build, run unit + integration tests
 #   make demo       install deps, build, start a local stack with a demo
 #   make stop       stop the demo stack
@@ -50,8 +51,10 @@ ITEST_LIB  = $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(ITEST_SRC),$(wildcard te
 
 
 .SECONDARY:
-.PHONY: all deps test unit itest demo stop bench valgrind clean docs
+.PHONY: all progs deps test unit itest demo stop bench valgrind clean docs
 all: $(PROGS) $(TOOLS) $(UNIT_BINS) $(ITEST_BINS)
+
+progs: $(PROGS) $(TOOLS)
 
 deps:
 	@sh scripts/deps.sh
