@@ -22,8 +22,8 @@
  *     later, or was scaled up, gets its share from one that took them all;
  *   - takes back at once a key holding its own instance id (a restart
  *     with the same CLAWRELAY_INSTANCE), by compare-and-set;
- *   - on drain, closes its partitions and deletes their keys so another
- *     replica can take them over immediately.
+ *   - on drain, closes its partitions and deletes their keys (and its
+ *     member key) so another replica can take them over immediately.
  * Everything here runs on the main thread (tick, drain).
  */
 #include <stdio.h>
@@ -271,4 +271,12 @@ session_lease_release_all(struct session *s)
 	for (uint32_t p = 0; p < s->nparts; p++)
 		if (s->parts[p].leased)
 			give_back(s, &s->parts[p]);
+	if (s->leases != NULL) {
+		/* no longer a member: the others' fair share grows at once,
+		 * so a replica restarted in our place takes every partition
+		 * without waiting for our key to expire */
+		char key[16];
+		snprintf(key, sizeof(key), MEMBER_PREFIX "%08x", (unsigned)fnv1a32(svc_instance(s->svc)));
+		kvStore_Delete(s->leases, key);
+	}
 }
