@@ -57,6 +57,7 @@ struct bus {
 	int nsubs;
 	struct kvh kvs[MAX_KV];
 	int nkv;
+	int kv_replicas;          /* of the buckets bus_kv creates (1..5) */
 };
 
 /* bus_err - nats.c status to the project's error */
@@ -270,6 +271,7 @@ bus_connect(const char *url, const char *name, const char *prefix, struct bus **
 	if (b == NULL)
 		return CR_ERR_NOMEM;
 	pthread_mutex_init(&b->mu, NULL);
+	b->kv_replicas = 1;
 	snprintf(b->prefix, sizeof(b->prefix), "%s", prefix);
 	if ((b->url = strdup(url)) == NULL) {
 		err = CR_ERR_NOMEM;
@@ -560,12 +562,22 @@ bus_pending_requests(struct bus *b)
 	return n;
 }
 
+/* bus_set_kv_replicas - replicas (1..5) of the buckets bus_kv creates from now on */
+void
+bus_set_kv_replicas(struct bus *b, int replicas)
+{
+	pthread_mutex_lock(&b->mu);
+	b->kv_replicas = replicas < 1 ? 1 : replicas > 5 ? 5 : replicas;
+	pthread_mutex_unlock(&b->mu);
+}
+
 /* bus_kv - bind the KV bucket, creating it if it does not exist */
 enum cr_err
 bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore **out)
 {
 	kvStore *kv = NULL;
 	natsStatus s;
+	int replicas;
 
 	pthread_mutex_lock(&b->mu);
 	for (int i = 0; i < b->nkv; i++) {
@@ -575,6 +587,7 @@ bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore *
 			return CR_OK;
 		}
 	}
+	replicas = b->kv_replicas;
 	pthread_mutex_unlock(&b->mu);
 	s = js_KeyValue(&kv, b->js, bucket);
 	if (s != NATS_OK) {
@@ -584,6 +597,7 @@ bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore *
 		cfg.History = (uint8_t)(history > 0 ? history : 1);
 		cfg.TTL = ttl_ms * 1000000LL;	/* nanoseconds (STACK-NOTES) */
 		cfg.StorageType = js_FileStorage;
+		cfg.Replicas = replicas;
 		s = js_CreateKeyValue(&kv, b->js, &cfg);
 		if (s != NATS_OK)	/* created meanwhile by someone else? */
 			s = js_KeyValue(&kv, b->js, bucket);

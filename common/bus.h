@@ -82,6 +82,10 @@ enum cr_err bus_request_async(struct bus *b, const char *subj, const void *data,
 /* bus_pending_requests - async requests awaiting a reply */
 size_t bus_pending_requests(struct bus *b);
 
+/* bus_set_kv_replicas - replicas (1..5, default 1) of the buckets bus_kv
+ * creates from now on (CLAWRELAY_KV_REPLICAS: 3 on a 3-node NATS cluster);
+ * a bucket that exists keeps the replicas it was created with. */
+void bus_set_kv_replicas(struct bus *b, int replicas);
 /* bus_kv - bind the KV bucket, creating it (history, ttl_ms 0 = none) if it
  * does not exist. The handle belongs to the bus. */
 enum cr_err bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore **out);

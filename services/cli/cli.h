@@ -28,6 +28,7 @@ struct cli_ctx {
 	const char *gateway_url;   /* CLAWRELAY_GATEWAY_URL / --gateway */
 	int nats_flag;             /* --nats was given on the command line */
 	int timeout_ms;            /* --timeout-ms: NATS requests and HTTP */
+	int kv_replicas;           /* CLAWRELAY_KV_REPLICAS: of the buckets it creates */
 	struct bus *bus;           /* opened by cli_bus, freed by main */
 };
 
