@@ -253,7 +253,9 @@ done
 CLI agent add tester --pubkey "$RUN/keys/tester.pub" >/dev/null &&
 CLI agent add web --pubkey "$RUN/keys/web.pub" --webhook http://hook-web:9000/hook >/dev/null &&
 CLI agent add carol --pubkey "$RUN/keys/carol.pub" >/dev/null &&
-CLI trust add tester bob >/dev/null && CLI trust add tester web >/dev/null &&
+# the test sends hundreds a minute per pair: above the default pair rate (60/min)
+LIMITS="--rate-per-min 100000 --burst 10000"
+CLI trust add tester bob $LIMITS >/dev/null && CLI trust add tester web $LIMITS >/dev/null &&
 CLI trust add tester carol >/dev/null || fail "registering agents through NATS on 127.0.0.1:$CLAWRELAY_NATS_PORT"
 pass "agents tester, web (webhook), carol registered from the host through 127.0.0.1:$CLAWRELAY_NATS_PORT"
 
