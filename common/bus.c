@@ -651,14 +651,21 @@ bus_notice_stream_name(const struct bus *b, char *out, size_t sz)
 	return (int)(n + sizeof("_NOTICES") - 1);
 }
 
+/* bus_kv_replicas - the replicas of what this service creates (KV_REPLICAS) */
+int
+bus_kv_replicas(const struct bus *b)
+{
+	return b->kv_replicas;
+}
+
 static void
-notice_limits(const struct bus_stream_limits *lim, jsStreamConfig *sc)
+notice_limits(const struct bus *b, const struct bus_stream_limits *lim, jsStreamConfig *sc)
 {
 	sc->MaxAge = lim->max_age_ms * 1000000LL;		/* nanoseconds */
 	sc->MaxBytes = lim->max_bytes;
 	sc->MaxMsgs = lim->max_msgs;
 	sc->Duplicates = lim->dup_window_ms * 1000000LL;	/* nanoseconds */
-	sc->Replicas = lim->replicas;
+	sc->Replicas = lim->replicas > 0 ? lim->replicas : b->kv_replicas;	/* 0: as the buckets */
 }
 
 /* bus_notice_stream - create the notice stream if it is missing; with lim,
@@ -668,7 +675,7 @@ bus_notice_stream(struct bus *b, const struct bus_stream_limits *lim)
 {
 	static const struct bus_stream_limits defaults = {
 		BUS_NOTICE_MAX_AGE_MS, BUS_NOTICE_MAX_BYTES, BUS_NOTICE_MAX_MSGS,
-		BUS_NOTICE_DUP_WINDOW_MS, 1
+		BUS_NOTICE_DUP_WINDOW_MS, 0
 	};
 	char name[96], s_fail[128], s_delay[128];
 	const char *subjects[2] = { s_fail, s_delay };
@@ -691,7 +698,7 @@ bus_notice_stream(struct bus *b, const struct bus_stream_limits *lim)
 		sc.Retention = js_LimitsPolicy;
 		sc.Storage = js_FileStorage;
 		sc.Discard = js_DiscardOld;
-		notice_limits(lim != NULL ? lim : &defaults, &sc);
+		notice_limits(b, lim != NULL ? lim : &defaults, &sc);
 		s = js_AddStream(&si, b->js, &sc, NULL, &jerr);
 		if (s == NATS_OK) {
 			log_info(NULL, "stream %s created (%s, %s)", name, s_fail, s_delay);
@@ -716,7 +723,7 @@ bus_notice_stream(struct bus *b, const struct bus_stream_limits *lim)
 		    name, s_fail);
 	if (lim != NULL) {
 		sc = *si->Config;
-		notice_limits(lim, &sc);
+		notice_limits(b, lim, &sc);
 		if (sc.MaxAge != si->Config->MaxAge || sc.MaxBytes != si->Config->MaxBytes ||
 		    sc.MaxMsgs != si->Config->MaxMsgs || sc.Duplicates != si->Config->Duplicates ||
 		    sc.Replicas != si->Config->Replicas) {

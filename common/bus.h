@@ -86,6 +86,8 @@ size_t bus_pending_requests(struct bus *b);
  * creates from now on (CLAWRELAY_KV_REPLICAS: 3 on a 3-node NATS cluster);
  * a bucket that exists keeps the replicas it was created with. */
 void bus_set_kv_replicas(struct bus *b, int replicas);
+/* bus_kv_replicas - that number: the streams a service creates use it too */
+int bus_kv_replicas(const struct bus *b);
 /* bus_kv - bind the KV bucket, creating it (history, ttl_ms 0 = none) if it
  * does not exist. The handle belongs to the bus. */
 enum cr_err bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore **out);
