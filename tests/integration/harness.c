@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -91,6 +92,8 @@ spawn(const char *log, char *const argv[], const char *const *env)
 			close(fd);
 		}
 		setpgid(0, 0);
+		/* a test that crashes must not leave its stack running */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		for (int i = 0; env && env[i]; i++)
 			putenv((char *)(uintptr_t)env[i]);
 		execvp(argv[0], argv);
