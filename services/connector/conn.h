@@ -142,10 +142,13 @@ struct conn_ws {
 
 struct conn_pending;
 
+/* an inbox key: lane digit, queue_seq (8 bytes), message_id (< 128) */
+#define CONN_KEY_MAX 140
+
 /* an entry the hook took whose removal is still being committed */
 #define CONN_SKIP_MAX 256
 struct conn_skip {
-	char key[130];
+	char key[CONN_KEY_MAX];
 	size_t klen;
 	uint32_t hash;               /* fnv1a32 of the key: compared first */
 	int committed;               /* set by the committer callback */
@@ -253,7 +256,7 @@ void conn_inbox_close(struct conn *c);
  * committed together, then acked in one frame with their events from the
  * committer thread. The envelopes are borrowed. */
 void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n);
-/* conn_inbox_head - the first entry in (lane, message_id) order; 1 and *out
+/* conn_inbox_head - the first entry in (lane, queue_seq, message_id) order; 1 and *out
  * (caller frees with conn_entry_free) if there is one, 0 if empty, -1 on error */
 int conn_inbox_head(struct conn *c, struct conn_entry **out);
 /* conn_entry_free - NULL does nothing */
