@@ -31,6 +31,7 @@
 
 #include <cJSON.h>
 
+#include "breaker.h"
 #include "env.h"
 #include "err.h"
 #include "svc.h"
@@ -66,6 +67,21 @@ struct conn_cfg {
 	long long store_map_mb;
 	int store_nosync;
 	int event_batch;
+	/* the connector -> hook breaker (brk_config fields) */
+	long long hook_brk_failures, hook_brk_pct, hook_brk_min_calls, hook_brk_window_ms;
+	long long hook_brk_open_ms, hook_brk_open_max_ms;
+};
+
+struct conn;
+
+/* one boundary's circuit breaker with its metrics (conn_brk.c) */
+struct conn_brk {
+	struct brk b;
+	struct conn *c;
+	const char *boundary;        /* "hook" or "gateway": log lines, labels, status */
+	void (*wake)(struct conn *c, enum brk_state to); /* on each change; may be NULL */
+	struct metric *m_state, *m_failures, *m_opens;
+	int inited;
 };
 
 /* a parsed CLAWRELAY_GATEWAY_URL */
@@ -181,12 +197,13 @@ struct conn_inbox {
 struct conn_hook {
 	pthread_t thread;
 	int started;
-	atomic_ullong calls, ok, failed, dead_lettered;
+	struct conn_brk brk;         /* connector -> hook */
+	atomic_ullong calls, ok, failed, unavailable, dead_lettered, expired;
 	atomic_ullong last_status, last_latency_ms;
 	atomic_int busy;
 	atomic_int stop;
 	char current[64];            /* hook thread only (head being retried) */
-	unsigned current_attempts;
+	unsigned current_tries;      /* its failed calls, counted or not (backoff) */
 	uint64_t retry_at_mono;
 };
 
@@ -206,6 +223,25 @@ static inline char *conn_str(const char *s)
 {
 	return (char *)(uintptr_t)s;
 }
+
+/* --- conn_brk.c ------------------------------------------------------ */
+
+/* conn_brk_init - set up one boundary's breaker (main thread, at start-up);
+ * cfg is copied; wake (may be NULL) runs on every change with the breaker's
+ * mutex held, so it must not call conn_brk_* itself */
+enum cr_err conn_brk_init(struct conn *c, struct conn_brk *cb, const char *boundary,
+    const struct brk_config *cfg, void (*wake)(struct conn *c, enum brk_state to));
+/* conn_brk_fini - after every thread that uses it stopped; safe if never inited */
+void conn_brk_fini(struct conn_brk *cb);
+/* conn_brk_allow - BRK_GO, BRK_PROBE or BRK_REFUSE now (a go must be reported) */
+int conn_brk_allow(struct conn_brk *cb);
+/* conn_brk_result - report the call that went: ok (nonzero) or failed */
+void conn_brk_result(struct conn_brk *cb, int ok);
+/* conn_brk_state - the state now; *next_probe_mono (may be NULL): open: when
+ * the probe may go, half-open: when an unanswered probe times out, else 0 */
+enum brk_state conn_brk_state(struct conn_brk *cb, uint64_t *next_probe_mono);
+/* conn_brk_json - add the breaker's state, counts and times as obj[name] */
+void conn_brk_json(struct conn_brk *cb, cJSON *obj, const char *name);
 
 /* --- conn_ws.c ------------------------------------------------------- */
 
@@ -291,6 +327,8 @@ void conn_inbox_meta_put(struct conn *c, const char *name, const char *val);
 enum cr_err conn_hook_start(struct conn *c);
 /* conn_hook_stop - stop and join it (the call in progress finishes first) */
 void conn_hook_stop(struct conn *c);
+/* conn_hook_fini - free the breaker (after conn_hook_stop) */
+void conn_hook_fini(struct conn *c);
 /* conn_hook_status - add hook stats to a /v1/status object */
 void conn_hook_status(struct conn *c, cJSON *obj);
 

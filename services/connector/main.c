@@ -66,6 +66,24 @@ static const struct cfg_item conn_cfg[] = {
 	  &g_state.cfg.event_batch },
 	{ "STORE_NOSYNC", CFG_BOOL, "false", 0, 0, "skip fsync on commit (tests only)",
 	  &g_state.cfg.store_nosync },
+	{ "HOOK_BREAKER_FAILURES", CFG_INT, "5", 0, 1000000,
+	  "hook breaker: failures in a row that open it (0: rule off). A failure is no answer, "
+	  "a timeout or 5xx; while open the hook is not called and no message uses an attempt",
+	  &g_state.cfg.hook_brk_failures },
+	{ "HOOK_BREAKER_FAILURE_PCT", CFG_INT, "50", 0, 100,
+	  "hook breaker: failure share (%) in the window that opens it (0: rule off)",
+	  &g_state.cfg.hook_brk_pct },
+	{ "HOOK_BREAKER_MIN_CALLS", CFG_INT, "20", 1, 1000000,
+	  "hook breaker: calls in the window before the failure share applies",
+	  &g_state.cfg.hook_brk_min_calls },
+	{ "HOOK_BREAKER_WINDOW_MS", CFG_INT, "10000", 10, 3600000,
+	  "hook breaker: sliding window of the failure share", &g_state.cfg.hook_brk_window_ms },
+	{ "HOOK_BREAKER_OPEN_MS", CFG_INT, "1000", 1, 3600000,
+	  "hook breaker: first open time; doubles on each failed probe",
+	  &g_state.cfg.hook_brk_open_ms },
+	{ "HOOK_BREAKER_OPEN_MAX_MS", CFG_INT, "60000", 1, 86400000,
+	  "hook breaker: longest open time (at least HOOK_BREAKER_OPEN_MS)",
+	  &g_state.cfg.hook_brk_open_max_ms },
 };
 
 static int conn_init(struct svc *s, void *st)
@@ -101,6 +119,11 @@ static int conn_init(struct svc *s, void *st)
 	if (c->cfg.hook_backoff_cap_ms < c->cfg.hook_backoff_base_ms ||
 	    c->cfg.reconnect_cap_ms < c->cfg.reconnect_base_ms) {
 		fprintf(stderr, "CLAWRELAY_*_CAP_MS must not be below its *_BASE_MS\n");
+		return 1;
+	}
+	if (c->cfg.hook_brk_open_max_ms < c->cfg.hook_brk_open_ms) {
+		fprintf(stderr, "CLAWRELAY_HOOK_BREAKER_OPEN_MAX_MS must not be below "
+		    "CLAWRELAY_HOOK_BREAKER_OPEN_MS\n");
 		return 1;
 	}
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -158,6 +181,12 @@ static void conn_status(struct svc *s, void *st, cJSON *obj)
 	conn_ws_status(c, obj);
 	conn_inbox_status(c, obj);
 	conn_hook_status(c, obj);
+	{
+		cJSON *b = cJSON_AddObjectToObject(obj, "breakers");
+
+		if (b)
+			conn_brk_json(&c->hook.brk, b, "hook");
+	}
 }
 
 static void conn_drain(struct svc *s, void *st)
@@ -177,6 +206,7 @@ static void conn_fini(struct svc *s, void *st)
 	(void)s;
 	conn_ws_stop(c);
 	conn_hook_stop(c);
+	conn_hook_fini(c);
 	conn_inbox_close(c);
 	auth_key_free(c->key);
 	c->key = NULL;
