@@ -67,9 +67,14 @@ struct conn_cfg {
 	long long store_map_mb;
 	int store_nosync;
 	int event_batch;
-	/* the connector -> hook breaker (brk_config fields) */
+	/* breakers: connector -> hook, connector -> gateway (brk_config fields) */
 	long long hook_brk_failures, hook_brk_pct, hook_brk_min_calls, hook_brk_window_ms;
 	long long hook_brk_open_ms, hook_brk_open_max_ms;
+	long long gw_brk_failures, gw_brk_pct, gw_brk_min_calls, gw_brk_window_ms;
+	long long gw_brk_open_ms, gw_brk_open_max_ms;
+	long long outbox_max;
+	long long outbox_max_mb;
+	long long outbox_failed_max;
 };
 
 struct conn;
@@ -207,6 +212,32 @@ struct conn_hook {
 	uint64_t retry_at_mono;
 };
 
+struct conn_obrcpt;
+struct conn_oblock;
+
+struct conn_outbox {
+	unsigned db_out, db_keys, db_failed;
+	struct conn_brk brk;         /* connector -> gateway */
+	pthread_t thread;
+	int started;
+
+	pthread_mutex_t mu;          /* guards everything below */
+	pthread_cond_t cv;           /* wakes the worker */
+	uint64_t gen;                /* bumped by every wake-up */
+	int stop;
+	uint64_t next_seq;
+	long long n, bytes, failed_n;
+	struct conn_obrcpt **rcpt;   /* recipient -> messages waiting (hash, chained) */
+	size_t nrcpt_buckets;
+	char last_error[200];
+	uint64_t head_seq;           /* the entry being retried, its failed tries, */
+	unsigned head_tries;         /* and when it goes again (mono) */
+	uint64_t retry_at_mono;
+	struct conn_oblock *blocked; /* worker only: recipients answered 429/507 */
+
+	atomic_ullong outboxed, sent, failed, expired, duplicates, refused_full;
+};
+
 struct conn {
 	struct conn_cfg cfg;
 	struct conn_gw gw;
@@ -215,6 +246,7 @@ struct conn {
 	struct conn_ws ws;
 	struct conn_inbox inbox;
 	struct conn_hook hook;
+	struct conn_outbox outbox;
 };
 
 /* conn_str - a borrowed const string for a generated (char *) field; the
@@ -331,6 +363,67 @@ void conn_hook_stop(struct conn *c);
 void conn_hook_fini(struct conn *c);
 /* conn_hook_status - add hook stats to a /v1/status object */
 void conn_hook_status(struct conn *c, cJSON *obj);
+
+/* --- conn_out.c ------------------------------------------------------ */
+
+/* the gateway's answer to one outbound message */
+struct conn_out_res {
+	int status;                  /* HTTP status (the socket's enqueue_ack carries it too); 0: none */
+	int via_socket;
+	int local_error;             /* the request could not be built (ours, not the gateway's) */
+	int expired;                 /* not sent: past its expires_at_ms */
+	unsigned retry_after_s;
+	char message_id[64];
+	char correlation_id[130];
+	char state[32];              /* queued, or the original's state for a duplicate */
+	char code[64];               /* error code */
+	char message[256];           /* error message */
+	char detail[160];            /* transport error when status is 0 */
+};
+
+/* what an answer means for the message, the breaker and the outbox */
+enum conn_out_class {
+	CONN_OUT_OK = 0,             /* 2xx: queued (202) or a duplicate (200) */
+	CONN_OUT_RETRY,              /* no answer, timeout, 5xx other than 507: the gateway
+	                                (or the relay behind it) is unavailable; breaker failure */
+	CONN_OUT_LATER,              /* 408, 429, 507: the recipient cannot take it now */
+	CONN_OUT_REFUSED,            /* other 4xx: refused for good */
+	CONN_OUT_EXPIRED             /* past its expiry, not sent */
+};
+
+/* conn_out_send - send e (borrowed; message_id empty, idempotency key set)
+ * over the socket when it is open, else as a signed POST; any thread */
+void conn_out_send(struct conn *c, const Envelope *e, struct conn_out_res *res);
+/* conn_out_class - what res means */
+enum conn_out_class conn_out_class(const struct conn_out_res *res);
+
+/* --- conn_outbox.c --------------------------------------------------- */
+
+/* conn_outbox_open - open its databases in the inbox's store, count what
+ * waits, set up the gateway breaker (main thread, after conn_inbox_open) */
+enum cr_err conn_outbox_open(struct conn *c);
+/* conn_outbox_start - start the worker that sends what waits */
+enum cr_err conn_outbox_start(struct conn *c);
+/* conn_outbox_stop - stop and join the worker (a send in progress ends first) */
+void conn_outbox_stop(struct conn *c);
+/* conn_outbox_close - free what open took (after stop) */
+void conn_outbox_close(struct conn *c);
+/* conn_outbox_put - store e (borrowed; idempotency key set) durably at the
+ * end of the outbox; *id = its outbox ID. CR_ERR_EXISTS: a message with the
+ * same key, recipient and payload already waits (*id = its ID);
+ * CR_ERR_CONFLICT: the key waits with another recipient or payload;
+ * CR_ERR_FULL: OUTBOX_MAX / OUTBOX_MAX_MB reached. Any thread. */
+enum cr_err conn_outbox_put(struct conn *c, const Envelope *e, uint64_t *id);
+/* conn_outbox_waiting - messages for recipient in the outbox (any thread) */
+long long conn_outbox_waiting(struct conn *c, const char *recipient);
+/* conn_outbox_kick - the gateway may be back (socket opened, a send
+ * succeeded, the breaker changed): end the head's backoff, wake the worker */
+void conn_outbox_kick(struct conn *c);
+/* conn_outbox_status - add the outbox to a /v1/status object */
+void conn_outbox_status(struct conn *c, cJSON *obj);
+/* conn_outbox_api - civetweb handler of GET /v1/outbox and DELETE
+ * /v1/outbox/failed; arg is struct conn */
+int conn_outbox_api(struct mg_connection *mc, void *arg);
 
 /* --- conn_api.c ------------------------------------------------------ */
 

@@ -165,7 +165,8 @@ enum cr_err conn_inbox_open(struct conn *c)
 	ib->pending = calloc(PENDING_BUCKETS, sizeof(*ib->pending));
 	if (!ib->pending)
 		return CR_ERR_NOMEM;
-	e = store_open(c->cfg.data_dir, (size_t)c->cfg.store_map_mb << 20, 8,
+	/* inbox, done, dead, meta + the outbox's three */
+	e = store_open(c->cfg.data_dir, (size_t)c->cfg.store_map_mb << 20, 12,
 	    c->cfg.store_nosync ? STORE_NOSYNC : 0, &ib->st);
 	if (e != CR_OK)
 		return e;

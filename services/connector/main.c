@@ -1,10 +1,13 @@
 /*
- * main.c - clawrelay-connector: runs beside one agent. Local outbound API,
- * WebSocket to a gateway with the reconnect handshake, durable inbox, and
- * in-order replay to the agent's hook. It never talks NATS (no_bus).
+ * main.c - clawrelay-connector: runs beside one agent. Local outbound API
+ * with a durable outbox, WebSocket to a gateway with the reconnect
+ * handshake, durable inbox, and in-order replay to the agent's hook, with a
+ * circuit breaker at each of its two boundaries (hook, gateway). It never
+ * talks NATS (no_bus).
  *
- * Start-up order: config checks, key, inbox (LMDB), hook worker, socket,
- * HTTP routes; teardown is the reverse (socket, hook worker, inbox).
+ * Start-up order: config checks, key, inbox and outbox (one LMDB), hook
+ * worker, outbox worker, socket, HTTP routes; teardown is the reverse
+ * (socket, outbox worker, hook worker, outbox, inbox).
  * Threads: init/tick/drain/fini on the main thread; see conn.h for the rest.
  */
 #include <stdio.h>
@@ -84,6 +87,33 @@ static const struct cfg_item conn_cfg[] = {
 	{ "HOOK_BREAKER_OPEN_MAX_MS", CFG_INT, "60000", 1, 86400000,
 	  "hook breaker: longest open time (at least HOOK_BREAKER_OPEN_MS)",
 	  &g_state.cfg.hook_brk_open_max_ms },
+	{ "GATEWAY_BREAKER_FAILURES", CFG_INT, "5", 0, 1000000,
+	  "gateway breaker: failed sends in a row that open it (0: rule off). A failure is no "
+	  "answer, a timeout or a 5xx other than 507; while open, outbound messages go to the "
+	  "outbox", &g_state.cfg.gw_brk_failures },
+	{ "GATEWAY_BREAKER_FAILURE_PCT", CFG_INT, "50", 0, 100,
+	  "gateway breaker: failure share (%) in the window that opens it (0: rule off)",
+	  &g_state.cfg.gw_brk_pct },
+	{ "GATEWAY_BREAKER_MIN_CALLS", CFG_INT, "20", 1, 1000000,
+	  "gateway breaker: sends in the window before the failure share applies",
+	  &g_state.cfg.gw_brk_min_calls },
+	{ "GATEWAY_BREAKER_WINDOW_MS", CFG_INT, "10000", 10, 3600000,
+	  "gateway breaker: sliding window of the failure share", &g_state.cfg.gw_brk_window_ms },
+	{ "GATEWAY_BREAKER_OPEN_MS", CFG_INT, "1000", 1, 3600000,
+	  "gateway breaker: first open time; doubles on each failed probe",
+	  &g_state.cfg.gw_brk_open_ms },
+	{ "GATEWAY_BREAKER_OPEN_MAX_MS", CFG_INT, "30000", 1, 86400000,
+	  "gateway breaker: longest open time (at least GATEWAY_BREAKER_OPEN_MS); the longest "
+	  "an outbox waits after the gateway is back", &g_state.cfg.gw_brk_open_max_ms },
+	{ "OUTBOX_MAX", CFG_INT, "10000", 1, 10000000,
+	  "outbox capacity in messages; beyond it the local API answers 507",
+	  &g_state.cfg.outbox_max },
+	{ "OUTBOX_MAX_MB", CFG_INT, "256", 1, 1048576,
+	  "outbox capacity in MiB of stored messages; beyond it the local API answers 507 "
+	  "(keep it below STORE_MAP_MB)", &g_state.cfg.outbox_max_mb },
+	{ "OUTBOX_FAILED_MAX", CFG_INT, "1000", 1, 1000000,
+	  "outboxed messages the gateway refused for good, kept for GET /v1/outbox (oldest "
+	  "dropped)", &g_state.cfg.outbox_failed_max },
 };
 
 static int conn_init(struct svc *s, void *st)
@@ -126,6 +156,16 @@ static int conn_init(struct svc *s, void *st)
 		    "CLAWRELAY_HOOK_BREAKER_OPEN_MS\n");
 		return 1;
 	}
+	if (c->cfg.gw_brk_open_max_ms < c->cfg.gw_brk_open_ms) {
+		fprintf(stderr, "CLAWRELAY_GATEWAY_BREAKER_OPEN_MAX_MS must not be below "
+		    "CLAWRELAY_GATEWAY_BREAKER_OPEN_MS\n");
+		return 1;
+	}
+	if (c->cfg.outbox_max_mb >= c->cfg.store_map_mb) {
+		fprintf(stderr, "CLAWRELAY_OUTBOX_MAX_MB must be below CLAWRELAY_STORE_MAP_MB "
+		    "(the inbox shares the store)\n");
+		return 1;
+	}
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		fprintf(stderr, "curl_global_init failed\n");
 		return 1;
@@ -135,11 +175,18 @@ static int conn_init(struct svc *s, void *st)
 		    c->cfg.data_dir, cr_strerror(e));
 		return 1;
 	}
-	if ((e = conn_hook_start(c)) != CR_OK || (e = conn_ws_start(c)) != CR_OK) {
+	if ((e = conn_outbox_open(c)) != CR_OK) {
+		fprintf(stderr, "CLAWRELAY_DATA_DIR: cannot open the outbox in %s: %s\n",
+		    c->cfg.data_dir, cr_strerror(e));
+		return 1;
+	}
+	if ((e = conn_hook_start(c)) != CR_OK || (e = conn_outbox_start(c)) != CR_OK ||
+	    (e = conn_ws_start(c)) != CR_OK) {
 		fprintf(stderr, "connector: cannot start its threads: %s\n", cr_strerror(e));
 		return 1;
 	}
 	svc_route(s, "/v1/outbound", conn_api_outbound, c);
+	svc_route(s, "/v1/outbox", conn_outbox_api, c);
 	log_info(NULL, "connector for %s: gateway %s, hook %s", c->cfg.agent_id,
 	    c->cfg.gateway_url, c->cfg.hook_url);
 	return 0;
@@ -181,11 +228,14 @@ static void conn_status(struct svc *s, void *st, cJSON *obj)
 	conn_ws_status(c, obj);
 	conn_inbox_status(c, obj);
 	conn_hook_status(c, obj);
+	conn_outbox_status(c, obj);
 	{
 		cJSON *b = cJSON_AddObjectToObject(obj, "breakers");
 
-		if (b)
+		if (b) {
 			conn_brk_json(&c->hook.brk, b, "hook");
+			conn_brk_json(&c->outbox.brk, b, "gateway");
+		}
 	}
 }
 
@@ -194,8 +244,9 @@ static void conn_drain(struct svc *s, void *st)
 	struct conn *c = st;
 
 	(void)s;
-	/* stop taking deliveries first, then let the hook call in progress end */
+	/* stop taking deliveries first, then let the calls in progress end */
 	conn_ws_stop(c);
+	conn_outbox_stop(c);
 	conn_hook_stop(c);
 }
 
@@ -205,8 +256,10 @@ static void conn_fini(struct svc *s, void *st)
 
 	(void)s;
 	conn_ws_stop(c);
+	conn_outbox_stop(c);
 	conn_hook_stop(c);
 	conn_hook_fini(c);
+	conn_outbox_close(c);
 	conn_inbox_close(c);
 	auth_key_free(c->key);
 	c->key = NULL;
