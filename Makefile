@@ -95,6 +95,7 @@ $(BUILD)/tests/itest_%: $(BUILD)/tests/integration/itest_%.o $(ITEST_LIB) $(LIBC
 
 # unit tests of a service's pure modules link that module too
 $(BUILD)/tests/test_conn_key: $(BUILD)/services/connector/conn_key.o
+$(BUILD)/tests/test_conn_class: $(BUILD)/services/connector/conn_class.o
 
 test: deps
 	$(MAKE) all

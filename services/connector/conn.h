@@ -32,6 +32,7 @@
 #include <cJSON.h>
 
 #include "breaker.h"
+#include "conn_class.h"
 #include "env.h"
 #include "err.h"
 #include "svc.h"
@@ -381,20 +382,10 @@ struct conn_out_res {
 	char detail[160];            /* transport error when status is 0 */
 };
 
-/* what an answer means for the message, the breaker and the outbox */
-enum conn_out_class {
-	CONN_OUT_OK = 0,             /* 2xx: queued (202) or a duplicate (200) */
-	CONN_OUT_RETRY,              /* no answer, timeout, 5xx other than 507: the gateway
-	                                (or the relay behind it) is unavailable; breaker failure */
-	CONN_OUT_LATER,              /* 408, 429, 507: the recipient cannot take it now */
-	CONN_OUT_REFUSED,            /* other 4xx: refused for good */
-	CONN_OUT_EXPIRED             /* past its expiry, not sent */
-};
-
 /* conn_out_send - send e (borrowed; message_id empty, idempotency key set)
  * over the socket when it is open, else as a signed POST; any thread */
 void conn_out_send(struct conn *c, const Envelope *e, struct conn_out_res *res);
-/* conn_out_class - what res means */
+/* conn_out_class - what res means (conn_out_classify of its fields) */
 enum conn_out_class conn_out_class(const struct conn_out_res *res);
 
 /* --- conn_outbox.c --------------------------------------------------- */

@@ -65,19 +65,6 @@
 
 static struct metric *m_ok, *m_fail, *m_unavail, *m_dead, *m_expired;
 
-enum hook_answer { HOOK_TAKEN, HOOK_UNAVAILABLE, HOOK_REFUSED };
-
-/* what an answer means for the message and for the breaker (see the header) */
-static enum hook_answer classify(long status)
-{
-	if (status >= 200 && status < 300)
-		return HOOK_TAKEN;
-	if (status == 0 || status == 408 || status == 429 || status == 502 || status == 503 ||
-	    status == 504)
-		return HOOK_UNAVAILABLE;
-	return HOOK_REFUSED;
-}
-
 static int is_status_notice(const Envelope *e)
 {
 	return e->kind == CLAWRELAY__V1__KIND__KIND_DELIVERY_STATUS;
@@ -239,7 +226,7 @@ static void attempt(struct conn *c, CURL *h, struct conn_entry *en, int probe)
 	char detail[160], err[128] = "";
 	uint64_t t0;
 	long status;
-	enum hook_answer ans;
+	enum conn_hook_answer ans;
 	enum cr_err r;
 
 	if (strcmp(hk->current, e->message_id) != 0) {
@@ -260,11 +247,11 @@ static void attempt(struct conn *c, CURL *h, struct conn_entry *en, int probe)
 		snprintf(detail, sizeof(detail), "status=%ld", status);
 	else
 		snprintf(detail, sizeof(detail), "error=%s", err);
-	ans = classify(status);
-	/* a 4xx refusal shows the hook is up: only 5xx and no answer are its failures */
-	conn_brk_result(&hk->brk, ans == HOOK_TAKEN || (ans == HOOK_REFUSED && status < 500));
+	ans = conn_hook_classify(status);
+	/* a 4xx refusal shows the hook is up: 5xx, 408, 429 and no answer are its failures */
+	conn_brk_result(&hk->brk, conn_hook_brk_ok(status));
 
-	if (ans == HOOK_TAKEN) {
+	if (ans == CONN_HOOK_TAKEN) {
 		conn_ws_event(c, e, CLAWRELAY__V1__HOP_KIND__HOP_HOOK_ANSWERED, "ok", detail);
 		atomic_fetch_add(&hk->ok, 1);
 		metric_add(m_ok, 1);
@@ -280,7 +267,7 @@ static void attempt(struct conn *c, CURL *h, struct conn_entry *en, int probe)
 	conn_ws_event(c, e, CLAWRELAY__V1__HOP_KIND__HOP_HOOK_ANSWERED,
 	    status ? "error" : "timeout", detail);
 	hk->current_tries++;
-	if (ans == HOOK_UNAVAILABLE) {
+	if (ans == CONN_HOOK_UNAVAILABLE) {
 		atomic_fetch_add(&hk->unavailable, 1);
 		metric_add(m_unavail, 1);
 	} else {
@@ -301,7 +288,7 @@ static void attempt(struct conn *c, CURL *h, struct conn_entry *en, int probe)
 	hk->retry_at_mono = mono_ms() + backoff_ms(hk->current_tries - 1,
 	    (uint64_t)c->cfg.hook_backoff_base_ms, (uint64_t)c->cfg.hook_backoff_cap_ms);
 	log_info(&lc, "hook call failed (%s, %s; attempts %u of %lld): retrying in %llu ms "
-	    "or at the breaker's probe", detail, ans == HOOK_UNAVAILABLE ?
+	    "or at the breaker's probe", detail, ans == CONN_HOOK_UNAVAILABLE ?
 	    "hook unavailable, not counted" : "counted", en->attempts, c->cfg.hook_max_attempts,
 	    (unsigned long long)(hk->retry_at_mono - mono_ms()));
 }

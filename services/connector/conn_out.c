@@ -255,20 +255,8 @@ void conn_out_send(struct conn *c, const Envelope *e, struct conn_out_res *res)
 	post_http(c, e, res);
 }
 
-/* conn_out_class - what an answer means (see conn.h) */
+/* conn_out_class - what an answer means (conn_class.h) */
 enum conn_out_class conn_out_class(const struct conn_out_res *res)
 {
-	int s = res->status;
-
-	if (res->expired)
-		return CONN_OUT_EXPIRED;
-	if (s >= 200 && s < 300)
-		return CONN_OUT_OK;
-	if (res->local_error)
-		return CONN_OUT_REFUSED;
-	if (s == 0 || (s >= 500 && s != 507))
-		return CONN_OUT_RETRY;
-	if (s == 429 || s == 507 || s == 408)
-		return CONN_OUT_LATER;
-	return CONN_OUT_REFUSED;
+	return conn_out_classify(res->status, res->local_error, res->expired);
 }
