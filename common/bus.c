@@ -12,6 +12,7 @@
 
 #include "bus.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define REQ_BUCKETS 1024
@@ -20,6 +21,7 @@
 
 struct pending {
 	uint64_t id;
+	uint64_t t0_us;
 	uint64_t deadline;
 	bus_reply_fn fn;
 	void *arg;
@@ -168,9 +170,27 @@ out:
 	return s;
 }
 
+static struct metric_slot m_req, m_req_timeout, m_req_norsp;
+
+/* one request's outcome into the metrics */
+static void
+count_request(uint64_t t0_us, enum cr_err err)
+{
+	if (err == CR_OK)
+		metric_observe_us(metric_histogram_at(&m_req, "clawrelay_nats_request_seconds", NULL,
+		    "NATS requests: time to the reply", NULL, 0), now_us() - t0_us);
+	else if (err == CR_ERR_TIMEOUT)
+		metric_add(metric_counter_at(&m_req_timeout, "clawrelay_nats_request_failures_total",
+		    "reason=\"timeout\"", "NATS requests without a reply"), 1);
+	else
+		metric_add(metric_counter_at(&m_req_norsp, "clawrelay_nats_request_failures_total",
+		    "reason=\"no_responders\"", "NATS requests without a reply"), 1);
+}
+
 static void
 fire(struct pending *p, enum cr_err err, natsMsg *m)
 {
+	count_request(p->t0_us, err);
 	p->fn(p->arg, err, m);
 	free(p);
 }
@@ -476,9 +496,11 @@ enum cr_err
 bus_request(struct bus *b, const char *subj, const void *data, size_t len, int timeout_ms,
     natsMsg **reply)
 {
+	uint64_t t0 = now_us();
 	natsStatus s = natsConnection_Request(reply, b->nc, subj, data, (int)len, timeout_ms);
 	if (s != NATS_OK)
 		*reply = NULL;
+	count_request(t0, bus_err(s));
 	return bus_err(s);
 }
 
@@ -496,6 +518,7 @@ bus_request_async(struct bus *b, const char *subj, const void *data, size_t len,
 	p->fn = fn;
 	p->arg = arg;
 	p->deadline = mono_ms() + (uint64_t)timeout_ms;
+	p->t0_us = now_us();
 	pthread_mutex_lock(&b->mu);
 	p->id = ++b->next_id;
 	p->next = b->pending[p->id % REQ_BUCKETS];

@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "log.h"
+#include "breaker.h"
+#include "metrics.h"
 #include "registry.h"
 #include "util.h"
 
@@ -54,14 +56,23 @@ kv_put_msg(kvStore *kv, const char *key, const ProtobufCMessage *m)
 	return bus_err(s);
 }
 
+static struct metric_slot m_lookup, m_lookup_fail;
+
 static enum cr_err
 kv_get_bytes(kvStore *kv, const char *key, kvEntry **ent)
 {
+	uint64_t t0 = now_us();
 	natsStatus s = kvStore_Get(ent, kv, key);
+
+	metric_observe_us(metric_histogram_at(&m_lookup, "clawrelay_registry_lookup_seconds", NULL,
+	    "registry (KV) reads, found or not", NULL, 0), now_us() - t0);
 	if (s == NATS_NOT_FOUND)
 		return CR_ERR_NOT_FOUND;
-	if (s != NATS_OK)
+	if (s != NATS_OK) {
+		metric_add(metric_counter_at(&m_lookup_fail, "clawrelay_registry_lookup_failures_total",
+		    NULL, "registry (KV) reads that failed (unreachable, timeout)"), 1);
 		return bus_err(s) == CR_ERR_BUS ? CR_ERR_UNAVAILABLE : bus_err(s);
+	}
 	return CR_OK;
 }
 
@@ -285,6 +296,7 @@ struct centry {
 
 struct reg_cache {
 	kvStore *kv;
+	struct brk *brk;     /* the registry boundary's breaker, or NULL */
 	uint64_t ttl_ms;
 	pthread_mutex_t mu;
 	struct centry *slots;
@@ -306,6 +318,32 @@ reg_cache_new(kvStore *kv, uint64_t ttl_ms)
 	c->ttl_ms = ttl_ms;
 	pthread_mutex_init(&c->mu, NULL);
 	return c;
+}
+
+/* reg_cache_set_breaker - guard the bucket's lookups with b (borrowed) */
+void
+reg_cache_set_breaker(struct reg_cache *c, struct brk *b)
+{
+	c->brk = b;
+}
+
+/* may a lookup go to the bucket? (the breaker lets it) */
+static int
+kv_may(struct reg_cache *c)
+{
+	return c->brk == NULL || brk_allow(c->brk, mono_ms()) != BRK_REFUSE;
+}
+
+/* the bucket's answer, for the breaker: found or not found is health */
+static void
+kv_report(struct reg_cache *c, enum cr_err err)
+{
+	if (c->brk == NULL)
+		return;
+	if (err == CR_OK || err == CR_ERR_NOT_FOUND)
+		brk_success(c->brk, mono_ms());
+	else
+		brk_failure(c->brk, mono_ms());
 }
 
 /* reg_cache_free - NULL ok */
@@ -365,7 +403,12 @@ reg_cache_agent(struct reg_cache *c, const char *id, struct reg_agent *out)
 	if (have && now - e.fetched_ms < (e.found ? c->ttl_ms : min_u64(c->ttl_ms, NEGATIVE_TTL_MS)))
 		goto hit;
 	memset(&e, 0, sizeof(e));
-	enum cr_err err = reg_agent_get(c->kv, id, &e.agent);
+	enum cr_err err = CR_ERR_UNAVAILABLE;
+	int went = kv_may(c);
+	if (went) {
+		err = reg_agent_get(c->kv, id, &e.agent);
+		kv_report(c, err);
+	}
 	if (err == CR_OK || err == CR_ERR_NOT_FOUND) {
 		snprintf(e.key, sizeof(e.key), "%s", key);
 		e.used = 1;
@@ -375,7 +418,9 @@ reg_cache_agent(struct reg_cache *c, const char *id, struct reg_agent *out)
 		goto hit;
 	}
 	if (have && cache_get(c, key, &e)) {
-		log_warn(NULL, "registry unreachable (%s): serving cached entry for %s", cr_strerror(err), id);
+		if (went)
+			log_warn(NULL, "registry unreachable (%s): serving cached entry for %s",
+			    cr_strerror(err), id);
 		goto hit;
 	}
 	return CR_ERR_UNAVAILABLE;
@@ -402,7 +447,11 @@ reg_cache_trust(struct reg_cache *c, const char *from, const char *to, struct re
 	if (have && now - e.fetched_ms < (e.found ? c->ttl_ms : min_u64(c->ttl_ms, NEGATIVE_TTL_MS)))
 		goto hit;
 	memset(&e, 0, sizeof(e));
-	enum cr_err err = reg_trust_get(c->kv, from, to, &e.trust);
+	enum cr_err err = CR_ERR_UNAVAILABLE;
+	if (kv_may(c)) {
+		err = reg_trust_get(c->kv, from, to, &e.trust);
+		kv_report(c, err);
+	}
 	if (err == CR_OK || err == CR_ERR_NOT_FOUND) {
 		snprintf(e.key, sizeof(e.key), "%s", key);
 		e.used = 1;

@@ -48,6 +48,11 @@ struct reg_cache;
 /* reg_cache_new - cache in front of kv (borrowed); caller frees with reg_cache_free */
 struct reg_cache *reg_cache_new(kvStore *kv, uint64_t ttl_ms);
 void reg_cache_free(struct reg_cache *c);
+struct brk;
+/* reg_cache_set_breaker - guard the bucket's lookups with breaker b
+ * (borrowed): while it is open, cached entries are served (even stale) and
+ * an unknown entry is CR_ERR_UNAVAILABLE without asking the bucket */
+void reg_cache_set_breaker(struct reg_cache *c, struct brk *b);
 /* reg_cache_agent - like reg_agent_get through the cache; a stale entry is
  * served when the bucket does not answer; CR_ERR_UNAVAILABLE if unknown and
  * the bucket does not answer */

@@ -99,6 +99,12 @@ status_trace_json(const char *correlation_id, HopEvent *const *hops, size_t n)
 	if (o == NULL)
 		return NULL;
 	cJSON_AddStringToObject(o, "correlationId", correlation_id);
+	/* the W3C trace ID (given at the edge in traceparent, or assigned there) */
+	for (size_t i = 0; i < n; i++)
+		if (hops[i]->trace_id != NULL && *hops[i]->trace_id) {
+			cJSON_AddStringToObject(o, "traceId", hops[i]->trace_id);
+			break;
+		}
 	arr = cJSON_AddArrayToObject(o, "hops");
 	for (size_t i = 0; arr != NULL && i < n; i++) {
 		const HopEvent *h = hops[i];
@@ -120,6 +126,7 @@ status_trace_json(const char *correlation_id, HopEvent *const *hops, size_t n)
 		cJSON_AddStringToObject(e, "messageId", str(h->message_id));
 		cJSON_AddStringToObject(e, "sender", str(h->sender));
 		cJSON_AddStringToObject(e, "recipient", str(h->recipient));
+		cJSON_AddStringToObject(e, "traceId", str(h->trace_id));
 		cJSON_AddItemToArray(arr, e);
 		prev = us;
 	}

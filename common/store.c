@@ -14,6 +14,7 @@
  *   - A batch is an op array plus one byte arena holding every key and value,
  *     so building one costs a few reallocs, not two mallocs per op.
  */
+#include "metrics.h"
 #include "store.h"
 
 #include <errno.h>
@@ -120,7 +121,7 @@ err_from_mdb(int rc)
 }
 
 static uint64_t
-now_us(void)
+store_mono_us(void)
 {
 	struct timespec ts;
 
@@ -234,10 +235,20 @@ store_db(struct store *st, const char *name, unsigned *dbi_out)
 	return CR_OK;
 }
 
+static struct metric_slot m_commit, m_commit_ops;
+static const double ops_bounds[] = { 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000 };
+
 static void
 count_commit(struct store *st, uint64_t t0, size_t nops, size_t nbatches,
     int rc)
 {
+	if (rc == 0) {
+		metric_observe_us(metric_histogram_at(&m_commit, "clawrelay_store_commit_seconds", NULL,
+		    "LMDB write txns: time to commit (and sync)", NULL, 0), store_mono_us() - t0);
+		metric_observe(metric_histogram_at(&m_commit_ops, "clawrelay_store_commit_ops", NULL,
+		    "LMDB write txns: operations (puts, deletes) per commit", ops_bounds,
+		    (int)(sizeof(ops_bounds) / sizeof(ops_bounds[0]))), (double)nops);
+	}
 	if (rc != 0) {
 		atomic_fetch_add_explicit(&st->commit_failures, 1,
 		    memory_order_relaxed);
@@ -248,7 +259,7 @@ count_commit(struct store *st, uint64_t t0, size_t nops, size_t nbatches,
 	if (nops > 0 && !(st->flags & STORE_NOSYNC))
 		atomic_fetch_add_explicit(&st->syncs, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&st->ops, nops, memory_order_relaxed);
-	atomic_store_explicit(&st->last_commit_us, now_us() - t0,
+	atomic_store_explicit(&st->last_commit_us, store_mono_us() - t0,
 	    memory_order_relaxed);
 	atomic_store_explicit(&st->last_batch_ops, nops, memory_order_relaxed);
 	if (nbatches > 0)
@@ -270,7 +281,7 @@ store_put(struct store *st, unsigned dbi, const void *key, size_t klen,
 	MDB_val k = { klen, (void *)(uintptr_t)key };
 	MDB_val v = { vlen, (void *)(uintptr_t)val };
 	MDB_txn *txn;
-	uint64_t t0 = now_us();
+	uint64_t t0 = store_mono_us();
 	int rc;
 
 	if (!key_ok(klen))
@@ -327,7 +338,7 @@ store_del(struct store *st, unsigned dbi, const void *key, size_t klen)
 {
 	MDB_val k = { klen, (void *)(uintptr_t)key };
 	MDB_txn *txn;
-	uint64_t t0 = now_us();
+	uint64_t t0 = store_mono_us();
 	int rc;
 
 	if (!key_ok(klen))
@@ -520,7 +531,7 @@ commit_chain(struct store *st, struct store_batch *first, size_t n)
 {
 	struct store_batch *b;
 	MDB_txn *txn;
-	uint64_t t0 = now_us();
+	uint64_t t0 = store_mono_us();
 	size_t i, nops = 0;
 	int rc;
 
@@ -624,7 +635,7 @@ committer_main(void *arg)
 			} else {
 				struct timespec dl;
 
-				if (now_us() >= c->lazy_deadline)
+				if (store_mono_us() >= c->lazy_deadline)
 					break;
 				deadline_ts(&dl, c->lazy_deadline);
 				pthread_cond_timedwait(&c->cv, &c->mu, &dl);
@@ -750,7 +761,7 @@ committer_enqueue(struct store_committer *c, struct store_batch *b,
 	b->arg = arg;
 	b->next = NULL;
 	b->lazy = lazy;
-	b->deadline_us = lazy ? now_us() + max_wait_us : 0;
+	b->deadline_us = lazy ? store_mono_us() + max_wait_us : 0;
 	pthread_mutex_lock(&c->mu);
 	if (c->stopping) {
 		pthread_mutex_unlock(&c->mu);

@@ -28,6 +28,7 @@ struct svc {
 	struct mg_context *http;
 	char *nats_url, *prefix, *http_addr, *log_level, *instance;
 	long long http_port, http_threads, tick_ms, partitions;
+	int hop_events;
 	char instance_buf[160];
 	uint64_t started_ms;
 	volatile sig_atomic_t stop;
@@ -170,6 +171,9 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 		{ "INSTANCE", CFG_STR, "", 0, 128, "instance name in logs and events (default host-pid)", &s.instance },
 		{ "TICK_MS", CFG_INT, "100", 5, 10000, "period of the service's timer tick", &s.tick_ms },
 		{ "PARTITIONS", CFG_INT, "16", 1, 1024, "number of relay-session partitions", &s.partitions },
+		{ "HOP_EVENTS", CFG_BOOL, "true", 0, 0,
+		  "emit hop events (traces, end-to-end latency); false only to measure their cost",
+		  &s.hop_events },
 	};
 	const size_t ncommon = sizeof(common) / sizeof(common[0]);
 
@@ -216,6 +220,7 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 		snprintf(s.instance_buf, sizeof(s.instance_buf), "%s-%d", host, (int)getpid());
 	}
 	log_init(def->name, s.instance_buf, (enum log_level)lvl);
+	hop_set_enabled(s.hop_events);
 	s.started_ms = now_ms();
 	log_info(NULL, "starting");
 	if (log_enabled(LOG_DEBUG)) {

@@ -159,7 +159,9 @@ start_svc() {
 	mkdir -p "$WORK/$name"
 	# shellcheck disable=SC2086
 	env CLAWRELAY_NATS_URL="$NATS_URL" CLAWRELAY_HTTP_PORT="$sport" \
-	    CLAWRELAY_INSTANCE="$name" CLAWRELAY_DATA_DIR="$WORK/$name" $SVC_ENV "$@" \
+	    CLAWRELAY_INSTANCE="$name" CLAWRELAY_DATA_DIR="$WORK/$name" \
+	    CLAWRELAY_PAIR_RATE_PER_MIN=0 CLAWRELAY_SENDER_RATE_PER_MIN=0 \
+	    CLAWRELAY_PAIR_QUEUE_MAX=1000000 $SVC_ENV "$@" \
 	    "$BIN/clawrelay-$name" >"$WORK/$name.log" 2>&1 &
 	started "$name" $!
 }

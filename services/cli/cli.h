@@ -73,6 +73,7 @@ int cli_cmd_trust(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_send(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_status(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_trace(struct cli_ctx *c, int argc, char **argv);
+int cli_cmd_metrics(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_follow(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_subject(struct cli_ctx *c, int argc, char **argv);
 

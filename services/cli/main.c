@@ -29,6 +29,7 @@ static const struct cli_cmd cmds[] = {
 	{ "send", cli_cmd_send, "send a signed message through the gateway" },
 	{ "status", cli_cmd_status, "show a message's state and history" },
 	{ "trace", cli_cmd_trace, "show a message's hop timeline" },
+	{ "metrics", cli_cmd_metrics, "summary of the relay's health (metrics-collector)" },
 	{ "follow", cli_cmd_follow, "print failure (and delay) notifications as they happen" },
 	{ "subject", cli_cmd_subject, "print the subject token of an agent ID" },
 };

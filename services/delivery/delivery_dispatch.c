@@ -113,6 +113,16 @@ dlv_finish(struct dlv_attempt *a, int outcome, const char *detail, unsigned http
 		log_info(&lc, "attempt %u %s after %llu ms%s%s", e->attempt,
 		    dlv_outcome_name(outcome), (unsigned long long)took,
 		    detail && *detail ? ": " : "", detail ? detail : "");
+	if (a->bk != NULL) {
+		/* the destination's health: it took the message or refused it
+		 * for good (it answered), or it is absent (offline is no fault
+		 * of the destination; relay-session handles it); a timeout, a 5xx,
+		 * a refused connection or a NACK (inbox full) count against it */
+		if (outcome == DLV_RETRY || outcome == DLV_NACKED)
+			brk_failure(a->bk, mono_ms());
+		else
+			brk_success(a->bk, mono_ms());
+	}
 	r->outcome = (Clawrelay__V1__DispatchOutcome)outcome;
 	r->http_status = http_status;
 	if (detail != NULL && *detail != '\0' && (r->detail = strdup(detail)) == NULL)
@@ -201,24 +211,35 @@ route(struct dlv *d, struct dlv_attempt *a)
 		    cr_strerror(err));
 		snprintf(a->url, sizeof(a->url), "%s", a->req->webhook_url);
 	}
+	/* a request that waited past its deadline (a busy or paused delivery)
+	 * is not the destination's fault: answered before the breaker counts */
+	a->timeout_ms = budget_ms(a->url[0] ? d->webhook_timeout_ms : d->socket_timeout_ms,
+	    a->req->deadline_ms);
+	if (a->timeout_ms <= 0) {
+		dlv_finish(a, DLV_RETRY, "deadline passed", 0);
+		return 0;
+	}
+	/* the destination's breaker (DESIGN §8): while it is open the attempt
+	 * is answered at once, with the time the destination may be tried again */
+	if ((a->bk = brkset_get(d->brk, "destination", e->recipient)) != NULL &&
+	    brk_allow(a->bk, mono_ms()) == BRK_REFUSE) {
+		uint64_t retry = brkset_retry_in(a->bk);
+
+		a->bk = NULL;	/* not a call: nothing to report */
+		/* 0: half-open with its probe out; its answer decides */
+		a->batch->res[a->idx].retry_after_ms = retry > 0 ? retry : 1000;
+		dlv_finish(a, DLV_BREAKER_OPEN, "destination breaker open", 0);
+		return 0;
+	}
 	if (a->url[0] != '\0') {
-		a->timeout_ms = budget_ms(d->webhook_timeout_ms, a->req->deadline_ms);
-		if (a->timeout_ms <= 0) {
-			dlv_finish(a, DLV_RETRY, "deadline passed", 0);
-			return 0;
-		}
 		atomic_fetch_add(&d->inflight_webhook, 1);
 		err = dlv_pool_submit(d->pool, a);
 		if (err != CR_OK) {
+			/* local overload, reported as a failure: a probe must end */
 			atomic_fetch_sub(&d->inflight_webhook, 1);
 			dlv_finish(a, DLV_RETRY, err == CR_ERR_FULL ? "webhook queue full"
 			    : "delivery is stopping", 0);
 		}
-		return 0;
-	}
-	a->timeout_ms = budget_ms(d->socket_timeout_ms, a->req->deadline_ms);
-	if (a->timeout_ms <= 0) {
-		dlv_finish(a, DLV_RETRY, "deadline passed", 0);
 		return 0;
 	}
 	return 1;

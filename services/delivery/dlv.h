@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "brkset.h"
 #include "bus.h"
 #include "env.h"
 #include "metrics.h"
@@ -43,12 +44,14 @@ struct dlv {
 	long long webhook_queue_max;
 	long long registry_cache_ms;
 	long long drain_wait_ms;
+	struct brkset_cfg brk_cfg;
 
 	/* set up by init on the main thread, read-only afterwards */
 	struct svc *svc;
 	struct bus *bus;
 	struct reg_cache *reg;
 	struct dlv_pool *pool;
+	struct brkset *brk;           /* "destination" breakers, one per agent */
 	int curl_inited;
 	struct metric *m_outcome[DLV_NOUTCOMES];
 	struct metric *m_bad;
@@ -70,6 +73,7 @@ struct dlv_attempt {
 	char url[1024];           /* webhook URL, empty for a socket agent */
 	int timeout_ms;           /* this attempt's budget */
 	uint64_t start_mono;
+	struct brk *bk;           /* the destination's breaker, once the call may go */
 	struct dlv_attempt *next; /* pool queue link */
 };
 

@@ -34,6 +34,7 @@ static const struct cfg_item dlv_cfg[] = {
 	  "how long a registry entry (webhook URL) is cached", &state.registry_cache_ms },
 	{ "DRAIN_WAIT_MS", CFG_INT, "5000", 0, 600000,
 	  "on SIGTERM, how long to wait for attempts in progress", &state.drain_wait_ms },
+	BRKSET_CFG_ITEMS(state.brk_cfg),
 };
 
 static int
@@ -67,6 +68,10 @@ dlv_init(struct svc *s, void *st)
 	d->reg = reg_cache_new(kv, (uint64_t)d->registry_cache_ms);
 	if (d->reg == NULL)
 		return 1;
+	d->brk = brkset_new(d->bus, "delivery", svc_instance(s), &d->brk_cfg);
+	if (d->brk == NULL)
+		return 1;
+	reg_cache_set_breaker(d->reg, brkset_get(d->brk, "registry", ""));
 	d->pool = dlv_pool_new(d, (unsigned)d->webhook_workers, (size_t)d->webhook_queue_max);
 	if (d->pool == NULL)
 		return 1;
@@ -104,6 +109,8 @@ dlv_status(struct svc *s, void *st, cJSON *obj)
 	cJSON_AddNumberToObject(o, "queued", (double)queued);
 	cJSON_AddNumberToObject(o, "busy", (double)busy);
 	cJSON_AddNumberToObject(o, "queueMax", (double)d->webhook_queue_max);
+	if (d->brk != NULL)
+		brkset_status(d->brk, obj);
 }
 
 static void
@@ -123,6 +130,8 @@ dlv_metrics(struct svc *s, void *st, struct strbuf *sb)
 	    "clawrelay_delivery_webhook_queued %zu\n",
 	    (long long)atomic_load(&d->inflight_socket),
 	    (long long)atomic_load(&d->inflight_webhook), queued);
+	if (d->brk != NULL)
+		brkset_metrics(d->brk, sb);
 }
 
 static void
@@ -149,6 +158,8 @@ dlv_fini(struct svc *s, void *st)
 	d->pool = NULL;
 	reg_cache_free(d->reg);
 	d->reg = NULL;
+	brkset_free(d->brk);
+	d->brk = NULL;
 	if (d->curl_inited)
 		curl_global_cleanup();
 	d->curl_inited = 0;

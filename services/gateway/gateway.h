@@ -26,6 +26,7 @@
 #include <cJSON.h>
 
 #include "auth.h"
+#include "brkset.h"
 #include "bus.h"
 #include "env.h"
 #include "metrics.h"
@@ -60,6 +61,8 @@ struct gw_cfg {
 	long long ws_enqueue_window;
 	long long ws_pending_max;
 	long long ws_pending_ms;
+	long long sender_rate_per_min, sender_burst;
+	struct brkset_cfg brk;
 };
 
 struct gw_key;   /* one cached verifier (gateway_auth.c) */
@@ -81,6 +84,9 @@ struct gw {
 	kvStore *status_kv;          /* the notifier's bucket, bound lazily; ours */
 	pthread_mutex_t status_mu;   /* guards status_kv */
 	struct reg_cache *reg;
+	struct brkset *brk;          /* this gateway's breakers (gateway_limits.c) */
+	struct brk **part_brk;       /* gateway -> relay-session, per partition */
+	struct brk *reg_brk;         /* gateway -> registry */
 	struct gw_hpart *hparts;     /* per partition: POSTs waiting to be batched */
 	struct gw_key_shard keys[GW_KEY_SHARDS];
 	struct gw_key *key_graveyard; /* replaced verifiers, freed in gw_fini */
@@ -148,7 +154,21 @@ int gw_auth_request(struct gw *g, struct mg_connection *c, const void *body, siz
 int gw_auth_nonce(struct gw *g, const struct gw_req *rq, struct gw_refusal *rf);
 /* gw_check_pair - recipient known (else 404) and sender -> recipient
  * trusted (else 403); 0 or -1 with rf */
-int gw_check_pair(struct gw *g, const char *sender, const char *recipient, struct gw_refusal *rf);
+int gw_check_pair(struct gw *g, const char *sender, const char *recipient, struct gw_refusal *rf,
+    struct reg_trust *trust);
+
+/* --- gateway_limits.c ------------------------------------------------- */
+
+/* gw_limits_init - the breakers (partition, registry) and sender buckets; 0 or -1 */
+int gw_limits_init(struct gw *g);
+/* gw_limits_fini - free them */
+void gw_limits_fini(struct gw *g);
+/* gw_sender_allow - the per-sender rate limit: 0, or -1 with rf (429) */
+int gw_sender_allow(struct gw *g, const char *sender, struct gw_refusal *rf);
+/* gw_part_allow - partition part's breaker lets an enqueue go: 0, or -1 with rf (503) */
+int gw_part_allow(struct gw *g, uint32_t part, struct gw_refusal *rf);
+/* gw_part_report - report an enqueue request's outcome to part's breaker */
+void gw_part_report(struct gw *g, uint32_t part, enum cr_err err, const natsMsg *reply);
 /* gw_auth_init / gw_auth_fini - verifier cache set-up and release */
 void gw_auth_init(struct gw *g);
 void gw_auth_fini(struct gw *g);
@@ -263,6 +283,8 @@ int gw_handle_trace(struct mg_connection *c, void *arg);
 void gw_ws_init(struct gw *g);
 /* gw_ws_status - sockets connected and their agents into obj */
 void gw_ws_status(struct gw *g, cJSON *obj);
+/* gw_ws_stats_extra - x.sockets for the stats on the bus (hop_stats_fn; arg = g) */
+void gw_ws_stats_extra(void *arg, cJSON *x);
 /* gw_ws_tick - forget deliveries whose requester has long given up */
 void gw_ws_tick(struct gw *g);
 /* gw_ws_close_all - ask every socket to close (drain) */

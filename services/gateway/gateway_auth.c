@@ -330,7 +330,8 @@ gw_auth_request(struct gw *g, struct mg_connection *c, const void *body, size_t 
 
 /* gw_check_pair - recipient known (404) and pair trusted (403) */
 int
-gw_check_pair(struct gw *g, const char *sender, const char *recipient, struct gw_refusal *rf)
+gw_check_pair(struct gw *g, const char *sender, const char *recipient, struct gw_refusal *rf,
+    struct reg_trust *trust)
 {
 	struct reg_agent a;
 	struct reg_trust t;
@@ -346,6 +347,8 @@ gw_check_pair(struct gw *g, const char *sender, const char *recipient, struct gw
 		return gw_refuse(rf, 403, "not_trusted", "sender may not send to this recipient");
 	if (e != CR_OK)
 		return gw_refuse(rf, 503, "registry_unavailable", "the registry cannot be reached");
+	if (trust != NULL)
+		*trust = t;
 	return 0;
 }
 

@@ -162,6 +162,7 @@ on_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 	struct gw_bq_item *next;
 
 	(void)more;
+	gw_part_report(b->g, b->part, err, reply);
 	if (err == CR_OK && reply != NULL &&
 	    env_unpack_msg(&clawrelay__v1__enqueue_batch_reply__descriptor,
 	    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m) == CR_OK)

@@ -286,6 +286,7 @@ gw_handle_post(struct mg_connection *c, void *arg)
 	size_t wlen = 0;
 	enum cr_err err;
 	Envelope e = CLAWRELAY__V1__ENVELOPE__INIT;
+	struct reg_trust trust = { 0, 0, 0 };
 
 	memset(&rq, 0, sizeof(rq));
 	memset(&res, 0, sizeof(res));
@@ -323,8 +324,13 @@ gw_handle_post(struct mg_connection *c, void *arg)
 		goto refuse;
 	}
 	cid = rq.correlation_id;
-	if (gw_check_pair(g, rq.agent, recipient, &rf) < 0)
+	if (gw_check_pair(g, rq.agent, recipient, &rf, &trust) < 0 ||
+	    gw_sender_allow(g, rq.agent, &rf) < 0 ||
+	    gw_part_allow(g, partition_of(recipient, g->partitions), &rf) < 0)
 		goto refuse;
+	e.pair_queue_max = trust.queue_max;
+	e.pair_rate_per_min = trust.rate_per_min;
+	e.pair_burst = trust.burst;
 
 	e.sender = gw_mut(rq.agent);
 	e.recipient = recipient;

@@ -926,6 +926,7 @@ on_enq_batch_reply(void *arg, enum cr_err err, natsMsg *reply, int more)
 	    env_unpack_msg(&clawrelay__v1__enqueue_batch_reply__descriptor,
 	    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m) == CR_OK)
 		br = (const EnqueueBatchReply *)m;
+	gw_part_report(sk->g, b->part, err, reply);
 	hold = dirty_add(sk);
 	for (size_t i = 0; i < b->n; i++) {
 		struct gw_enq_ctx *ctx = b->ctx[i];
@@ -1045,6 +1046,7 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	struct gw_refusal rf = { 0 };
 	struct gw_ids ids;
 	struct gw_enq_ctx *ctx = NULL;
+	struct reg_trust trust = { 0, 0, 0 };
 	Envelope e;
 	const char *why = NULL, *cid = NULL;
 	uint32_t ttl_s = 0;
@@ -1102,7 +1104,9 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 			return enq_refuse(sk, rid, &rf, cid);
 		}
 	}
-	if (gw_check_pair(g, sk->agent, in->recipient, &rf) < 0)
+	if (gw_check_pair(g, sk->agent, in->recipient, &rf, &trust) < 0 ||
+	    gw_sender_allow(g, sk->agent, &rf) < 0 ||
+	    gw_part_allow(g, partition_of(in->recipient, g->partitions), &rf) < 0)
 		return enq_refuse(sk, rid, &rf, cid);
 
 	/* a shallow copy: the frame's own strings stay the frame's to free */
@@ -1110,6 +1114,9 @@ frame_enqueue(struct gw_sock *sk, const Frame *fr)
 	e.sender = sk->agent;
 	e.message_id = NULL;
 	e.nonce = gw_mut("");	/* frames carry no proof, hence no nonce */
+	e.pair_queue_max = trust.queue_max;
+	e.pair_rate_per_min = trust.rate_per_min;
+	e.pair_burst = trust.burst;
 	if (gw_envelope_finish(g, &e, &ids, ttl_s, &rf) < 0)
 		return enq_refuse(sk, rid, &rf, cid);
 	if (in->expires_at_ms != 0)
@@ -1659,6 +1666,29 @@ gw_ws_close_all(struct gw *g)
 	for (struct gw_sock *sk = g->socks; sk != NULL; sk = sk->next) {
 		__atomic_store_n(&sk->superseded, 1, __ATOMIC_RELEASE);
 		send_close(sk, 1001, "gateway shutting down");
+	}
+	pthread_mutex_unlock(&g->sock_mu);
+}
+
+/* gw_ws_stats_extra - the registered sockets for the stats the hop
+ * flusher publishes (metrics-collector: connectors and their uptime):
+ * x.sockets = [{agent, since_ms}]; runs on the flusher thread */
+void
+gw_ws_stats_extra(void *arg, cJSON *x)
+{
+	struct gw *g = arg;
+	cJSON *list = cJSON_AddArrayToObject(x, "sockets");
+
+	if (list == NULL)
+		return;
+	pthread_mutex_lock(&g->sock_mu);
+	for (struct gw_sock *sk = g->socks; sk != NULL; sk = sk->next) {
+		cJSON *a;
+		if (!sk->registered || (a = cJSON_CreateObject()) == NULL)
+			continue;
+		cJSON_AddStringToObject(a, "agent", sk->agent);
+		cJSON_AddNumberToObject(a, "since_ms", (double)sk->connected_at_ms);
+		cJSON_AddItemToArray(list, a);
 	}
 	pthread_mutex_unlock(&g->sock_mu);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "hop.h"
 #include "log.h"
 
 static struct gw gw;
@@ -36,6 +37,13 @@ static const struct cfg_item gw_cfg_items[] = {
 	  "deliver frames of one socket awaiting deliver_ack", &gw.cfg.ws_pending_max },
 	{ "WS_PENDING_MS", CFG_INT, "120000", 1000, 3600000,
 	  "a deliver frame unacknowledged this long is forgotten", &gw.cfg.ws_pending_ms },
+	{ "SENDER_RATE_PER_MIN", CFG_INT, "600", 0, 100000000,
+	  "messages per minute one sender may send through this gateway replica, to all "
+	  "recipients together (token bucket; 0: no limit); beyond it 429 + Retry-After",
+	  &gw.cfg.sender_rate_per_min },
+	{ "SENDER_BURST", CFG_INT, "0", 0, 100000000,
+	  "token bucket size of the sender rate limit (0: one minute's worth)", &gw.cfg.sender_burst },
+	BRKSET_CFG_ITEMS(gw.cfg.brk),
 };
 
 static int
@@ -65,7 +73,7 @@ gw_init(struct svc *s, void *st)
 		return 1;
 	}
 
-	if (gw_reqpool_init(g) < 0 || gw_enqbatch_init(g) < 0)
+	if (gw_reqpool_init(g) < 0 || gw_enqbatch_init(g) < 0 || gw_limits_init(g) < 0)
 		return 1;
 
 	g->m_accepted_http = metric_counter("clawrelay_gateway_messages_accepted_total",
@@ -88,6 +96,7 @@ gw_init(struct svc *s, void *st)
 	svc_route(s, "/v1/messages/", gw_handle_message, g);
 	svc_route(s, "/v1/traces/", gw_handle_trace, g);
 	gw_ws_init(g);
+	hop_stats_extra(gw_ws_stats_extra, g);
 	return 0;
 }
 
@@ -124,6 +133,17 @@ gw_status(struct svc *s, void *st, cJSON *obj)
 	cJSON_AddNumberToObject(m, "framesBad", (double)metric_value(g->m_frames_bad));
 	cJSON_AddNumberToObject(m, "busRequestsPending",
 	    (double)(bus_pending_requests(g->bus) + gw_reqpool_pending()));
+	if (g->brk != NULL)
+		brkset_status(g->brk, obj);
+}
+
+static void
+gw_metrics(struct svc *s, void *st, struct strbuf *sb)
+{
+	struct gw *g = st;
+
+	if (g->brk != NULL)
+		brkset_metrics(g->brk, sb);
 }
 
 static void
@@ -141,6 +161,7 @@ gw_fini(struct svc *s, void *st)
 {
 	struct gw *g = st;
 
+	gw_limits_fini(g);
 	reg_cache_free(g->reg);
 	g->reg = NULL;
 	if (g->status_kv != NULL)
@@ -163,6 +184,7 @@ static const struct svc_def gw_def = {
 	.tick = gw_tick,
 	.ready = gw_ready,
 	.status = gw_status,
+	.metrics = gw_metrics,
 	.drain = gw_drain,
 	.fini = gw_fini,
 };

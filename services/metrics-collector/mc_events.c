@@ -1,29 +1,30 @@
 /*
- * mc_events.c - hop events in, traces out.
+ * mc_events.c - hop events in, traces and per-message rollups out.
  *
- * mc_on_event runs on the events subscription's nats.c thread (every
- * replica sees every event). A message makes about ten hops, so per event
+ * mc_apply_hops runs for each HopBatch of the stream, in stream order, with
+ * mc->mu held (mc_stream.c). A message makes about ten hops, so per event
  * it does as little as it can:
- *   - it reads the few fields it needs (correlation ID, message ID, hop,
- *     time) from the HopBatch's wire bytes in place, and stores each
- *     event's bytes as received: no unpack (which allocates every string)
- *     and no pack again;
+ *   - it reads the fields it needs from the HopBatch's wire bytes in place
+ *     and stores each event's bytes as received: no unpack (which allocates
+ *     every string) and no pack again;
  *   - the retention index gets one entry per batch (per MC_INDEX_KEYS
  *     events) listing the hops keys, not one per event;
- *   - the batch goes to the group committer lazily: it rides with the
- *     others of the next MC_COMMIT_WAIT_US in one txn and one fsync, so
- *     the store commits at most ~20 times a second, not once per batch
- *     (a page written once per txn, not once per batch: this halves the
- *     committer's CPU against 20 ms; a trace shows its hops that much
- *     later);
- *   - counters are added once per batch;
+ *   - the writes go into the collector's pending batch, committed by
+ *     mc_flush every FLUSH_MS together with the rollups and the stream
+ *     position they reflect;
  *   - the end-to-end latency comes from the accepted-time table
  *     (mc_latency.c), not from reading the message's trace back.
+ * Rollups (mc_roll.c) count per message, from the hops that happen once
+ * per message: gateway_accepted (in), delivered (out: the agent has it,
+ * i.e. its hook or webhook answered), and the final failure: relay-session's
+ * failed/expired/rejected hop (detail = the reason) or the gateway's failed
+ * hop with outcome dead_lettered. Delivery's per-attempt rejected hops are
+ * in the trace but not counted.
  * A malformed event is counted and dropped; a batch whose framing or
  * schema_version is wrong is dropped whole.
  *
  * mc_on_trace_get (queue group "mc") and the HTTP handler read with LMDB
- * snapshots; nothing here takes a lock of its own.
+ * snapshots and do not take mu.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -35,7 +36,6 @@
 #include "util.h"
 
 #define MC_INDEX_KEYS 128            /* hops keys per retention-index entry */
-#define MC_COMMIT_WAIT_US 50000u     /* a batch of events waits this long for company */
 
 static void
 put_be64(unsigned char *p, uint64_t v)
@@ -116,8 +116,8 @@ next_field(const unsigned char **p, const unsigned char *end, unsigned *num, uns
 
 /* What the store needs of one HopEvent, read from its wire bytes (borrowed). */
 struct mc_hop {
-	const unsigned char *corr, *mid;
-	size_t clen, mlen;
+	const unsigned char *corr, *mid, *svc, *outcome, *detail, *sender, *recipient;
+	size_t clen, mlen, svclen, olen, dlen, slen, rlen;
 	uint64_t hop, ts_ms, ts_us;
 };
 
@@ -161,6 +161,21 @@ hop_scan(const unsigned char *p, size_t len, struct mc_hop *h)
 			} else if (num == 3) {
 				h->mid = data;
 				h->mlen = (size_t)v;
+			} else if (num == 7) {
+				h->svc = data;
+				h->svclen = (size_t)v;
+			} else if (num == 9) {
+				h->outcome = data;
+				h->olen = (size_t)v;
+			} else if (num == 10) {
+				h->detail = data;
+				h->dlen = (size_t)v;
+			} else if (num == 11) {
+				h->sender = data;
+				h->slen = (size_t)v;
+			} else if (num == 12) {
+				h->recipient = data;
+				h->rlen = (size_t)v;
 			}
 			break;
 		default:
@@ -204,19 +219,6 @@ batch_ok(const unsigned char *p, size_t len)
 	return r == 0 && version == ENV_SCHEMA;
 }
 
-static void
-on_committed(void *arg, enum cr_err result)
-{
-	struct mc *m = arg;
-	atomic_fetch_sub(&m->pending_commits, 1);
-	if (result != CR_OK) {
-		/* log rarely: a full map fails every commit */
-		if (atomic_fetch_add(&m->store_errors, 1) % 1000 == 0)
-			log_error(NULL, "trace store commit: %s", cr_strerror(result));
-		metric_add(m->m_store_err, 1);
-	}
-}
-
 /* add the retention-index entry listing idx (ilen bytes of <len u8><hops
  * key> records) under received_ms */
 static enum cr_err
@@ -230,88 +232,170 @@ index_put(struct mc *m, struct store_batch *b, uint64_t received_ms, const unsig
 	return store_batch_put(b, m->db_bytime, key, sizeof(key), idx, ilen);
 }
 
-/* mc_on_event - store the hop events of one HopBatch in one commit */
-void
-mc_on_event(void *arg, natsMsg *msg)
+static int
+eq(const unsigned char *p, size_t n, const char *s)
 {
-	struct mc *m = arg;
-	const unsigned char *batch = (const unsigned char *)natsMsg_GetData(msg), *p, *end, *data;
-	size_t dlen = (size_t)natsMsg_GetDataLength(msg);
-	struct store_batch *b = NULL;
+	return n == strlen(s) && memcmp(p, s, n) == 0;
+}
+
+static void
+copy_field(char *out, size_t sz, const unsigned char *p, size_t n)
+{
+	if (n >= sz)
+		n = sz - 1;
+	if (n > 0)
+		memcpy(out, p, n);
+	out[n] = '\0';
+}
+
+/* the reason of a final failure hop, or NULL when h is not one */
+static const char *
+final_failure(const struct mc_hop *h)
+{
+	static const char *const reasons[] = { "expired", "shed", "rejected", "dead_lettered",
+		"attempts_exhausted" };
+
+	if (h->hop != CLAWRELAY__V1__HOP_KIND__HOP_FAILED &&
+	    h->hop != CLAWRELAY__V1__HOP_KIND__HOP_EXPIRED &&
+	    h->hop != CLAWRELAY__V1__HOP_KIND__HOP_REJECTED)
+		return NULL;
+	if (eq(h->outcome, h->olen, "dead_lettered"))
+		return "dead_lettered";
+	if (!eq(h->svc, h->svclen, "relay-session"))
+		return NULL;
+	for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
+		if (eq(h->detail, h->dlen, reasons[i]))
+			return reasons[i];
+	return "other";
+}
+
+static int
+reason_index(const char *r)
+{
+	static const char *const names[MC_NREASONS] = { "expired", "shed", "rejected",
+		"dead_lettered", "attempts_exhausted", "other" };
+	for (int i = 0; i < MC_NREASONS; i++)
+		if (strcmp(r, names[i]) == 0)
+			return i;
+	return MC_NREASONS - 1;
+}
+
+/* the rollups of one hop (mu held) */
+static void
+roll_hop(struct mc *m, struct mc_hop *h, const char *corr)
+{
+	struct mc_min *mn = mc_min_at(m, h->ts_us / 1000);
+	const char *reason;
+
+	if (h->hop == CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED) {
+		mc_latency_accepted(m, corr, h->mid, h->mlen, h->ts_us);
+		if (mn != NULL) {
+			mn->in++;
+			mn->dirty = 1;
+		}
+	} else if (h->hop == CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED) {
+		double s = mc_latency_delivered(m, corr, h->mid, h->mlen, h->ts_us);
+		if (s >= 0)
+			metric_observe(m->m_e2e, s);
+		if (mn != NULL) {
+			mn->out++;
+			if (s >= 0) {
+				int nb, b = 0;
+				const double *bounds = metric_latency_bounds(&nb);
+				while (b < nb && s > bounds[b])
+					b++;
+				mn->lat[b]++;
+				mn->lat_sum += s;
+			}
+			mn->dirty = 1;
+		}
+		mc_roll_pair(m, (const char *)h->sender, h->slen, (const char *)h->recipient, h->rlen,
+		    h->ts_us / 1000, 1);
+	} else if ((reason = final_failure(h)) != NULL) {
+		struct mc_fail f;
+
+		if (mn != NULL) {
+			mn->failed++;
+			mn->fail[reason_index(reason)]++;
+			mn->dirty = 1;
+		}
+		mc_roll_pair(m, (const char *)h->sender, h->slen, (const char *)h->recipient, h->rlen,
+		    h->ts_us / 1000, 0);
+		memset(&f, 0, sizeof(f));
+		f.ts_ms = h->ts_us / 1000;
+		snprintf(f.corr, sizeof(f.corr), "%.128s", corr);
+		copy_field(f.mid, sizeof(f.mid), h->mid, h->mlen);
+		copy_field(f.sender, sizeof(f.sender), h->sender, h->slen);
+		copy_field(f.recipient, sizeof(f.recipient), h->recipient, h->rlen);
+		snprintf(f.reason, sizeof(f.reason), "%s", reason);
+		copy_field(f.detail, sizeof(f.detail), h->detail, h->dlen);
+		copy_field(f.service, sizeof(f.service), h->svc, h->svclen);
+		mc_roll_failure(m, &f);
+	}
+}
+
+/* mc_apply_hops - store the hop events of one HopBatch (stream message
+ * seq) and count them (mu held) */
+void
+mc_apply_hops(struct mc *m, const unsigned char *batch, size_t dlen, uint64_t seq)
+{
+	const unsigned char *p, *end, *data;
+	struct store_batch *b;
 	struct mc_hop h;
 	unsigned char key[129 + 8 + 1 + 4];
 	unsigned char idx[MC_INDEX_KEYS * (1 + sizeof(key))];
-	size_t klen, ilen = 0, nidx = 0, stored = 0, bad = 0, ndelivered = 0;
+	size_t klen, ilen = 0, nidx = 0, stored = 0, bad = 0;
 	uint64_t received_ms = now_ms(), hops[MC_NHOPS] = { 0 }, v;
+	uint32_t place = 0;
 	unsigned num, wt;
 
 	if (batch == NULL || dlen > ENV_MAX_WIRE || !batch_ok(batch, dlen)) {
 		atomic_fetch_add(&m->bad, 1);
 		metric_add(m->m_bad, 1);
-		log_debug(NULL, "dropped a malformed hop batch on %s", natsMsg_GetSubject(msg));
+		log_debug(NULL, "dropped a malformed hop batch (stream seq %llu)", (unsigned long long)seq);
 		return;
 	}
-	b = store_batch_new();
-	if (b == NULL)
+	if ((b = mc_batch(m)) == NULL)
 		return;
 	end = batch + dlen;
 	for (p = batch; next_field(&p, end, &num, &wt, &v, &data) == 1; ) {
 		if (num != 2)
 			continue;
+		place++;
 		if (hop_scan(data, (size_t)v, &h) != 0 || h.hop >= MC_NHOPS || hop_id(&h, key) != 0) {
 			bad++;
 			continue;
 		}
 		hops[h.hop]++;
-		/* hops key: correlation ID, NUL, ts_us, hop, seq (trace order);
-		 * the value is the event as received (a missing ts_us is in the
-		 * key: mc_trace_load puts it back) */
+		/* hops key: correlation ID, NUL, ts_us, hop, (stream seq, place)
+		 * (trace order; the same event read twice lands on the same key) */
 		put_be64(key + h.clen + 1, h.ts_us);
 		key[h.clen + 1 + 8] = (unsigned char)h.hop;
-		put_be32(key + h.clen + 1 + 8 + 1, atomic_fetch_add(&m->seq, 1));
+		put_be32(key + h.clen + 1 + 8 + 1, (uint32_t)(seq << 12 | (place & 0xfff)));
 		klen = h.clen + 1 + 8 + 1 + 4;
 		if (store_batch_put(b, m->db_hops, key, klen, data, (size_t)v) != CR_OK)
-			goto out;
+			break;
 		idx[ilen++] = (unsigned char)klen;
 		memcpy(idx + ilen, key, klen);
 		ilen += klen;
 		if (++nidx == MC_INDEX_KEYS) {
 			if (index_put(m, b, received_ms, idx, ilen) != CR_OK)
-				goto out;
+				break;
 			ilen = nidx = 0;
 		}
 		stored++;
-		if (h.hop == CLAWRELAY__V1__HOP_KIND__HOP_GATEWAY_ACCEPTED)
-			mc_latency_accepted(m, (const char *)key, h.mid, h.mlen, h.ts_us);
-		else if (h.hop == CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED)
-			ndelivered++;
+		roll_hop(m, &h, (const char *)key);
 	}
-	if (nidx > 0 && index_put(m, b, received_ms, idx, ilen) != CR_OK)
-		goto out;
-	if (stored == 0)
-		goto out;
-	atomic_fetch_add(&m->pending_commits, 1);
-	if (store_committer_submit_lazy(m->com, b, on_committed, m, MC_COMMIT_WAIT_US) != CR_OK)
-		on_committed(m, CR_ERR_UNAVAILABLE);	/* b freed by the committer */
-	b = NULL;
+	if (nidx > 0)
+		index_put(m, b, received_ms, idx, ilen);
 	atomic_fetch_add(&m->events, stored);
 	for (int k = 0; k < MC_NHOPS; k++)
 		if (hops[k] != 0)
 			metric_add(m->m_hops[k], hops[k]);
-	/* latencies after the whole batch: its own accepted hops count */
-	for (p = batch; ndelivered > 0 && next_field(&p, end, &num, &wt, &v, &data) == 1; ) {
-		if (num != 2 || hop_scan(data, (size_t)v, &h) != 0 ||
-		    h.hop != CLAWRELAY__V1__HOP_KIND__HOP_DELIVERED || hop_id(&h, key) != 0)
-			continue;
-		mc_latency_delivered(m, (const char *)key, h.mid, h.mlen, h.ts_us);
-		ndelivered--;
-	}
-out:
 	if (bad > 0) {
 		atomic_fetch_add(&m->bad, bad);
 		metric_add(m->m_bad, bad);
 	}
-	store_batch_free(b);
 }
 
 /* mc_trace_free - free what mc_trace_load filled in */
@@ -435,7 +519,8 @@ sweep_entry(struct mc *m, struct store_batch *b, const unsigned char *k, size_t 
 	return n;
 }
 
-/* mc_sweep - drop hops received more than retention ago */
+/* mc_sweep - drop hops received more than retention ago, and rollups
+ * older than theirs */
 void
 mc_sweep(struct mc *m)
 {
@@ -446,6 +531,10 @@ mc_sweep(struct mc *m)
 	size_t kl, vl, n = 0, entries = 0;
 	enum cr_err err;
 
+	pthread_mutex_lock(&m->mu);
+	if ((b = mc_batch(m)) != NULL)
+		mc_roll_sweep(m, b, now_ms() - (uint64_t)m->roll_retention_h * 3600 * 1000);
+	pthread_mutex_unlock(&m->mu);
 	if (store_iter_new(m->st, m->db_bytime, NULL, 0, &it) != CR_OK)
 		return;
 	b = store_batch_new();

@@ -11,9 +11,9 @@
  * or accepted before this process started, costs a read of its trace from
  * the store, as every delivered hop did before.
  *
- * Threads: mc_latency_accepted/mc_latency_delivered on the events
- * subscription's thread only (the table is its own); the histogram is
- * atomics, read by /metrics on civetweb workers.
+ * Threads: mc_latency_accepted/mc_latency_delivered with mc->mu held
+ * (the stream consumer's thread); the caller records the latency in the
+ * minute's rollup and the /metrics histogram.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -38,17 +38,6 @@ struct mc_acc {
 	uint32_t *heads;       /* per bucket: first slot + 1; 0 = empty */
 	uint32_t pos;          /* the slot the next entry takes */
 };
-
-static const uint64_t lat_bounds[MC_NBUCKETS] = {
-	1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 0,
-};
-
-/* mc_latency_bound - upper bound (ms) of bucket i; 0 for +Inf */
-uint64_t
-mc_latency_bound(int i)
-{
-	return i >= 0 && i < MC_NBUCKETS ? lat_bounds[i] : 0;
-}
 
 /* FNV-1a, 64 bits, over "<correlation ID>\0<message ID>"; never 0 */
 static uint64_t
@@ -155,14 +144,14 @@ accepted_from_store(struct mc *m, const char *corr, const unsigned char *mid, si
 	return acc;
 }
 
-/* mc_latency_delivered - observe accepted -> delivered of a message */
-void
+/* mc_latency_delivered - accepted -> delivered of a message, seconds; -1
+ * when its accepted time is unknown */
+double
 mc_latency_delivered(struct mc *m, const char *corr, const unsigned char *mid, size_t mlen,
     uint64_t ts_us)
 {
 	struct mc_acc_ent *e = NULL;
-	uint64_t acc = 0, ms;
-	int b = 0;
+	uint64_t acc = 0;
 
 	if (mlen > 0)
 		e = acc_find(m->acc, acc_key(corr, mid, mlen));
@@ -171,11 +160,6 @@ mc_latency_delivered(struct mc *m, const char *corr, const unsigned char *mid, s
 	else
 		acc = accepted_from_store(m, corr, mid, mlen);
 	if (acc == 0 || ts_us < acc)
-		return;
-	ms = (ts_us - acc) / 1000;
-	while (b < MC_NBUCKETS - 1 && ms > lat_bounds[b])
-		b++;
-	atomic_fetch_add(&m->lat_buckets[b], 1);
-	atomic_fetch_add(&m->lat_count, 1);
-	atomic_fetch_add(&m->lat_sum_ms, ms);
+		return -1;
+	return (double)(ts_us - acc) / 1e6;
 }

@@ -62,6 +62,24 @@ static const struct cfg_item session_cfg[] = {
 	{ "DELETE_DELAY_MS", CFG_INT, "20", 0, 10000,
 	  "a delivered message's delete waits at most this long to ride with the next enqueue "
 	  "commit instead of its own fsync (0: own durable commit)", &state.cfg.delete_delay_ms },
+	{ "SHED_HIGH_WATER_PCT", CFG_INT, "90", 1, 100,
+	  "share of QUEUE_MAX (and QUEUE_MAX_BYTES) above which new low-priority messages are "
+	  "refused and the oldest queued low ones are shed for normal and critical ones",
+	  &state.cfg.shed_high_water_pct },
+	{ "PAIR_QUEUE_MAX", CFG_INT, "10000", 1, 1000000000,
+	  "messages one sender may have queued for one recipient (trust add --queue-max overrides)",
+	  &state.cfg.pair_queue_max },
+	{ "PAIR_QUEUE_MAX_BYTES", CFG_INT, "104857600", 1024, 1099511627776LL,
+	  "bytes one sender may have queued for one recipient", &state.cfg.pair_queue_max_bytes },
+	{ "PAIR_RATE_PER_MIN", CFG_INT, "60", 0, 100000000,
+	  "messages per minute one sender may send one recipient (token bucket; 0: no limit; "
+	  "trust add --rate overrides)", &state.cfg.pair_rate_per_min },
+	{ "PAIR_BURST", CFG_INT, "0", 0, 100000000,
+	  "token bucket size of the pair rate limit (0: one minute's worth)", &state.cfg.pair_burst },
+	{ "DELAY_WARN_S", CFG_INT, "3600", 0, 604800,
+	  "a message still queued this long after acceptance gets one delayed notice "
+	  "(<P>.notify.delayed.<sender>); 0: never", &state.cfg.delay_warn_s },
+	BRKSET_CFG_ITEMS(state.cfg.brk_cfg),
 	{ "FSYNC", CFG_BOOL, "1", 0, 0,
 	  "fsync every group commit (0 only for tests and benchmarks)", &state.cfg.fsync },
 };
@@ -70,7 +88,7 @@ static int
 session_init(struct svc *svc, void *arg)
 {
 	struct session *s = arg;
-	char lab[64];
+	char lab[64], subj[256];
 
 	s->svc = svc;
 	s->bus = svc_bus(svc);
@@ -81,6 +99,15 @@ session_init(struct svc *svc, void *arg)
 	}
 	if (bus_subj(s->bus, s->dispatch_subj, sizeof(s->dispatch_subj), "delivery.dispatch") < 0)
 		return 1;
+	if ((s->brk = brkset_new(s->bus, "relay-session", svc_instance(svc), &s->cfg.brk_cfg)) == NULL ||
+	    (s->dlv_brk = brkset_get(s->brk, "delivery", "")) == NULL)
+		return 1;
+	/* delivery's destination breakers: hold agents whose destination fails */
+	if (bus_subj(s->bus, subj, sizeof(subj), "breaker.delivery") < 0 ||
+	    bus_subscribe(s->bus, subj, NULL, session_on_breaker, s) != CR_OK) {
+		log_error(NULL, "cannot subscribe to delivery's breaker events");
+		return 1;
+	}
 	s->parts = calloc(s->nparts, sizeof(*s->parts));
 	if (s->parts == NULL)
 		return 1;
@@ -115,6 +142,7 @@ session_tick(struct svc *svc, void *arg)
 	for (uint32_t p = 0; p < s->nparts; p++)
 		if (s->parts[p].leased)
 			session_sweep(s, &s->parts[p]);
+	session_metrics_tick(s);
 }
 
 static int
@@ -168,6 +196,8 @@ session_status(struct svc *svc, void *arg, cJSON *obj)
 	cJSON_AddNumberToObject(obj, "queueDepth", (double)depth);
 	cJSON_AddNumberToObject(obj, "inflight", (double)inflight);
 	cJSON_AddNumberToObject(obj, "agentsOnline", (double)online);
+	if (s->brk != NULL)
+		brkset_status(s->brk, obj);
 }
 
 static void
@@ -222,6 +252,8 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 	    (unsigned long long)commits, (unsigned long long)fails, (unsigned long long)ops,
 	    (unsigned long long)batches, owned, (unsigned long long)syncs,
 	    (unsigned long long)lazy, (unsigned long long)lazyc);
+	if (s->brk != NULL)
+		brkset_metrics(s->brk, sb);
 }
 
 static void
@@ -247,6 +279,8 @@ session_fini(struct svc *svc, void *arg)
 		free(s->parts);
 		s->parts = NULL;
 	}
+	brkset_free(s->brk);
+	s->brk = NULL;
 }
 
 static const struct svc_def session_def = {

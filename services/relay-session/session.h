@@ -8,6 +8,10 @@
  *   DB "idem": "<sender>\0<idempotency key>" -> struct in session_queue.c
  *   DB "meta": "c<agent>" -> <expired be64><shed be64><failed be64>
  *              (failures since the agent's last reconnect_ack)
+ *   DB "warn":  "<accepted_ms be64><recipient>\0<lane byte><seq be64>" ->
+ *              (empty): messages to warn about (delayed notice) if still
+ *              queued DELAY_WARN_S after acceptance; written in the
+ *              message's commit, removed by the sweep (session_sweep.c)
  *   DB "nonce": "<seen_ms be64><sender>\0<nonce>" -> (empty): the request
  *              nonces of queued messages (replay check), written in the
  *              message's commit, kept NONCE_TTL_S, swept on the tick; looked
@@ -42,6 +46,7 @@
 
 #include <nats/nats.h>
 
+#include "brkset.h"
 #include "bus.h"
 #include "env.h"
 #include "store.h"
@@ -50,6 +55,7 @@
 #define SESSION_LANES 3
 #define SESSION_AGENT_BUCKETS 1024
 #define SESSION_IDEM_BUCKETS 256
+#define SESSION_PAIR_BUCKETS 4096
 #define SESSION_VHDR 16            /* expires + accepted before the envelope */
 #define SESSION_KEY_MAX (128 + 1 + 1 + 8)
 /* protobuf-c fields are char *: borrowed strings are only read by pack */
@@ -90,6 +96,9 @@ struct session_agent {
 	char socket_id[64];
 	unsigned fails;                 /* consecutive failed attempts */
 	uint64_t next_try;              /* mono ms: end of backoff / next probe */
+	uint64_t crit_next_try;         /* mono ms: critical skips the backoff, not a base delay */
+	uint64_t hold_until;            /* mono ms: destination breaker open until then */
+	int held;                       /* hold_until was set: probe with one message after it */
 	uint32_t round;                 /* bumped whenever a backoff starts */
 	uint64_t expired, shed, failed; /* since the last reconnect_ack */
 	uint64_t delivered;             /* since start (status) */
@@ -103,6 +112,16 @@ struct session_idem_pending {
 	char message_id[ULID_LEN + 1];
 	char *correlation_id, *recipient;
 	unsigned char sha[32];
+};
+
+/* One (sender, recipient) pair: what it has queued and its token bucket. */
+struct session_pair {
+	struct session_pair *next;
+	struct session_agent *a;        /* the recipient */
+	char *sender;
+	uint64_t n, bytes;              /* queued (committed or being committed) */
+	double tokens;                  /* rate limit bucket */
+	uint64_t refill_ms;             /* mono ms of the last refill */
 };
 
 /* The nonces seen within NONCE_TTL_S: 128 bits of SHA-256 each. */
@@ -125,11 +144,12 @@ struct session_part {
 	uint64_t gen;
 	struct store *st;
 	struct store_committer *com;
-	unsigned dbq, dbidem, dbmeta, dbnonce;
+	unsigned dbq, dbidem, dbmeta, dbnonce, dbwarn;
 	natsSubscription *sub;
 	struct session_agent *agents[SESSION_AGENT_BUCKETS];
 	uint64_t nagents;
 	struct session_idem_pending *idem[SESSION_IDEM_BUCKETS];
+	struct session_pair *pairs[SESSION_PAIR_BUCKETS];
 	struct session_nonce_set nonces;
 	uint64_t next_seq;
 	uint64_t depth;                 /* messages in the partition (as n above) */
@@ -145,6 +165,7 @@ struct session_part {
 	unsigned char idem_key[STORE_KEY_MAX];
 	size_t idem_klen;
 	uint64_t idem_next;             /* mono ms of the next idem sweep */
+	uint64_t delayed_sent;          /* delayed notices published (status) */
 	struct metric *m_depth, *m_inflight;
 };
 
@@ -154,6 +175,9 @@ struct session_cfg {
 	long long dispatch_timeout_ms, backoff_base_ms, backoff_max_ms, max_attempts;
 	long long offline_probe_ms, idem_window_s, default_ttl_s, commit_delay_us;
 	long long sweep_batch, nonce_ttl_s, delete_delay_ms;
+	long long shed_high_water_pct, pair_queue_max, pair_queue_max_bytes;
+	long long pair_rate_per_min, pair_burst, delay_warn_s;
+	struct brkset_cfg brk_cfg;
 	int strict_order, fsync;
 };
 
@@ -167,6 +191,9 @@ struct session {
 	uint64_t lease_next;            /* mono ms of the next lease pass */
 	uint32_t others_seen;           /* other lease holders seen last pass */
 	char dispatch_subj[128];
+	struct brkset *brk;             /* "delivery": relay-session -> delivery */
+	struct brk *dlv_brk;
+	natsSubscription *brk_sub;      /* delivery's breaker events */
 };
 
 /* A batch of work collected under mu and carried out after it:
@@ -246,6 +273,25 @@ void session_publish_receipt(struct session *s, const char *message_id,
     const char *correlation_id, const char *sender, const char *recipient,
     const char *state, uint32_t attempts);
 
+/* session_pair.c (all under mu) */
+/* session_pair_get - the pair (a, sender); created if asked; NULL if absent/ENOMEM */
+struct session_pair *session_pair_get(struct session_part *pp, struct session_agent *a,
+    const char *sender, int create);
+/* session_pair_sub - a message of (a, sender) of vlen bytes left the queue */
+void session_pair_sub(struct session_part *pp, struct session_agent *a, const char *sender,
+    uint64_t vlen);
+/* session_pair_take - take a token of pr's bucket (rate per minute, burst);
+ * 1 if taken, else 0 and *retry_s the seconds until one is free */
+int session_pair_take(struct session_pair *pr, uint64_t rate_per_min, uint64_t burst,
+    uint64_t now, uint32_t *retry_s);
+/* session_pairs_free - forget every pair of the partition */
+void session_pairs_free(struct session_part *pp);
+/* session_agent_hold - the destination breaker of a is open for ms (0:
+ * closed): hold dispatch, then probe with one message */
+void session_agent_hold(struct session_part *pp, struct session_agent *a, uint64_t ms);
+/* session_on_breaker - bus handler of delivery's breaker events */
+void session_on_breaker(void *arg, natsMsg *msg);
+
 /* session_nonce.c (all under mu) */
 /* session_nonce_hash - the set's entry for "<sender>\0<nonce>"; -1 on error */
 int session_nonce_hash(const unsigned char *key, size_t klen, struct session_nonce_ent *out);
@@ -261,6 +307,8 @@ void session_nonce_free(struct session_nonce_set *ns);
 /* session_sweep.c */
 /* session_sweep - bounded expiry and idempotency sweeps, due dispatches (tick) */
 void session_sweep(struct session *s, struct session_part *pp);
+/* session_metrics_tick - queue gauges per partition and lane (main thread; session_metrics.c) */
+void session_metrics_tick(struct session *s);
 
 /* session_lease.c */
 /* session_lease_tick - renew held leases, drop lost ones, take free ones (tick) */

@@ -48,6 +48,7 @@ struct dispatch_ctx {
 	uint32_t token;
 	uint64_t sent_at;          /* mono ms */
 	uint32_t round;            /* the agent's backoff round when sent */
+	int not_sent;              /* the delivery breaker refused it */
 	struct dispatch_ctx *next_failed; /* flush: requests not sent */
 };
 
@@ -208,11 +209,14 @@ send_group(struct session *s, struct session_send *group, size_t n,
 	size_t len = 0, i = 0;
 	enum cr_err err = CR_ERR_NOMEM;
 
-	for (sd = group; sd != NULL; sd = sd->next, i++) {
+	for (sd = group; sd != NULL; sd = sd->next, i++)
 		reqs[i] = &sd->dr;
-		hop_emit(sd->env, CLAWRELAY__V1__HOP_KIND__HOP_DISPATCHED, "ok", NULL);
-	}
-	if (b != NULL) {
+	if (brk_allow(s->dlv_brk, mono_ms()) == BRK_REFUSE) {
+		/* delivery is failing: fail fast, no attempt spent */
+		for (sd = group; sd != NULL; sd = sd->next)
+			sd->ctx->not_sent = 1;
+		err = CR_ERR_UNAVAILABLE;
+	} else if (b != NULL) {
 		b->n = n;
 		i = 0;
 		for (sd = group; sd != NULL; sd = sd->next)
@@ -220,10 +224,16 @@ send_group(struct session *s, struct session_send *group, size_t n,
 		db.schema_version = ENV_SCHEMA;
 		db.n_requests = n;
 		db.requests = reqs;
+		for (sd = group; sd != NULL; sd = sd->next)
+			hop_emit(sd->env, CLAWRELAY__V1__HOP_KIND__HOP_DISPATCHED, "ok", NULL);
 		if ((err = env_pack(&db.base, &buf, &len)) == CR_OK)
 			err = bus_request_async(s->bus, s->dispatch_subj, buf, len,
 			    (int)s->cfg.dispatch_timeout_ms, on_batch_reply, b);
 		free(buf);
+		if (err != CR_OK)
+			brk_failure(s->dlv_brk, mono_ms());	/* the allowed call failed */
+	} else {
+		brk_success(s->dlv_brk, mono_ms());	/* no memory: not delivery's fault */
 	}
 	if (err == CR_OK) {
 		metric_add(m_dispatched, n);
@@ -240,8 +250,11 @@ send_group(struct session *s, struct session_send *group, size_t n,
 	}
 }
 
+/* internal outcome: the request was never sent (breaker to delivery open) */
+#define OUTCOME_NOT_SENT (-1)
+
 static void apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx,
-    int outcome, const char *detail, struct session_work *w);
+    int outcome, const char *detail, uint64_t retry_ms, struct session_work *w);
 
 /* answer contexts whose request was never sent: try again later */
 static void
@@ -257,10 +270,13 @@ fail_unsent(struct session_part *pp, struct dispatch_ctx *list)
 	open = pp->open;
 	for (ctx = list; ctx != NULL; ctx = ctx->next_failed)
 		if (open && ctx->gen == pp->gen)
-			apply_outcome(pp, ctx, CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY,
-			    "dispatch request not sent", &w);
+			apply_outcome(pp, ctx, ctx->not_sent ? OUTCOME_NOT_SENT :
+			    CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY,
+			    "dispatch request not sent", 0, &w);
 	for (ctx = list; ctx != NULL; ctx = ctx->next_failed) {
-		if (open && ctx->gen == pp->gen && ctx->a != prev)
+		/* refused by the breaker to delivery: the sweep sends again once
+		 * it may (collecting now would only be refused again) */
+		if (open && ctx->gen == pp->gen && ctx->a != prev && !ctx->not_sent)
 			session_collect(pp, ctx->a, &w);
 		prev = ctx->a;
 	}
@@ -390,6 +406,7 @@ session_drop_locked(struct session_part *pp, struct session_agent *a, struct ses
 	a->bytes = a->bytes > sl->vlen ? a->bytes - sl->vlen : 0;
 	if (pp->depth > 0)
 		pp->depth--;
+	session_pair_sub(pp, a, sl->sender, sl->vlen);
 	if (reason == CLAWRELAY__V1__FAILURE_REASON__FAIL_EXPIRED)
 		a->expired++;
 	else if (reason == CLAWRELAY__V1__FAILURE_REASON__FAIL_SHED)
@@ -515,16 +532,27 @@ session_collect(struct session_part *pp, struct session_agent *a, struct session
 	uint64_t now = mono_ms();
 	uint64_t limit = (uint64_t)s->cfg.inflight;
 	uint64_t inflight = 0, active = 0, lane_active[SESSION_LANES] = {0};
-	int probe = 0, sent = 0;
+	int probe = 0, sent = 0, crit_only = 0;
 
 	if (!pp->open || a == NULL)
 		return;
+	if (a->held) {
+		/* the destination's breaker is open: nothing until it may be
+		 * probed, then one message */
+		if (now < a->hold_until)
+			return;
+		probe = 1;
+	}
 	if (a->presence == AG_OFFLINE) {
 		if (now < a->next_try)
 			return;
 		probe = 1;
 	} else if (now < a->next_try) {
-		return;		/* backing off */
+		/* backing off; critical skips the backoff (with a base delay
+		 * of its own between its failed attempts) */
+		if (a->n[0] == 0 || now < a->crit_next_try)
+			return;
+		crit_only = 1;
 	}
 	for (size_t i = 0; i < a->nslots; i++) {
 		struct session_slot *sl = &a->slots[i];
@@ -540,7 +568,7 @@ session_collect(struct session_part *pp, struct session_agent *a, struct session
 			return;
 		limit = 1;
 	}
-	for (int lane = 0; lane < SESSION_LANES; lane++) {
+	for (int lane = 0; lane < (crit_only ? 1 : SESSION_LANES); lane++) {
 		/* retries first, oldest first */
 		for (;;) {
 			struct session_slot *sl;
@@ -641,14 +669,16 @@ session_collect(struct session_part *pp, struct session_agent *a, struct session
 			break;
 	}
 done:
-	if (probe && sent)
+	if (probe && sent && a->held)
+		a->hold_until = now + (uint64_t)s->cfg.dispatch_timeout_ms;	/* until it answers */
+	else if (probe && sent)
 		a->next_try = now + (uint64_t)s->cfg.offline_probe_ms;
 }
 
 /* one message's outcome (mu held) */
 static void
 apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx, int outcome,
-    const char *detail, struct session_work *w)
+    const char *detail, uint64_t retry_ms, struct session_work *w)
 {
 	struct session *s = pp->s;
 	struct session_agent *a = ctx->a;
@@ -669,11 +699,16 @@ apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx, int outco
 		a->bytes = a->bytes > sl->vlen ? a->bytes - sl->vlen : 0;
 		if (pp->depth > 0)
 			pp->depth--;
+		session_pair_sub(pp, a, sl->sender, sl->vlen);
 		a->delivered++;
 		a->fails = 0;
 		if (a->presence != AG_ONLINE) {
 			a->presence = AG_ONLINE;
 			a->next_try = 0;
+		}
+		if (a->held) {
+			a->held = 0;	/* the probe went through */
+			a->hold_until = 0;
 		}
 		metric_add(m_delivered, 1);
 		session_publish_receipt(s, sl->message_id, sl->correlation_id, sl->sender, a->id,
@@ -696,9 +731,34 @@ apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx, int outco
 		session_drop_locked(pp, a, sl, CLAWRELAY__V1__FAILURE_REASON__FAIL_REJECTED,
 		    detail && *detail ? detail : "destination refused", w);
 		break;
-	default: /* NACKED, RETRY, BREAKER_OPEN, timeout, no responders */
+	case CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_BREAKER_OPEN:
+		/* not tried: no attempt spent; hold the agent until its
+		 * destination may be probed */
+		sl->state = SLOT_WAITING;
+		if (sl->attempts > 0)
+			sl->attempts--;
+		session_agent_hold(pp, a, retry_ms ? retry_ms : 1000);
+		break;
+	case OUTCOME_NOT_SENT: {
+		/* relay-session -> delivery breaker open: not sent, no attempt
+		 * spent; the sweep sends again once it lets calls through */
+		uint64_t retry = brkset_retry_in(s->dlv_brk);
+		uint64_t at = mono_ms() + (retry > 0 ? retry : 100);
+
+		sl->state = SLOT_WAITING;
+		if (sl->attempts > 0)
+			sl->attempts--;
+		if (a->next_try < at)
+			a->next_try = at;
+		if (a->crit_next_try < at)
+			a->crit_next_try = at;
+		break;
+	}
+	default: /* NACKED, RETRY, timeout, no responders */
 		sl->state = SLOT_WAITING;
 		metric_add(m_retries, 1);
+		if (sl->lane == 0)
+			a->crit_next_try = mono_ms() + (uint64_t)s->cfg.backoff_base_ms;
 		/* one failed round of the window is one step of backoff, not 32 */
 		if (ctx->round == a->round) {
 			a->fails++;
@@ -750,6 +810,11 @@ on_batch_reply(void *arg, enum cr_err err, natsMsg *reply)
 	} else {
 		detail = "no delivery responders";
 	}
+	/* relay-session -> delivery: an answer (whatever it says) is health */
+	if (detail == NULL || r != NULL)
+		brk_success(pp->s->dlv_brk, mono_ms());
+	else
+		brk_failure(pp->s->dlv_brk, mono_ms());
 	session_work_init(&w);
 	pthread_mutex_lock(&pp->mu);
 	if (b->ctx[0]->gen != pp->gen || !pp->open) {
@@ -759,17 +824,19 @@ on_batch_reply(void *arg, enum cr_err err, natsMsg *reply)
 	for (size_t i = 0; i < b->n; i++) {
 		int outcome = CLAWRELAY__V1__DISPATCH_OUTCOME__DISPATCH_RETRY;
 		const char *d = detail;
+		uint64_t retry = 0;
 
 		if (r != NULL) {
 			const DispatchResult *x = find_result(r, i, b->ctx[i]->message_id);
 			if (x != NULL) {
 				outcome = x->outcome;
 				d = x->detail;
+				retry = x->retry_after_ms;
 			} else {
 				d = "no result for the message";
 			}
 		}
-		apply_outcome(pp, b->ctx[i], outcome, d, &w);
+		apply_outcome(pp, b->ctx[i], outcome, d, retry, &w);
 	}
 	for (size_t i = 0; i < b->n; i++)
 		if (i == 0 || b->ctx[i]->a != b->ctx[i - 1]->a)
@@ -780,4 +847,58 @@ out:
 	for (size_t i = 0; i < b->n; i++)
 		free(b->ctx[i]);
 	free(b);
+}
+
+/* session_agent_hold - a's destination breaker is open for ms (0: closed);
+ * caller holds mu */
+void
+session_agent_hold(struct session_part *pp, struct session_agent *a, uint64_t ms)
+{
+	if (ms == 0) {
+		a->held = 0;
+		a->hold_until = 0;
+		return;
+	}
+	if (!a->held) {
+		struct log_ctx lc = { NULL, NULL, a->id };
+		log_info(&lc, "destination breaker open: dispatch held for %llu ms, then one probe",
+		    (unsigned long long)ms);
+	}
+	a->held = 1;
+	a->hold_until = mono_ms() + ms;
+}
+
+/* session_on_breaker - delivery's breaker events (<P>.breaker.delivery):
+ * an agent whose destination breaker opened gets nothing until it may be
+ * probed; when it closes, its queue moves at once */
+void
+session_on_breaker(void *arg, natsMsg *msg)
+{
+	struct session *s = arg;
+	struct brkset_event ev;
+	cJSON *root = NULL;
+	struct session_part *pp;
+	struct session_agent *a;
+	struct session_work w;
+
+	if (brkset_event_parse(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+	    &root, &ev) != 0 || strcmp(ev.boundary, "destination") != 0 ||
+	    !env_id_ok(ev.name))
+		goto out;
+	pp = &s->parts[partition_of(ev.name, s->nparts)];
+	session_work_init(&w);
+	pthread_mutex_lock(&pp->mu);
+	if (!pp->open || (a = session_agent_get(pp, ev.name, 0)) == NULL) {
+		pthread_mutex_unlock(&pp->mu);
+		goto out;
+	}
+	if (strcmp(ev.state, "open") == 0) {
+		session_agent_hold(pp, a, ev.retry_in_ms ? ev.retry_in_ms : 1000);
+	} else if (strcmp(ev.state, "closed") == 0 && a->held) {
+		session_agent_hold(pp, a, 0);
+		session_collect(pp, a, &w);
+	}
+	session_work_flush_unlock(pp, &w);
+out:
+	cJSON_Delete(root);
 }

@@ -295,6 +295,9 @@ handle_connect(struct session_part *pp, natsMsg *msg, int disconnect)
 	a->online_since = mono_ms();
 	a->fails = 0;
 	a->next_try = 0;
+	a->crit_next_try = 0;
+	a->hold_until = 0;	/* a new socket: the destination is tried again */
+	a->held = 0;
 	snprintf(a->socket_id, sizeof(a->socket_id), "%s", cr->socket_id ? cr->socket_id : "");
 	ack.queued_critical = a->n[0];
 	ack.queued_normal = a->n[1];
@@ -369,6 +372,19 @@ rebuild(struct session_part *pp)
 		}
 		a->n[lane]++;
 		a->bytes += vl;
+		if (vl > SESSION_VHDR) {
+			/* the pair's share: the sender is inside the envelope */
+			Envelope *e = clawrelay__v1__envelope__unpack(NULL, vl - SESSION_VHDR,
+			    (const unsigned char *)v + SESSION_VHDR);
+			struct session_pair *pr = e != NULL && e->sender != NULL ?
+			    session_pair_get(pp, a, e->sender, 1) : NULL;
+
+			if (pr != NULL) {
+				pr->n++;
+				pr->bytes += vl;
+			}
+			env_free(e);
+		}
 		if (seq > maxseq)
 			maxseq = seq;
 		n++;
@@ -423,6 +439,7 @@ rebuild(struct session_part *pp)
 static void
 agents_free(struct session_part *pp)
 {
+	session_pairs_free(pp);
 	for (int i = 0; i < SESSION_AGENT_BUCKETS; i++) {
 		while (pp->agents[i]) {
 			struct session_agent *a = pp->agents[i];
@@ -465,7 +482,8 @@ session_part_open(struct session *s, struct session_part *pp)
 	if ((err = store_db(pp->st, "q", &pp->dbq)) != CR_OK ||
 	    (err = store_db(pp->st, "idem", &pp->dbidem)) != CR_OK ||
 	    (err = store_db(pp->st, "meta", &pp->dbmeta)) != CR_OK ||
-	    (err = store_db(pp->st, "nonce", &pp->dbnonce)) != CR_OK)
+	    (err = store_db(pp->st, "nonce", &pp->dbnonce)) != CR_OK ||
+	    (err = store_db(pp->st, "warn", &pp->dbwarn)) != CR_OK)
 		goto fail;
 	pp->com = store_committer_new(pp->st, 8192, (unsigned)s->cfg.commit_delay_us);
 	if (pp->com == NULL) {

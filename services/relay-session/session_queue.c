@@ -244,6 +244,7 @@ enq_done(void *arg, enum cr_err result)
 			a->bytes = a->bytes > c->vlen ? a->bytes - c->vlen : 0;
 			if (pp->depth > 0)
 				pp->depth--;
+			session_pair_sub(pp, a, c->e->sender, c->vlen);
 		}
 		depth = depth_of(a);
 		if (c->ip != NULL)
@@ -411,7 +412,8 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	char *ikey = NULL;
 	size_t iklen = 0, qkl, nklen = 0;
 	uint64_t wall = now_ms(), seq;
-	int lane, locked = 0;
+	int lane, locked = 0, took_token = 0;
+	struct session_pair *pr = NULL;
 	enum cr_err err;
 
 	session_work_init(&w);
@@ -505,17 +507,63 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 		goto out;
 	if ((a = session_agent_get(pp, e->recipient, 1)) == NULL)
 		goto nomem;
-	if (depth_of(a) + 1 > (uint64_t)s->cfg.queue_max ||
-	    a->bytes + vlen > (uint64_t)s->cfg.queue_max_bytes) {
-		/* low is shed first: a more urgent message takes a low one's place */
-		if (lane == 2 || a->n[2] == 0 || !shed_one_locked(pp, a, &w)) {
+	if (e->kind != CLAWRELAY__V1__KIND__KIND_DELIVERY_STATUS) {
+		/* the pair's caps and rate (the trust pair's overrides travel in
+		 * the envelope); the relay's own notices are exempt */
+		uint64_t pmax = e->pair_queue_max ? e->pair_queue_max :
+		    (uint64_t)s->cfg.pair_queue_max;
+		uint64_t rate = e->pair_rate_per_min ? e->pair_rate_per_min :
+		    (uint64_t)s->cfg.pair_rate_per_min;
+		uint64_t burst = e->pair_burst ? e->pair_burst :
+		    s->cfg.pair_burst ? (uint64_t)s->cfg.pair_burst : rate;
+		uint32_t retry = 1;
+
+		if ((pr = session_pair_get(pp, a, e->sender, 1)) == NULL)
+			goto nomem;
+		if (pr->n + 1 > pmax || pr->bytes + vlen > (uint64_t)s->cfg.pair_queue_max_bytes) {
 			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUE_FULL,
-			    e->message_id, e->correlation_id, NULL, depth_of(a), 5,
-			    "recipient queue full");
+			    e->message_id, e->correlation_id, NULL, pr->n, 5,
+			    "queue of this sender for this recipient is full");
 			goto out;
 		}
+		if (!session_pair_take(pr, rate, burst, mono_ms(), &retry)) {
+			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_RATE_LIMITED,
+			    e->message_id, e->correlation_id, NULL, depth_of(a), retry,
+			    "rate limit of this sender for this recipient reached");
+			goto out;
+		}
+		took_token = 1;
 	}
-	seq = pp->next_seq++;
+	{
+		/* near capacity (the high-water mark) low is refused and the
+		 * oldest waiting low message makes room for a more urgent one */
+		uint64_t depth = depth_of(a), qmax = (uint64_t)s->cfg.queue_max;
+		uint64_t bmax = (uint64_t)s->cfg.queue_max_bytes;
+		uint64_t pct = (uint64_t)s->cfg.shed_high_water_pct;
+		int over_max = depth + 1 > qmax || a->bytes + vlen > bmax;
+		int over_hw = over_max || depth + 1 > qmax * pct / 100 ||
+		    a->bytes + vlen > bmax / 100 * pct;
+
+		if (over_hw) {
+			int shed = 0;
+
+			if (lane == 2 && !over_max) {
+				reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUE_FULL,
+				    e->message_id, e->correlation_id, NULL, depth, 5,
+				    "recipient queue near capacity: low priority refused");
+				goto refund;
+			}
+			if (lane != 2 && a->n[2] > 0)
+				shed = shed_one_locked(pp, a, &w);
+			if (over_max && !shed) {
+				reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUE_FULL,
+				    e->message_id, e->correlation_id, NULL, depth, 5,
+				    "recipient queue full");
+				goto refund;
+			}
+		}
+	}
+	seq = pp->next_seq++;	seq = pp->next_seq++;
 	qkl = session_key_make(qkey, e->recipient, lane, seq);
 	if ((b = store_batch_new()) == NULL || qkl == 0 ||
 	    store_batch_put(b, pp->dbq, qkey, qkl, val, vlen) != CR_OK)
@@ -559,6 +607,19 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 			goto nomem;
 		}
 	}
+	if (s->cfg.delay_warn_s > 0 && e->kind != CLAWRELAY__V1__KIND__KIND_DELIVERY_STATUS &&
+	    e->expires_at_ms > e->accepted_at_ms + (uint64_t)s->cfg.delay_warn_s * 1000u) {
+		/* remembered for the delayed notice (session_sweep.c) */
+		unsigned char wk[8 + SESSION_KEY_MAX];
+
+		session_be64_put(wk, e->accepted_at_ms);
+		memcpy(wk + 8, qkey, qkl);
+		if (store_batch_put(b, pp->dbwarn, wk, 8 + qkl, NULL, 0) != CR_OK) {
+			if (c->ip)
+				idem_pending_remove(pp, c->ip);
+			goto nomem;
+		}
+	}
 	if (nklen > 0) {
 		if (store_batch_put(b, pp->dbnonce, nkey, nklen, NULL, 0) != CR_OK ||
 		    session_nonce_add(&pp->nonces, &nent) != 0) {
@@ -588,12 +649,18 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	a->n[lane]++;
 	a->bytes += vlen;
 	pp->depth++;
+	if (pr != NULL) {
+		pr->n++;
+		pr->bytes += vlen;
+	}
 	err = store_committer_submit(pp->com, b, enq_done, c);
 	b = NULL;
 	if (err != CR_OK) {
 		a->n[lane]--;
 		a->bytes -= vlen;
 		pp->depth--;
+		if (pr != NULL)
+			session_pair_sub(pp, a, e->sender, vlen);
 		if (c->ip)
 			idem_pending_remove(pp, c->ip);
 		if (c->has_nonce)
@@ -606,6 +673,10 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	}
 	e = NULL;	/* the commit callback owns it */
 	c = NULL;
+	goto out;
+refund:
+	if (took_token && pr != NULL)
+		pr->tokens += 1.0;	/* refused after all: the token is not spent */
 	goto out;
 nomem_early:
 nomem:

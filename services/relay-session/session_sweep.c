@@ -7,6 +7,10 @@
  *     entries older than the window;
  *   - nonces: delete those past NONCE_TTL_S from the front of DB nonce
  *     (time-ordered keys: the walk stops at the first one still valid);
+ *   - delay warnings: walk DB warn (time-ordered) from its front and publish
+ *     one Failure on <P>.delayed.<sender> for each message still queued
+ *     DELAY_WARN_S after it was accepted (the notifier turns it into the
+ *     public notice); the entry goes either way;
  *   - dispatch for agents whose backoff ended or whose offline probe is due.
  * Work per tick is bounded, so a long backlog costs several ticks, never a
  * long stall of the lease renewals that share the main thread.
@@ -14,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hop.h"
 #include "log.h"
 #include "metrics.h"
 #include "session.h"
@@ -157,6 +162,73 @@ sweep_nonce(struct session_part *pp)
 		    (unsigned)s->cfg.delete_delay_ms * 1000u);
 }
 
+/* caller holds mu: delayed notices for messages queued longer than
+ * DELAY_WARN_S (front of DB warn, keys start with the accepted time) */
+static void
+sweep_delayed(struct session_part *pp)
+{
+	struct session *s = pp->s;
+	struct store_iter *it = NULL;
+	struct store_batch *b = NULL;
+	const void *k, *v;
+	size_t kl, vl;
+	long long budget = s->cfg.sweep_batch;
+	uint64_t wall = now_ms(), warn_ms = (uint64_t)s->cfg.delay_warn_s * 1000u;
+
+	if (s->cfg.delay_warn_s <= 0 ||
+	    store_iter_new(pp->st, pp->dbwarn, NULL, 0, &it) != CR_OK)
+		return;
+	while (budget-- > 0 && store_iter_next(it, &k, &kl, &v, &vl) == 1) {
+		uint64_t acc = kl > 8 ? session_be64_get(k) : 0;
+		void *qv = NULL;
+		size_t qvl = 0;
+
+		if (acc + warn_ms > wall)
+			break;
+		if (b == NULL && (b = store_batch_new()) == NULL)
+			break;
+		store_batch_del(b, pp->dbwarn, k, kl);
+		if (kl <= 8 || store_get(pp->st, pp->dbq, (const unsigned char *)k + 8, kl - 8,
+		    &qv, &qvl) != CR_OK)
+			continue;	/* gone: delivered or failed meanwhile */
+		if (qvl > SESSION_VHDR) {
+			Envelope *e = clawrelay__v1__envelope__unpack(NULL, qvl - SESSION_VHDR,
+			    (const unsigned char *)qv + SESSION_VHDR);
+			Failure f = CLAWRELAY__V1__FAILURE__INIT;
+			unsigned char buf[2048];
+			char subj[512], detail[128];
+			size_t len;
+
+			if (e != NULL && e->sender != NULL && e->message_id != NULL) {
+				struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
+
+				snprintf(detail, sizeof(detail), "still queued %llu s after it was accepted",
+				    (unsigned long long)((wall - acc) / 1000u));
+				f.schema_version = ENV_SCHEMA;
+				f.message_id = e->message_id;
+				f.correlation_id = e->correlation_id;
+				f.sender = e->sender;
+				f.recipient = e->recipient;
+				f.detail = detail;
+				f.failed_at_ms = wall;
+				f.created_at_ms = e->created_at_ms;
+				if (bus_subj_agent(s->bus, subj, sizeof(subj), "delayed", e->sender) >= 0 &&
+				    env_pack_into(&f.base, buf, sizeof(buf), &len) == CR_OK &&
+				    bus_publish(s->bus, subj, buf, len) == CR_OK)
+					pp->delayed_sent++;
+				log_info(&lc, "delayed: %s", detail);
+			}
+			env_free(e);
+		}
+		free(qv);
+	}
+	store_iter_free(it);
+	/* lost in a crash, an entry is looked at again: one more notice at most */
+	if (b != NULL)
+		store_committer_submit_lazy(pp->com, b, idem_done, NULL,
+		    (unsigned)s->cfg.delete_delay_ms * 1000u);
+}
+
 /* session_sweep - bounded expiry and idempotency sweeps, due dispatches */
 void
 session_sweep(struct session *s, struct session_part *pp)
@@ -174,6 +246,7 @@ session_sweep(struct session *s, struct session_part *pp)
 	if (now >= pp->idem_next)
 		sweep_idem(pp);
 	sweep_nonce(pp);
+	sweep_delayed(pp);
 	for (int i = 0; i < SESSION_AGENT_BUCKETS; i++) {
 		for (struct session_agent *a = pp->agents[i]; a != NULL; a = a->next) {
 			int has_waiting = 0;
@@ -182,7 +255,9 @@ session_sweep(struct session *s, struct session_part *pp)
 			/* anything to send, and allowed to now? */
 			if (!has_waiting && a->n[0] + a->n[1] + a->n[2] <= a->nslots)
 				continue;
-			if (now < a->next_try)
+			if (now < a->next_try && (a->n[0] == 0 || now < a->crit_next_try))
+				continue;
+			if (a->held && now < a->hold_until)
 				continue;
 			session_collect(pp, a, &w);
 		}

@@ -263,8 +263,20 @@ h_spawn(struct h_stack *s, const char *name, const char *prog, int port,
 	if (port > 0)
 		envs[n++] = e_port;
 	envs[n++] = e_inst;
-	for (int i = 0; env && env[i] && n < 46; i++)
+	for (int i = 0; env && env[i] && n < 44; i++)
 		envs[n++] = env[i];
+	/* tests send hundreds of messages per pair in seconds: the per-pair and
+	 * per-sender rate limits are off unless the test sets them */
+	static const char *const test_defaults[] = { "CLAWRELAY_PAIR_RATE_PER_MIN=0",
+		"CLAWRELAY_SENDER_RATE_PER_MIN=0" };
+	for (size_t d = 0; d < sizeof(test_defaults) / sizeof(test_defaults[0]); d++) {
+		size_t kl = (size_t)(strchr(test_defaults[d], '=') - test_defaults[d]) + 1;
+		int set = 0;
+		for (int i = 0; env && env[i]; i++)
+			set |= strncmp(env[i], test_defaults[d], kl) == 0;
+		if (!set && n < 46)
+			envs[n++] = test_defaults[d];
+	}
 	envs[n] = NULL;
 	char vg_log[600];
 	if (getenv("CLAWRELAY_TEST_VALGRIND") && strstr(prog, "demo-hook") == NULL) {

@@ -11,9 +11,17 @@
 int
 it_hook(struct h_stack *s, const char *name, char *out, size_t outsz, const char *const *args)
 {
+	return it_hook_at(s, name, h_free_port(), out, outsz, args);
+}
+
+/* it_hook_at - it_hook on a given port (e.g. a hook's replacement) */
+int
+it_hook_at(struct h_stack *s, const char *name, int p, char *out, size_t outsz,
+    const char *const *args)
+{
 	char port[16];
 	const char *argv[16];
-	int n = 0, p = h_free_port();
+	int n = 0;
 	snprintf(port, sizeof(port), "%d", p);
 	snprintf(out, outsz, "%s/%s.jsonl", s->dir, name);
 	argv[n++] = "--port";
@@ -44,7 +52,18 @@ it_hook(struct h_stack *s, const char *name, char *out, size_t outsz, const char
 struct h_proc *
 it_connector(struct h_stack *s, const char *id, const char *hook_url)
 {
+	return it_connector_env(s, id, hook_url, NULL);
+}
+
+/* it_connector_env - it_connector with extra settings ("K=V", NULL-terminated) */
+struct h_proc *
+it_connector_env(struct h_stack *s, const char *id, const char *hook_url,
+    const char *const *extra)
+{
 	char e_agent[200], e_key[500], e_gw[128], e_hook[256], e_data[400], key[400], name[64];
+	const char *env[32];
+	int n = 0;
+
 	h_key_path(s, id, key, sizeof(key));
 	snprintf(e_agent, sizeof(e_agent), "CLAWRELAY_AGENT_ID=%s", id);
 	snprintf(e_key, sizeof(e_key), "CLAWRELAY_KEY_FILE=%s", key);
@@ -52,9 +71,15 @@ it_connector(struct h_stack *s, const char *id, const char *hook_url)
 	snprintf(e_hook, sizeof(e_hook), "CLAWRELAY_HOOK_URL=%s", hook_url);
 	snprintf(e_data, sizeof(e_data), "CLAWRELAY_DATA_DIR=%s/connector-%s", s->dir, id);
 	snprintf(name, sizeof(name), "connector-%s", id);
-	const char *env[] = { e_agent, e_key, e_gw, e_hook, e_data, NULL };
-	struct h_proc *p = h_spawn(s, name, "clawrelay-connector", h_free_port(), env, NULL);
-	return p;
+	env[n++] = e_agent;
+	env[n++] = e_key;
+	env[n++] = e_gw;
+	env[n++] = e_hook;
+	env[n++] = e_data;
+	for (int i = 0; extra != NULL && extra[i] != NULL && n < 31; i++)
+		env[n++] = extra[i];
+	env[n] = NULL;
+	return h_spawn(s, name, "clawrelay-connector", h_free_port(), env, NULL);
 }
 
 /* it_lines - parse each JSON line of a file */

@@ -12,8 +12,14 @@
 /* it_hook - start bin/clawrelay-demo-hook on a free port writing JSON lines
  * to <dir>/<name>.jsonl; returns the port; path of the file in out */
 int it_hook(struct h_stack *s, const char *name, char *out, size_t outsz, const char *const *args);
+/* it_hook_at - it_hook on port p (a replacement for a stopped hook) */
+int it_hook_at(struct h_stack *s, const char *name, int p, char *out, size_t outsz,
+    const char *const *args);
 /* it_connector - start a connector for agent id with hook URL; returns proc */
 struct h_proc *it_connector(struct h_stack *s, const char *id, const char *hook_url);
+/* it_connector_env - it_connector with extra settings ("K=V", NULL-terminated) */
+struct h_proc *it_connector_env(struct h_stack *s, const char *id, const char *hook_url,
+    const char *const *extra);
 /* it_lines - parse each JSON line of a file; caller frees with cJSON_Delete on
  * each and free() on the array */
 cJSON **it_lines(const char *path, int *n);
