@@ -8,8 +8,13 @@
  *   conn_inbox.c - the LMDB inbox (deliveries, done IDs, dead letters) behind a
  *                  group committer.
  *   conn_hook.c  - one worker thread replaying the inbox, in order, to the
- *                  agent's hook with libcurl.
+ *                  agent's hook with libcurl, behind the hook breaker.
  *   conn_api.c   - the local HTTP API (POST /v1/outbound/{recipient}).
+ *   conn_out.c   - one outbound message to the gateway (socket or signed POST).
+ *   conn_outbox.c- the LMDB outbox and its worker thread, behind the gateway
+ *                  breaker; GET /v1/outbox.
+ *   conn_brk.c   - short forms over the two breakers (one brkset).
+ *   conn_key.c, conn_class.c - pure functions: idempotency keys, answer classes.
  *
  * Threads and ownership:
  *   - struct conn lives in main.c for the life of the process; its cfg and
@@ -21,6 +26,10 @@
  *     worker wake-up state are under inbox.mu; counts are atomics.
  *   - struct conn_hook: the curl handle and retry state belong to the hook
  *     thread; the stats are atomics.
+ *   - struct conn_outbox: counts, the recipient map and the retry state are
+ *     under outbox.mu (held across each outbox commit); the held-back
+ *     recipients belong to the outbox thread.
+ *   - the breakers (conn.brks) are thread-safe; created in init, freed in fini.
  */
 #ifndef CONN_H
 #define CONN_H
@@ -32,6 +41,7 @@
 #include <cJSON.h>
 
 #include "breaker.h"
+#include "brkset.h"
 #include "conn_class.h"
 #include "env.h"
 #include "err.h"
@@ -68,27 +78,13 @@ struct conn_cfg {
 	long long store_map_mb;
 	int store_nosync;
 	int event_batch;
-	/* breakers: connector -> hook, connector -> gateway (brk_config fields) */
-	long long hook_brk_failures, hook_brk_pct, hook_brk_min_calls, hook_brk_window_ms;
-	long long hook_brk_open_ms, hook_brk_open_max_ms;
-	long long gw_brk_failures, gw_brk_pct, gw_brk_min_calls, gw_brk_window_ms;
-	long long gw_brk_open_ms, gw_brk_open_max_ms;
+	struct brkset_cfg brk;       /* CLAWRELAY_BREAKER_*: both breakers */
 	long long outbox_max;
 	long long outbox_max_mb;
 	long long outbox_failed_max;
 };
 
 struct conn;
-
-/* one boundary's circuit breaker with its metrics (conn_brk.c) */
-struct conn_brk {
-	struct brk b;
-	struct conn *c;
-	const char *boundary;        /* "hook" or "gateway": log lines, labels, status */
-	void (*wake)(struct conn *c, enum brk_state to); /* on each change; may be NULL */
-	struct metric *m_state, *m_failures, *m_opens;
-	int inited;
-};
 
 /* a parsed CLAWRELAY_GATEWAY_URL */
 struct conn_gw {
@@ -203,7 +199,7 @@ struct conn_inbox {
 struct conn_hook {
 	pthread_t thread;
 	int started;
-	struct conn_brk brk;         /* connector -> hook */
+	struct brk *brk;             /* connector -> hook (in conn.brks) */
 	atomic_ullong calls, ok, failed, unavailable, dead_lettered, expired;
 	atomic_ullong last_status, last_latency_ms;
 	atomic_int busy;
@@ -218,7 +214,7 @@ struct conn_oblock;
 
 struct conn_outbox {
 	unsigned db_out, db_keys, db_failed;
-	struct conn_brk brk;         /* connector -> gateway */
+	struct brk *brk;             /* connector -> gateway (in conn.brks) */
 	pthread_t thread;
 	int started;
 
@@ -248,6 +244,7 @@ struct conn {
 	struct conn_inbox inbox;
 	struct conn_hook hook;
 	struct conn_outbox outbox;
+	struct brkset *brks;         /* the two breakers: "hook" and "gateway" */
 };
 
 /* conn_str - a borrowed const string for a generated (char *) field; the
@@ -259,22 +256,21 @@ static inline char *conn_str(const char *s)
 
 /* --- conn_brk.c ------------------------------------------------------ */
 
-/* conn_brk_init - set up one boundary's breaker (main thread, at start-up);
- * cfg is copied; wake (may be NULL) runs on every change with the breaker's
- * mutex held, so it must not call conn_brk_* itself */
-enum cr_err conn_brk_init(struct conn *c, struct conn_brk *cb, const char *boundary,
-    const struct brk_config *cfg, void (*wake)(struct conn *c, enum brk_state to));
-/* conn_brk_fini - after every thread that uses it stopped; safe if never inited */
-void conn_brk_fini(struct conn_brk *cb);
+/* The two breakers live in one brkset (common/brkset.h: the same status
+ * entries, metrics and log lines as every service's breakers); these are
+ * the connector's short forms. Any thread. */
+
 /* conn_brk_allow - BRK_GO, BRK_PROBE or BRK_REFUSE now (a go must be reported) */
-int conn_brk_allow(struct conn_brk *cb);
+int conn_brk_allow(struct brk *b);
 /* conn_brk_result - report the call that went: ok (nonzero) or failed */
-void conn_brk_result(struct conn_brk *cb, int ok);
+void conn_brk_result(struct brk *b, int ok);
 /* conn_brk_state - the state now; *next_probe_mono (may be NULL): open: when
  * the probe may go, half-open: when an unanswered probe times out, else 0 */
-enum brk_state conn_brk_state(struct conn_brk *cb, uint64_t *next_probe_mono);
-/* conn_brk_json - add the breaker's state, counts and times as obj[name] */
-void conn_brk_json(struct conn_brk *cb, cJSON *obj, const char *name);
+enum brk_state conn_brk_state(struct brk *b, uint64_t *next_probe_mono);
+/* conn_brk_json - the breaker as obj[name] in brkset's status fields
+ * (boundary, state, failures, windowCalls, windowFailures, timesOpened,
+ * next_probe_ms: wall ms, 0 unless open) */
+void conn_brk_json(struct brk *b, const char *boundary, cJSON *obj, const char *name);
 
 /* --- conn_ws.c ------------------------------------------------------- */
 
@@ -360,8 +356,6 @@ void conn_inbox_meta_put(struct conn *c, const char *name, const char *val);
 enum cr_err conn_hook_start(struct conn *c);
 /* conn_hook_stop - stop and join it (the call in progress finishes first) */
 void conn_hook_stop(struct conn *c);
-/* conn_hook_fini - free the breaker (after conn_hook_stop) */
-void conn_hook_fini(struct conn *c);
 /* conn_hook_status - add hook stats to a /v1/status object */
 void conn_hook_status(struct conn *c, cJSON *obj);
 
@@ -373,6 +367,7 @@ struct conn_out_res {
 	int via_socket;
 	int local_error;             /* the request could not be built (ours, not the gateway's) */
 	int expired;                 /* not sent: past its expires_at_ms */
+	int bare;                    /* an error answer without the gateway's JSON error */
 	unsigned retry_after_s;
 	char message_id[64];
 	char correlation_id[130];
@@ -391,7 +386,7 @@ enum conn_out_class conn_out_class(const struct conn_out_res *res);
 /* --- conn_outbox.c --------------------------------------------------- */
 
 /* conn_outbox_open - open its databases in the inbox's store, count what
- * waits, set up the gateway breaker (main thread, after conn_inbox_open) */
+ * waits, take the gateway breaker (main thread, after conn_inbox_open) */
 enum cr_err conn_outbox_open(struct conn *c);
 /* conn_outbox_start - start the worker that sends what waits */
 enum cr_err conn_outbox_start(struct conn *c);

@@ -20,7 +20,8 @@
  *     the outbox, without trying;
  *   - otherwise sent now (conn_out.c: socket, else signed POST). An answer
  *     that says the gateway is unavailable (none, timeout, 5xx other than
- *     507) puts it in the outbox; any other answer is the agent's: 202/200
+ *     507, a 4xx without the gateway's JSON error) puts it in the outbox;
+ *     any other answer is the agent's: 202/200
  *     {messageId, correlationId, status, state, idempotencyKey}, or the
  *     gateway's error with its status and Retry-After.
  * Outboxed: 202 {"status": "outboxed", "state": "outboxed", "messageId":
@@ -243,7 +244,7 @@ int conn_api_outbound(struct mg_connection *mc, void *arg)
 		to_outbox(c, mc, &env, "older messages for the recipient wait in the outbox");
 		goto out;
 	}
-	if ((go = conn_brk_allow(&c->outbox.brk)) == BRK_REFUSE) {
+	if ((go = conn_brk_allow(c->outbox.brk)) == BRK_REFUSE) {
 		to_outbox(c, mc, &env, "the gateway breaker is open");
 		goto out;
 	}
@@ -254,7 +255,7 @@ int conn_api_outbound(struct mg_connection *mc, void *arg)
 	conn_out_send(c, &env, &res);
 	switch (conn_out_class(&res)) {
 	case CONN_OUT_RETRY:
-		conn_brk_result(&c->outbox.brk, 0);
+		conn_brk_result(c->outbox.brk, 0);
 		{
 			struct log_ctx lc = { corr, NULL, recipient };
 
@@ -264,14 +265,14 @@ int conn_api_outbound(struct mg_connection *mc, void *arg)
 		to_outbox(c, mc, &env, "the gateway is unavailable");
 		break;
 	case CONN_OUT_OK:
-		conn_brk_result(&c->outbox.brk, 1);
+		conn_brk_result(c->outbox.brk, 1);
 		conn_outbox_kick(c);	/* other recipients' outboxed messages may go too */
 		reply_sent(mc, &res, &env);
 		break;
 	case CONN_OUT_EXPIRED:	/* cannot happen for a message made just now */
 	case CONN_OUT_LATER:
 	case CONN_OUT_REFUSED:
-		conn_brk_result(&c->outbox.brk, 1);
+		conn_brk_result(c->outbox.brk, 1);
 		http_error(mc, res.status ? res.status : 400, res.code[0] ? res.code : "refused",
 		    res.message, res.correlation_id[0] ? res.correlation_id : corr,
 		    res.retry_after_s ? res.retry_after_s : (res.status == 429 ||

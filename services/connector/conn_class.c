@@ -24,7 +24,7 @@ int conn_hook_brk_ok(long status)
 }
 
 /* conn_out_classify - what the gateway's answer means */
-enum conn_out_class conn_out_classify(int status, int local_error, int expired)
+enum conn_out_class conn_out_classify(int status, int bare, int local_error, int expired)
 {
 	if (expired)
 		return CONN_OUT_EXPIRED;
@@ -36,5 +36,7 @@ enum conn_out_class conn_out_classify(int status, int local_error, int expired)
 		return CONN_OUT_RETRY;
 	if (status == 429 || status == 507 || status == 408)
 		return CONN_OUT_LATER;
-	return CONN_OUT_REFUSED;
+	/* every refusal of the gateway is a JSON error; a bare 404 is e.g. a
+	 * gateway whose routes are not registered yet */
+	return bare ? CONN_OUT_RETRY : CONN_OUT_REFUSED;
 }

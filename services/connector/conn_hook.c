@@ -249,7 +249,7 @@ static void attempt(struct conn *c, CURL *h, struct conn_entry *en, int probe)
 		snprintf(detail, sizeof(detail), "error=%s", err);
 	ans = conn_hook_classify(status);
 	/* a 4xx refusal shows the hook is up: 5xx, 408, 429 and no answer are its failures */
-	conn_brk_result(&hk->brk, conn_hook_brk_ok(status));
+	conn_brk_result(hk->brk, conn_hook_brk_ok(status));
 
 	if (ans == CONN_HOOK_TAKEN) {
 		conn_ws_event(c, e, CLAWRELAY__V1__HOP_KIND__HOP_HOOK_ANSWERED, "ok", detail);
@@ -325,7 +325,7 @@ static void *hook_thread(void *arg)
 			/* the bound guards against a wall clock that jumped back */
 			until = now + (en->due_ms - wall);
 		} else {
-			switch (conn_brk_state(&hk->brk, &probe_at)) {
+			switch (conn_brk_state(hk->brk, &probe_at)) {
 			case BRK_OPEN:
 				/* nothing is called (and no attempt used) until the probe */
 				if (now < probe_at)
@@ -340,7 +340,7 @@ static void *hook_thread(void *arg)
 				break;
 			}
 			if (!until) {
-				go = conn_brk_allow(&hk->brk);
+				go = conn_brk_allow(hk->brk);
 				if (go == BRK_REFUSE)
 					until = now + 100;	/* a probe still out (cannot happen here) */
 				else
@@ -371,22 +371,8 @@ enum cr_err conn_hook_start(struct conn *c)
 	    "messages the hook never took");
 	m_expired = metric_counter("clawrelay_connector_inbox_expired_total", NULL,
 	    "messages that expired in the inbox before the hook took them");
-	{
-		struct brk_config bc;
-		enum cr_err e;
-
-		brk_config_default(&bc);
-		bc.consecutive = (uint32_t)c->cfg.hook_brk_failures;
-		bc.failure_pct = (uint32_t)c->cfg.hook_brk_pct;
-		bc.min_calls = (uint32_t)c->cfg.hook_brk_min_calls;
-		bc.window_ms = (uint32_t)c->cfg.hook_brk_window_ms;
-		bc.open_base_ms = (uint32_t)c->cfg.hook_brk_open_ms;
-		bc.open_max_ms = (uint32_t)c->cfg.hook_brk_open_max_ms;
-		/* the probe is a synchronous call bounded by the hook timeout */
-		bc.probe_timeout_ms = (uint32_t)c->cfg.hook_timeout_ms + 5000u;
-		if ((e = conn_brk_init(c, &c->hook.brk, "hook", &bc, NULL)) != CR_OK)
-			return e;
-	}
+	if (!(c->hook.brk = brkset_get(c->brks, "hook", "")))
+		return CR_ERR_NOMEM;
 	if (pthread_create(&c->hook.thread, NULL, hook_thread, c) != 0)
 		return CR_ERR_INTERNAL;
 	c->hook.started = 1;
@@ -404,11 +390,6 @@ void conn_hook_stop(struct conn *c)
 	c->hook.started = 0;
 }
 
-/* conn_hook_fini - free the breaker (after conn_hook_stop) */
-void conn_hook_fini(struct conn *c)
-{
-	conn_brk_fini(&c->hook.brk);
-}
 
 /* conn_hook_status - add hook stats to a /v1/status object */
 void conn_hook_status(struct conn *c, cJSON *obj)

@@ -111,8 +111,10 @@ static void parse_reply(const struct gw_reply *r, struct conn_out_res *res)
 		if ((v = cJSON_GetObjectItem(j, "status")) && cJSON_IsString(v))
 			copy(res->state, sizeof(res->state), v->valuestring);
 	}
-	if (res->status >= 400 && !res->code[0])
+	if (res->status >= 400 && !res->code[0]) {
+		res->bare = 1;
 		snprintf(res->code, sizeof(res->code), "gateway_%d", res->status);
+	}
 	cJSON_Delete(j);
 }
 
@@ -258,5 +260,5 @@ void conn_out_send(struct conn *c, const Envelope *e, struct conn_out_res *res)
 /* conn_out_class - what an answer means (conn_class.h) */
 enum conn_out_class conn_out_class(const struct conn_out_res *res)
 {
-	return conn_out_classify(res->status, res->local_error, res->expired);
+	return conn_out_classify(res->status, res->bare, res->local_error, res->expired);
 }

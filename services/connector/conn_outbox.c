@@ -17,8 +17,10 @@
  *   - no answer, 5xx: the gateway is unavailable: the same head is retried
  *     after a backoff (RECONNECT_BASE_MS..RECONNECT_CAP_MS) while the breaker
  *     is closed, and by its probes once it is open;
- *   - other 4xx: refused for good: moved to the failed records (status,
- *     code, message), logged and counted; GET /v1/outbox shows them;
+ *   - other 4xx with the gateway's JSON error: refused for good: moved to
+ *     the failed records (status, code, message), logged and counted; GET
+ *     /v1/outbox shows them (a bare 4xx, e.g. the 404 of a gateway whose
+ *     routes are not registered yet, counts as unavailable);
  *   - expired (its expires_at_ms passed while it waited): failed, code "expired".
  * Order: messages for one recipient leave in the order they entered;
  * a recipient held back by 429/507 does not hold back the others.
@@ -43,8 +45,9 @@
  * and per-recipient map, are under ob.mu (held across the commit, so the
  * duplicate check and the put are one step). The worker reads the outbox
  * through snapshots without the lock: only it removes entries, and puts
- * only append. The breaker's change callback takes ob.mu (to wake the
- * worker), so brk_* is never called with ob.mu held.
+ * only append. The worker waits at most 1 s at a time, so it sees the
+ * breaker close (another thread's probe) within a second; a local send that
+ * succeeds, and a new socket, wake it at once (conn_outbox_kick).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -150,12 +153,6 @@ static long long rcpt_get(struct conn_outbox *ob, const char *id)
 	return 0;
 }
 
-static void brk_wake(struct conn *c, enum brk_state to)
-{
-	(void)to;
-	conn_outbox_kick(c);
-}
-
 /* conn_outbox_kick - the gateway may be back (socket opened, a send
  * succeeded, the breaker changed): the head's backoff ends and the worker
  * looks again; any thread */
@@ -202,7 +199,6 @@ enum cr_err conn_outbox_open(struct conn *c)
 	struct conn_outbox *ob = &c->outbox;
 	struct store *st = c->inbox.st;
 	struct store_iter *it = NULL;
-	struct brk_config bc;
 	const void *k, *v;
 	size_t kl, vl, nfailed = 0;
 	uint64_t last_out = 0, last_failed = 0;
@@ -255,17 +251,8 @@ enum cr_err conn_outbox_open(struct conn *c)
 		ob->next_seq = last_failed + 1;
 	metric_set(m_depth, ob->n);
 
-	brk_config_default(&bc);
-	bc.consecutive = (uint32_t)c->cfg.gw_brk_failures;
-	bc.failure_pct = (uint32_t)c->cfg.gw_brk_pct;
-	bc.min_calls = (uint32_t)c->cfg.gw_brk_min_calls;
-	bc.window_ms = (uint32_t)c->cfg.gw_brk_window_ms;
-	bc.open_base_ms = (uint32_t)c->cfg.gw_brk_open_ms;
-	bc.open_max_ms = (uint32_t)c->cfg.gw_brk_open_max_ms;
-	/* a send is a socket wait and then a POST, each bounded by ENQUEUE_TIMEOUT_MS */
-	bc.probe_timeout_ms = 2u * (uint32_t)c->cfg.enqueue_timeout_ms + 5000u;
-	if ((e = conn_brk_init(c, &ob->brk, "gateway", &bc, brk_wake)) != CR_OK)
-		return e;
+	if (!(ob->brk = brkset_get(c->brks, "gateway", "")))
+		return CR_ERR_NOMEM;
 	log_info(NULL, "outbox open: %lld waiting (%lld bytes), %lld failed kept", ob->n,
 	    ob->bytes, ob->failed_n);
 	return CR_OK;
@@ -277,7 +264,6 @@ void conn_outbox_close(struct conn *c)
 	struct conn_outbox *ob = &c->outbox;
 	struct conn_oblock *bl, *bn;
 
-	conn_brk_fini(&ob->brk);
 	if (ob->rcpt) {
 		for (size_t i = 0; i < ob->nrcpt_buckets; i++) {
 			struct conn_obrcpt *r = ob->rcpt[i], *nx;
@@ -589,7 +575,7 @@ static void send_one(struct conn *c, uint64_t id, Envelope *e, size_t vl, int pr
 	conn_out_send(c, e, &res);
 	cls = conn_out_class(&res);
 	if (cls != CONN_OUT_EXPIRED)
-		conn_brk_result(&ob->brk, cls != CONN_OUT_RETRY);
+		conn_brk_result(ob->brk, cls != CONN_OUT_RETRY);
 	switch (cls) {
 	case CONN_OUT_OK:
 		lc.message_id = res.message_id;
@@ -694,7 +680,7 @@ static void *outbox_thread(void *arg)
 		} else if (e->expires_at_ms && e->expires_at_ms <= now_ms()) {
 			send_one(c, id, e, vl, 0);	/* conn_out_send says expired, sends nothing */
 		} else {
-			switch (conn_brk_state(&ob->brk, &probe_at)) {
+			switch (conn_brk_state(ob->brk, &probe_at)) {
 			case BRK_OPEN:
 				if (now < probe_at)
 					until = probe_at;
@@ -707,7 +693,7 @@ static void *outbox_thread(void *arg)
 				break;
 			}
 			if (!until) {
-				go = conn_brk_allow(&ob->brk);
+				go = conn_brk_allow(ob->brk);
 				if (go == BRK_REFUSE)
 					until = now + 200;	/* another probe (a local send) is out */
 				else
@@ -821,7 +807,7 @@ static void outbox_get(struct conn *c, struct mg_connection *mc, int limit)
 	}
 	fill_status(c, j);
 	if ((b = cJSON_AddObjectToObject(j, "breakers")))
-		conn_brk_json(&ob->brk, b, "gateway");
+		conn_brk_json(ob->brk, "gateway", b, "gateway");
 	pthread_mutex_lock(&ob->mu);
 	head = ob->head_seq;
 	tries = ob->head_tries;

@@ -69,42 +69,9 @@ static const struct cfg_item conn_cfg[] = {
 	  &g_state.cfg.event_batch },
 	{ "STORE_NOSYNC", CFG_BOOL, "false", 0, 0, "skip fsync on commit (tests only)",
 	  &g_state.cfg.store_nosync },
-	{ "HOOK_BREAKER_FAILURES", CFG_INT, "5", 0, 1000000,
-	  "hook breaker: failures in a row that open it (0: rule off). A failure is no answer, "
-	  "a timeout or 5xx; while open the hook is not called and no message uses an attempt",
-	  &g_state.cfg.hook_brk_failures },
-	{ "HOOK_BREAKER_FAILURE_PCT", CFG_INT, "50", 0, 100,
-	  "hook breaker: failure share (%) in the window that opens it (0: rule off)",
-	  &g_state.cfg.hook_brk_pct },
-	{ "HOOK_BREAKER_MIN_CALLS", CFG_INT, "20", 1, 1000000,
-	  "hook breaker: calls in the window before the failure share applies",
-	  &g_state.cfg.hook_brk_min_calls },
-	{ "HOOK_BREAKER_WINDOW_MS", CFG_INT, "10000", 10, 3600000,
-	  "hook breaker: sliding window of the failure share", &g_state.cfg.hook_brk_window_ms },
-	{ "HOOK_BREAKER_OPEN_MS", CFG_INT, "1000", 1, 3600000,
-	  "hook breaker: first open time; doubles on each failed probe",
-	  &g_state.cfg.hook_brk_open_ms },
-	{ "HOOK_BREAKER_OPEN_MAX_MS", CFG_INT, "60000", 1, 86400000,
-	  "hook breaker: longest open time (at least HOOK_BREAKER_OPEN_MS)",
-	  &g_state.cfg.hook_brk_open_max_ms },
-	{ "GATEWAY_BREAKER_FAILURES", CFG_INT, "5", 0, 1000000,
-	  "gateway breaker: failed sends in a row that open it (0: rule off). A failure is no "
-	  "answer, a timeout or a 5xx other than 507; while open, outbound messages go to the "
-	  "outbox", &g_state.cfg.gw_brk_failures },
-	{ "GATEWAY_BREAKER_FAILURE_PCT", CFG_INT, "50", 0, 100,
-	  "gateway breaker: failure share (%) in the window that opens it (0: rule off)",
-	  &g_state.cfg.gw_brk_pct },
-	{ "GATEWAY_BREAKER_MIN_CALLS", CFG_INT, "20", 1, 1000000,
-	  "gateway breaker: sends in the window before the failure share applies",
-	  &g_state.cfg.gw_brk_min_calls },
-	{ "GATEWAY_BREAKER_WINDOW_MS", CFG_INT, "10000", 10, 3600000,
-	  "gateway breaker: sliding window of the failure share", &g_state.cfg.gw_brk_window_ms },
-	{ "GATEWAY_BREAKER_OPEN_MS", CFG_INT, "1000", 1, 3600000,
-	  "gateway breaker: first open time; doubles on each failed probe",
-	  &g_state.cfg.gw_brk_open_ms },
-	{ "GATEWAY_BREAKER_OPEN_MAX_MS", CFG_INT, "30000", 1, 86400000,
-	  "gateway breaker: longest open time (at least GATEWAY_BREAKER_OPEN_MS); the longest "
-	  "an outbox waits after the gateway is back", &g_state.cfg.gw_brk_open_max_ms },
+	/* both breakers (hook, gateway); see conn_hook.c and conn_outbox.c for
+	 * what counts as a failure at each */
+	BRKSET_CFG_ITEMS(g_state.cfg.brk),
 	{ "OUTBOX_MAX", CFG_INT, "10000", 1, 10000000,
 	  "outbox capacity in messages; beyond it the local API answers 507",
 	  &g_state.cfg.outbox_max },
@@ -151,14 +118,16 @@ static int conn_init(struct svc *s, void *st)
 		fprintf(stderr, "CLAWRELAY_*_CAP_MS must not be below its *_BASE_MS\n");
 		return 1;
 	}
-	if (c->cfg.hook_brk_open_max_ms < c->cfg.hook_brk_open_ms) {
-		fprintf(stderr, "CLAWRELAY_HOOK_BREAKER_OPEN_MAX_MS must not be below "
-		    "CLAWRELAY_HOOK_BREAKER_OPEN_MS\n");
+	if (c->cfg.brk.probe_timeout_ms && (c->cfg.brk.probe_timeout_ms <= c->cfg.hook_timeout_ms ||
+	    c->cfg.brk.probe_timeout_ms <= 2 * c->cfg.enqueue_timeout_ms)) {
+		fprintf(stderr, "CLAWRELAY_BREAKER_PROBE_TIMEOUT_MS must be above "
+		    "CLAWRELAY_HOOK_TIMEOUT_MS and twice CLAWRELAY_ENQUEUE_TIMEOUT_MS (a probe is one "
+		    "hook call, or one send: the socket, then a POST), or 0\n");
 		return 1;
 	}
-	if (c->cfg.gw_brk_open_max_ms < c->cfg.gw_brk_open_ms) {
-		fprintf(stderr, "CLAWRELAY_GATEWAY_BREAKER_OPEN_MAX_MS must not be below "
-		    "CLAWRELAY_GATEWAY_BREAKER_OPEN_MS\n");
+	if (!(c->brks = brkset_new(NULL, "connector", svc_instance(s), &c->cfg.brk))) {
+		fprintf(stderr, "CLAWRELAY_BREAKER_*: inconsistent (BREAKER_OPEN_MAX_MS below "
+		    "BREAKER_OPEN_MS?)\n");
 		return 1;
 	}
 	if (c->cfg.outbox_max_mb >= c->cfg.store_map_mb) {
@@ -229,14 +198,17 @@ static void conn_status(struct svc *s, void *st, cJSON *obj)
 	conn_inbox_status(c, obj);
 	conn_hook_status(c, obj);
 	conn_outbox_status(c, obj);
-	{
-		cJSON *b = cJSON_AddObjectToObject(obj, "breakers");
+	if (c->brks)
+		brkset_status(c->brks, obj);
+}
 
-		if (b) {
-			conn_brk_json(&c->hook.brk, b, "hook");
-			conn_brk_json(&c->outbox.brk, b, "gateway");
-		}
-	}
+static void conn_metrics(struct svc *s, void *st, struct strbuf *sb)
+{
+	struct conn *c = st;
+
+	(void)s;
+	if (c->brks)
+		brkset_metrics(c->brks, sb);
 }
 
 static void conn_drain(struct svc *s, void *st)
@@ -258,9 +230,10 @@ static void conn_fini(struct svc *s, void *st)
 	conn_ws_stop(c);
 	conn_outbox_stop(c);
 	conn_hook_stop(c);
-	conn_hook_fini(c);
 	conn_outbox_close(c);
 	conn_inbox_close(c);
+	brkset_free(c->brks);
+	c->brks = NULL;
 	auth_key_free(c->key);
 	c->key = NULL;
 	curl_global_cleanup();
@@ -279,6 +252,7 @@ int main(int argc, char **argv)
 		.tick = conn_tick,
 		.ready = conn_ready,
 		.status = conn_status,
+		.metrics = conn_metrics,
 		.drain = conn_drain,
 		.fini = conn_fini,
 	};

@@ -5,7 +5,8 @@
  *     second answer is 200 with the first's messageId); another
  *     X-Claw-Event-Id is another message; an explicit key reused with
  *     another body is 409.
- *  2. outbox: with the gateway stopped, local sends answer 202 "outboxed"
+ *  2. outbox: with the senders' gateway stopped (the recipient has its own),
+ *     local sends answer 202 "outboxed"
  *     (outbox ID, correlation ID, idempotency key); the gateway breaker
  *     opens; a second connector with OUTBOX_MAX=3 answers 507 past 3; the
  *     same send again while it waits is the same outbox entry; the outbox
@@ -27,16 +28,16 @@ static char hook[400];
 static struct h_proc *conn_a, *conn_c;
 
 /* quick retries toward the gateway, so the test does not wait 30 s */
-static const char *const fast[] = { "CLAWRELAY_GATEWAY_BREAKER_FAILURES=3",
-	"CLAWRELAY_GATEWAY_BREAKER_OPEN_MS=500", "CLAWRELAY_GATEWAY_BREAKER_OPEN_MAX_MS=2000",
+static const char *const fast[] = { "CLAWRELAY_BREAKER_CONSECUTIVE=3",
+	"CLAWRELAY_BREAKER_OPEN_MS=500", "CLAWRELAY_BREAKER_OPEN_MAX_MS=2000",
 	"CLAWRELAY_RECONNECT_BASE_MS=200", "CLAWRELAY_RECONNECT_CAP_MS=2000",
 	"CLAWRELAY_ENQUEUE_TIMEOUT_MS=5000", NULL };
 
-/* start a connector for id; port 0 = a free one; ready = wait for /readyz
- * (the socket up), else only for /healthz */
+/* start a connector for id on gateway gw (NULL: the stack's); port 0 = a
+ * free one; ready = wait for /readyz (the socket up), else only for /healthz */
 static struct h_proc *
 connector(const char *id, const char *name, const char *hook_url, int port, int ready,
-    const char *extra)
+    const char *extra, const char *gw)
 {
 	char e_agent[200], e_key[500], e_gw[128], e_hook[256], e_data[400], e_port[64], key[400];
 	const char *env[32];
@@ -47,7 +48,7 @@ connector(const char *id, const char *name, const char *hook_url, int port, int 
 		port = h_free_port();
 	snprintf(e_agent, sizeof(e_agent), "CLAWRELAY_AGENT_ID=%s", id);
 	snprintf(e_key, sizeof(e_key), "CLAWRELAY_KEY_FILE=%s", key);
-	snprintf(e_gw, sizeof(e_gw), "CLAWRELAY_GATEWAY_URL=%s", st.gw_url);
+	snprintf(e_gw, sizeof(e_gw), "CLAWRELAY_GATEWAY_URL=%s", gw ? gw : st.gw_url);
 	snprintf(e_hook, sizeof(e_hook), "CLAWRELAY_HOOK_URL=%s", hook_url);
 	snprintf(e_data, sizeof(e_data), "CLAWRELAY_DATA_DIR=%s/connector-%s", st.dir, id);
 	snprintf(e_port, sizeof(e_port), "CLAWRELAY_HTTP_PORT=%d", port);
@@ -95,10 +96,19 @@ setup(void)
 	h_agent(&st, "dave", NULL);	/* nobody may send to dave */
 	h_trust(&st, "alice", "bob");
 	h_trust(&st, "carol", "bob");
-	connector("bob", "connector-bob", hook_url, 0, 1, NULL);
-	conn_a = connector("alice", "connector-alice", "http://127.0.0.1:9/unused", 0, 1, NULL);
+	/* bob's connector uses a gateway of its own, which stays up: what reaches
+	 * its hook, and in what order, is what the senders' outboxes sent */
+	char data[400], gw_b[64];
+	int port_b = h_free_port();
+	snprintf(data, sizeof(data), "CLAWRELAY_DATA_DIR=%s/gateway-b", st.dir);
+	snprintf(gw_b, sizeof(gw_b), "http://127.0.0.1:%d", port_b);
+	const char *genv[] = { data, NULL };
+	h_spawn(&st, "gateway-b", "clawrelay-gateway", port_b, genv, NULL);
+	connector("bob", "connector-bob", hook_url, 0, 1, NULL, gw_b);
+	conn_a = connector("alice", "connector-alice", "http://127.0.0.1:9/unused", 0, 1, NULL,
+	    NULL);
 	conn_c = connector("carol", "connector-carol", "http://127.0.0.1:9/unused", 0, 1,
-	    "CLAWRELAY_OUTBOX_MAX=3");
+	    "CLAWRELAY_OUTBOX_MAX=3", NULL);
 }
 
 static void
@@ -155,13 +165,16 @@ get_json(const struct h_proc *p, const char *path)
 	return j;
 }
 
-/* the connector's gateway breaker state */
+/* the connector's gateway breaker state (its entry in /v1/status "breakers") */
 static void
 gw_brk(const struct h_proc *p, char *out, size_t sz)
 {
-	cJSON *j = get_json(p, "/v1/status");
-	cJSON *s = j ? cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "breakers"),
-	    "gateway"), "state") : NULL;
+	cJSON *j = get_json(p, "/v1/status"), *e, *s = NULL;
+	cJSON_ArrayForEach(e, cJSON_GetObjectItem(j, "breakers")) {
+		cJSON *b = cJSON_GetObjectItem(e, "boundary");
+		if (b && cJSON_IsString(b) && strcmp(b->valuestring, "gateway") == 0)
+			s = cJSON_GetObjectItem(e, "state");
+	}
 	snprintf(out, sz, "%s", s && cJSON_IsString(s) ? s->valuestring : "?");
 	cJSON_Delete(j);
 }
@@ -241,7 +254,7 @@ START_TEST(outbox_survives_and_drains_in_order)
 	double first_id = 0, prev_id = 0;
 	char first_key[80] = "";
 
-	/* the gateway goes away */
+	/* the senders' gateway goes away (bob's stays) */
 	struct h_proc *gw = h_find(&st, "gateway");
 	ck_assert_ptr_nonnull(gw);
 	h_kill(gw, SIGKILL);
@@ -292,7 +305,7 @@ START_TEST(outbox_survives_and_drains_in_order)
 			h_sleep_ms(100);
 	}
 	ck_assert_msg(opened, "the gateway breaker never opened (%s)", s);
-	ck_assert_msg(h_wait_log(conn_a, "breaker boundary=gateway from=closed to=open", 5000) == 0,
+	ck_assert_msg(h_wait_log(conn_a, "breaker connector gateway: closed -> open", 5000) == 0,
 	    "no log line for the change");
 
 	/* a bounded outbox: 3 fit, the 4th is 507 */
@@ -308,8 +321,12 @@ START_TEST(outbox_survives_and_drains_in_order)
 	/* the connector restarts while the gateway is still away */
 	int port = conn_a->port;
 	h_kill(conn_a, SIGTERM);
-	conn_a = connector("alice", "connector-alice-2", "http://127.0.0.1:9/unused", port, 0, NULL);
-	j = get_json(conn_a, "/v1/outbox");
+	conn_a = connector("alice", "connector-alice-2", "http://127.0.0.1:9/unused", port, 0, NULL,
+	    NULL);
+	/* /healthz answers before the routes exist: wait for the outbox's */
+	j = NULL;
+	for (int i = 0; i < 300 && !(j = get_json(conn_a, "/v1/outbox")); i++)
+		h_sleep_ms(100);
 	ck_assert_ptr_nonnull(j);
 	ck_assert_int_eq((int)num(j, "depth"), NO + 1);
 	cJSON *w = cJSON_GetObjectItem(j, "waiting");

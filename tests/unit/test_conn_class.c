@@ -44,36 +44,39 @@ START_TEST(hook_answers)
 END_TEST
 
 static const struct {
-	int status, local_error, expired;
+	int status, bare, local_error, expired;
 	enum conn_out_class want;
 } out[] = {
-	{ 202, 0, 0, CONN_OUT_OK },
-	{ 200, 0, 0, CONN_OUT_OK },           /* a duplicate: the first one's IDs */
-	{ 0, 0, 0, CONN_OUT_RETRY },          /* no answer: to the outbox */
-	{ 503, 0, 0, CONN_OUT_RETRY },
-	{ 502, 0, 0, CONN_OUT_RETRY },
-	{ 500, 0, 0, CONN_OUT_RETRY },
-	{ 504, 0, 0, CONN_OUT_RETRY },
-	{ 507, 0, 0, CONN_OUT_LATER },        /* the recipient's queue is full */
-	{ 429, 0, 0, CONN_OUT_LATER },
-	{ 408, 0, 0, CONN_OUT_LATER },
-	{ 400, 0, 0, CONN_OUT_REFUSED },
-	{ 401, 0, 0, CONN_OUT_REFUSED },
-	{ 403, 0, 0, CONN_OUT_REFUSED },
-	{ 404, 0, 0, CONN_OUT_REFUSED },
-	{ 409, 0, 0, CONN_OUT_REFUSED },
-	{ 413, 0, 0, CONN_OUT_REFUSED },
-	{ 500, 1, 0, CONN_OUT_REFUSED },      /* our own failure is never retried */
-	{ 0, 0, 1, CONN_OUT_EXPIRED },
-	{ 202, 0, 1, CONN_OUT_EXPIRED },
+	{ 202, 0, 0, 0, CONN_OUT_OK },
+	{ 200, 0, 0, 0, CONN_OUT_OK },        /* a duplicate: the first one's IDs */
+	{ 0, 0, 0, 0, CONN_OUT_RETRY },       /* no answer: to the outbox */
+	{ 503, 0, 0, 0, CONN_OUT_RETRY },
+	{ 502, 1, 0, 0, CONN_OUT_RETRY },
+	{ 500, 0, 0, 0, CONN_OUT_RETRY },
+	{ 504, 1, 0, 0, CONN_OUT_RETRY },
+	{ 507, 0, 0, 0, CONN_OUT_LATER },     /* the recipient's queue is full */
+	{ 429, 0, 0, 0, CONN_OUT_LATER },
+	{ 429, 1, 0, 0, CONN_OUT_LATER },
+	{ 408, 0, 0, 0, CONN_OUT_LATER },
+	{ 400, 0, 0, 0, CONN_OUT_REFUSED },
+	{ 401, 0, 0, 0, CONN_OUT_REFUSED },
+	{ 403, 0, 0, 0, CONN_OUT_REFUSED },
+	{ 404, 0, 0, 0, CONN_OUT_REFUSED },
+	{ 409, 0, 0, 0, CONN_OUT_REFUSED },
+	{ 413, 0, 0, 0, CONN_OUT_REFUSED },
+	{ 404, 1, 0, 0, CONN_OUT_RETRY },     /* no JSON error: not the gateway's refusal */
+	{ 403, 1, 0, 0, CONN_OUT_RETRY },
+	{ 500, 0, 1, 0, CONN_OUT_REFUSED },   /* our own failure is never retried */
+	{ 0, 0, 0, 1, CONN_OUT_EXPIRED },
+	{ 202, 0, 0, 1, CONN_OUT_EXPIRED },
 };
 
 START_TEST(gateway_answers)
 {
-	enum conn_out_class got = conn_out_classify(out[_i].status, out[_i].local_error,
-	    out[_i].expired);
-	ck_assert_msg(got == out[_i].want, "status %d local %d expired %d: class %d", out[_i].status,
-	    out[_i].local_error, out[_i].expired, (int)got);
+	enum conn_out_class got = conn_out_classify(out[_i].status, out[_i].bare,
+	    out[_i].local_error, out[_i].expired);
+	ck_assert_msg(got == out[_i].want, "status %d bare %d local %d expired %d: class %d",
+	    out[_i].status, out[_i].bare, out[_i].local_error, out[_i].expired, (int)got);
 }
 END_TEST
 
