@@ -57,6 +57,7 @@ struct bus {
 	int nsubs;
 	struct kvh kvs[MAX_KV];
 	int nkv;
+	int kv_replicas;          /* of the buckets bus_kv creates (1..5) */
 };
 
 /* bus_err - nats.c status to the project's error */
@@ -270,6 +271,7 @@ bus_connect(const char *url, const char *name, const char *prefix, struct bus **
 	if (b == NULL)
 		return CR_ERR_NOMEM;
 	pthread_mutex_init(&b->mu, NULL);
+	b->kv_replicas = 1;
 	snprintf(b->prefix, sizeof(b->prefix), "%s", prefix);
 	if ((b->url = strdup(url)) == NULL) {
 		err = CR_ERR_NOMEM;
@@ -560,12 +562,22 @@ bus_pending_requests(struct bus *b)
 	return n;
 }
 
+/* bus_set_kv_replicas - replicas (1..5) of the buckets bus_kv creates from now on */
+void
+bus_set_kv_replicas(struct bus *b, int replicas)
+{
+	pthread_mutex_lock(&b->mu);
+	b->kv_replicas = replicas < 1 ? 1 : replicas > 5 ? 5 : replicas;
+	pthread_mutex_unlock(&b->mu);
+}
+
 /* bus_kv - bind the KV bucket, creating it if it does not exist */
 enum cr_err
 bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore **out)
 {
 	kvStore *kv = NULL;
 	natsStatus s;
+	int replicas;
 
 	pthread_mutex_lock(&b->mu);
 	for (int i = 0; i < b->nkv; i++) {
@@ -575,6 +587,7 @@ bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore *
 			return CR_OK;
 		}
 	}
+	replicas = b->kv_replicas;
 	pthread_mutex_unlock(&b->mu);
 	s = js_KeyValue(&kv, b->js, bucket);
 	if (s != NATS_OK) {
@@ -584,6 +597,7 @@ bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore *
 		cfg.History = (uint8_t)(history > 0 ? history : 1);
 		cfg.TTL = ttl_ms * 1000000LL;	/* nanoseconds (STACK-NOTES) */
 		cfg.StorageType = js_FileStorage;
+		cfg.Replicas = replicas;
 		s = js_CreateKeyValue(&kv, b->js, &cfg);
 		if (s != NATS_OK)	/* created meanwhile by someone else? */
 			s = js_KeyValue(&kv, b->js, bucket);
@@ -611,4 +625,151 @@ bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore *
 	pthread_mutex_unlock(&b->mu);
 	*out = kv;
 	return CR_OK;
+}
+
+/* --- the notice stream ------------------------------------------------ */
+
+/* bus_notice_stream_name - "<PREFIX>_NOTICES" */
+int
+bus_notice_stream_name(const struct bus *b, char *out, size_t sz)
+{
+	size_t n = 0;
+
+	for (const char *p = b->prefix; *p != '\0'; p++) {
+		char c = *p;
+		if (c >= 'a' && c <= 'z')
+			c = (char)(c - 'a' + 'A');
+		else if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+			c = '_';	/* '.', '*', '>' cannot be in a stream name */
+		if (n + 1 >= sz)
+			return -1;
+		out[n++] = c;
+	}
+	if (n + sizeof("_NOTICES") > sz)
+		return -1;
+	memcpy(out + n, "_NOTICES", sizeof("_NOTICES"));
+	return (int)(n + sizeof("_NOTICES") - 1);
+}
+
+/* bus_kv_replicas - the replicas of what this service creates (KV_REPLICAS) */
+int
+bus_kv_replicas(const struct bus *b)
+{
+	return b->kv_replicas;
+}
+
+static void
+notice_limits(const struct bus *b, const struct bus_stream_limits *lim, jsStreamConfig *sc)
+{
+	sc->MaxAge = lim->max_age_ms * 1000000LL;		/* nanoseconds */
+	sc->MaxBytes = lim->max_bytes;
+	sc->MaxMsgs = lim->max_msgs;
+	sc->Duplicates = lim->dup_window_ms * 1000000LL;	/* nanoseconds */
+	sc->Replicas = lim->replicas > 0 ? lim->replicas : b->kv_replicas;	/* 0: as the buckets */
+}
+
+/* bus_notice_stream - create the notice stream if it is missing; with lim,
+ * also bring an existing one's limits to lim */
+enum cr_err
+bus_notice_stream(struct bus *b, const struct bus_stream_limits *lim)
+{
+	static const struct bus_stream_limits defaults = {
+		BUS_NOTICE_MAX_AGE_MS, BUS_NOTICE_MAX_BYTES, BUS_NOTICE_MAX_MSGS,
+		BUS_NOTICE_DUP_WINDOW_MS, 0
+	};
+	char name[96], s_fail[128], s_delay[128];
+	const char *subjects[2] = { s_fail, s_delay };
+	jsStreamInfo *si = NULL;
+	jsStreamConfig sc;
+	jsErrCode jerr = 0;
+	natsStatus s;
+
+	if (bus_notice_stream_name(b, name, sizeof(name)) < 0 ||
+	    bus_subj(b, s_fail, sizeof(s_fail), "failure.>") < 0 ||
+	    bus_subj(b, s_delay, sizeof(s_delay), "delayed.>") < 0)
+		return CR_ERR_INVALID;
+	s = js_GetStreamInfo(&si, b->js, name, NULL, &jerr);
+	if (s == NATS_NOT_FOUND) {
+		jsStreamConfig_Init(&sc);
+		sc.Name = name;
+		sc.Description = "clawrelay failure notices and delay warnings, kept for the notifier";
+		sc.Subjects = subjects;
+		sc.SubjectsLen = 2;
+		sc.Retention = js_LimitsPolicy;
+		sc.Storage = js_FileStorage;
+		sc.Discard = js_DiscardOld;
+		notice_limits(b, lim != NULL ? lim : &defaults, &sc);
+		s = js_AddStream(&si, b->js, &sc, NULL, &jerr);
+		if (s == NATS_OK) {
+			log_info(NULL, "stream %s created (%s, %s)", name, s_fail, s_delay);
+			jsStreamInfo_Destroy(si);
+			return CR_OK;
+		}
+		/* created meanwhile by another service? */
+		log_debug(NULL, "stream %s: create: %s (%d)", name, natsStatus_GetText(s), (int)jerr);
+		s = js_GetStreamInfo(&si, b->js, name, NULL, &jerr);
+	}
+	if (s != NATS_OK) {
+		const char *why = nats_GetLastError(NULL);
+		log_error(NULL, "stream %s: %s", name, why != NULL ? why : natsStatus_GetText(s));
+		return bus_err(s);
+	}
+	/* it exists: whoever made it, and with whatever settings, it serves */
+	int ours = 0;
+	for (int i = 0; i < si->Config->SubjectsLen; i++)
+		ours |= strcmp(si->Config->Subjects[i], s_fail) == 0;
+	if (!ours)
+		log_warn(NULL, "stream %s exists without the subject %s: failures may not be kept",
+		    name, s_fail);
+	if (lim != NULL) {
+		sc = *si->Config;
+		notice_limits(b, lim, &sc);
+		if (sc.MaxAge != si->Config->MaxAge || sc.MaxBytes != si->Config->MaxBytes ||
+		    sc.MaxMsgs != si->Config->MaxMsgs || sc.Duplicates != si->Config->Duplicates ||
+		    sc.Replicas != si->Config->Replicas) {
+			jsStreamInfo *ui = NULL;
+			s = js_UpdateStream(&ui, b->js, &sc, NULL, &jerr);
+			if (s == NATS_OK) {
+				log_info(NULL, "stream %s: limits updated", name);
+			} else {
+				const char *why = nats_GetLastError(NULL);
+				log_warn(NULL, "stream %s keeps its own limits (update refused: %s)", name,
+				    why != NULL ? why : natsStatus_GetText(s));
+			}
+			jsStreamInfo_Destroy(ui);
+		}
+	}
+	jsStreamInfo_Destroy(si);
+	return CR_OK;
+}
+
+/* bus_notice_publish - a Failure on "<P>.<kind>.<tok(sender)>" with
+ * Nats-Msg-Id "<kind>:<message_id>" */
+enum cr_err
+bus_notice_publish(struct bus *b, const char *kind, const char *sender, const char *message_id,
+    const void *data, size_t len)
+{
+	char subj[512], id[300];
+	natsMsg *m = NULL;
+	natsStatus s;
+
+	if (bus_subj_agent(b, subj, sizeof(subj), kind, sender) < 0 ||
+	    (size_t)snprintf(id, sizeof(id), "%s:%s", kind, message_id) >= sizeof(id))
+		return CR_ERR_TOO_BIG;
+	s = natsMsg_Create(&m, subj, NULL, data, (int)len);
+	if (s == NATS_OK && message_id[0] != '\0')
+		s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
+	if (s == NATS_OK)
+		s = natsConnection_PublishMsg(b->bulk, m);
+	natsMsg_Destroy(m);
+	return bus_err(s);
+}
+
+/* bus_publish_msg_asap - publish a natsMsg on the send-asap connection */
+enum cr_err
+bus_publish_msg_asap(struct bus *b, natsMsg *m)
+{
+	natsStatus s = natsConnection_PublishMsg(b->nc, m);
+	natsMsg_Destroy(m);
+	return bus_err(s);
 }

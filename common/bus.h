@@ -82,11 +82,60 @@ enum cr_err bus_request_async(struct bus *b, const char *subj, const void *data,
 /* bus_pending_requests - async requests awaiting a reply */
 size_t bus_pending_requests(struct bus *b);
 
+/* bus_set_kv_replicas - replicas (1..5, default 1) of the buckets bus_kv
+ * creates from now on (CLAWRELAY_KV_REPLICAS: 3 on a 3-node NATS cluster);
+ * a bucket that exists keeps the replicas it was created with. */
+void bus_set_kv_replicas(struct bus *b, int replicas);
+/* bus_kv_replicas - that number: the streams a service creates use it too */
+int bus_kv_replicas(const struct bus *b);
 /* bus_kv - bind the KV bucket, creating it (history, ttl_ms 0 = none) if it
  * does not exist. The handle belongs to the bus. */
 enum cr_err bus_kv(struct bus *b, const char *bucket, int history, int64_t ttl_ms, kvStore **out);
 
 /* bus_err - nats.c status to the project's error */
 enum cr_err bus_err(natsStatus s);
+
+/* --- the notice stream ------------------------------------------------
+ * Failures (<P>.failure.<tok(sender)>) and delay warnings
+ * (<P>.delayed.<tok(sender)>) are plain core publishes; the JetStream
+ * stream "<PREFIX>_NOTICES" (CLAWRELAY_NOTICES by default) stores every
+ * one of them, so they wait there for the notifier even when none runs.
+ * Limits retention, file storage, discard old, bounded by age, bytes and
+ * count. */
+
+#define BUS_NOTICE_MAX_AGE_MS (7LL * 24 * 3600 * 1000)
+#define BUS_NOTICE_MAX_BYTES (1024LL * 1024 * 1024)
+#define BUS_NOTICE_MAX_MSGS 5000000LL
+#define BUS_NOTICE_DUP_WINDOW_MS (2LL * 60 * 1000)
+
+/* Settings of the notice stream (the notifier's NOTICE_* settings). */
+struct bus_stream_limits {
+	int64_t max_age_ms;
+	int64_t max_bytes;
+	int64_t max_msgs;
+	int64_t dup_window_ms;     /* Nats-Msg-Id duplicate window */
+	int replicas;              /* 1; up to 5 in a NATS cluster */
+};
+
+/* bus_notice_stream_name - "<PREFIX>_NOTICES": the prefix upper-cased, every
+ * byte outside [A-Z0-9_-] as '_'; -1 if it does not fit */
+int bus_notice_stream_name(const struct bus *b, char *out, size_t sz);
+/* bus_notice_stream - make sure the notice stream exists. lim NULL: create
+ * it with the defaults above if it is missing, never change an existing one
+ * (relay-session, gateway). lim set (the notifier, which owns it): create
+ * it with lim, or bring an existing one's limits to lim; a refused update
+ * is logged, not fatal. CR_OK once the stream exists; an error (logged)
+ * when JetStream cannot be reached or refuses to create it. */
+enum cr_err bus_notice_stream(struct bus *b, const struct bus_stream_limits *lim);
+/* bus_notice_publish - publish a packed Failure (data borrowed) on
+ * "<P>.<kind>.<tok(sender)>" (kind "failure" or "delayed") with the header
+ * Nats-Msg-Id "<kind>:<message_id>", so the stream stores one copy of a
+ * notice published twice within its duplicate window (buffered connection) */
+enum cr_err bus_notice_publish(struct bus *b, const char *kind, const char *sender,
+    const char *message_id, const void *data, size_t len);
+/* bus_publish_msg_asap - bus_publish_msg on the send-asap connection: the
+ * message is on the wire, ahead of anything this connection sends later
+ * (takes ownership of m) */
+enum cr_err bus_publish_msg_asap(struct bus *b, natsMsg *m);
 
 #endif

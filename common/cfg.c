@@ -127,7 +127,7 @@ bounds(const struct cfg_item *it, char *buf, size_t sz)
 	if (it->type == CFG_INT)
 		snprintf(buf, sz, "%lld..%lld", it->min, it->max);
 	else if (it->type == CFG_BOOL)
-		snprintf(buf, sz, "true|false");
+		snprintf(buf, sz, "true or false");
 	else if (it->max > 0)
 		snprintf(buf, sz, "text, at most %lld chars", it->max);
 	else

@@ -76,6 +76,11 @@ enum cr_err env_unpack_msg(const ProtobufCMessageDescriptor *desc, const void *d
 /* env_id_ok - 1..128 chars of the ID alphabet [A-Za-z0-9._:@+-] (DESIGN 3) */
 int env_id_ok(const char *s);
 
+/* ENV_SYSTEM_SENDER - the sender of the relay's own messages (the notifier's
+ * DELIVERY_STATUS notices to a sender). A valid ID that the registry refuses
+ * to hold, so no agent can register, sign or be trusted as it. */
+#define ENV_SYSTEM_SENDER "clawrelay"
+
 /* Priority names "critical"/"normal"/"low" */
 const char *env_priority_name(int p);
 /* env_priority_parse - name to enum; -1 if not exactly one of the three */

@@ -99,6 +99,7 @@ hop_stream_ensure(struct bus *b, int64_t max_age_s, int64_t max_bytes, int updat
 	cfg.Discard = js_DiscardOld;
 	cfg.MaxAge = max_age_s * 1000000000LL;
 	cfg.MaxBytes = max_bytes;
+	cfg.Replicas = bus_kv_replicas(b);	/* a copy on every node of a cluster, as the buckets */
 	s = js_GetStreamInfo(&si, bus_js(b), name, NULL, &jerr);
 	if (s == NATS_OK && !update) {
 		jsStreamInfo_Destroy(si);

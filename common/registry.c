@@ -93,6 +93,8 @@ reg_agent_put(kvStore *kv, const struct reg_agent *a)
 {
 	char key[512];
 	AgentRecord r = CLAWRELAY__V1__AGENT_RECORD__INIT;
+	if (strcmp(a->id, ENV_SYSTEM_SENDER) == 0)	/* reserved for the relay */
+		return CR_ERR_INVALID;
 	if (agent_key(key, sizeof(key), a->id) < 0)
 		return CR_ERR_INVALID;
 	r.schema_version = ENV_SCHEMA;
@@ -111,6 +113,9 @@ reg_agent_get(kvStore *kv, const char *id, struct reg_agent *out)
 	char key[512];
 	kvEntry *ent = NULL;
 	ProtobufCMessage *m = NULL;
+	/* reserved: even a record stored before it was reserved is not served */
+	if (strcmp(id, ENV_SYSTEM_SENDER) == 0)
+		return CR_ERR_NOT_FOUND;
 	if (agent_key(key, sizeof(key), id) < 0)
 		return CR_ERR_INVALID;
 	enum cr_err e = kv_get_bytes(kv, key, &ent);
@@ -195,6 +200,8 @@ reg_trust_put(kvStore *kv, const char *from, const char *to, const struct reg_tr
 {
 	char key[1024];
 	TrustRecord r = CLAWRELAY__V1__TRUST_RECORD__INIT;
+	if (strcmp(from, ENV_SYSTEM_SENDER) == 0 || strcmp(to, ENV_SYSTEM_SENDER) == 0)
+		return CR_ERR_INVALID;
 	if (trust_key(key, sizeof(key), from, to) < 0)
 		return CR_ERR_INVALID;
 	r.schema_version = ENV_SCHEMA;

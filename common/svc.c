@@ -27,7 +27,7 @@ struct svc {
 	struct bus *bus;
 	struct mg_context *http;
 	char *nats_url, *prefix, *http_addr, *log_level, *instance;
-	long long http_port, http_threads, tick_ms, partitions;
+	long long http_port, http_threads, tick_ms, partitions, kv_replicas;
 	int hop_events;
 	char instance_buf[160];
 	uint64_t started_ms;
@@ -174,6 +174,9 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 		{ "HOP_EVENTS", CFG_BOOL, "true", 0, 0,
 		  "emit hop events (traces, end-to-end latency); false only to measure their cost",
 		  &s.hop_events },
+		{ "KV_REPLICAS", CFG_INT, "1", 1, 5,
+		  "replicas of the NATS KV buckets this service creates (3 on a 3-node cluster; a bucket that exists keeps its own)",
+		  &s.kv_replicas },
 	};
 	const size_t ncommon = sizeof(common) / sizeof(common[0]);
 
@@ -257,6 +260,7 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 			fprintf(stderr, "clawrelay-%s: cannot use CLAWRELAY_NATS_URL=%s\n", def->name, s.nats_url);
 			goto out_curl;
 		}
+		bus_set_kv_replicas(s.bus, (int)s.kv_replicas);
 		hop_init(s.bus, def->name, s.instance_buf);
 	}
 

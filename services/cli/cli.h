@@ -7,7 +7,8 @@
  * message on stderr) or CLI_USAGE (2: bad command line). Results go to stdout,
  * diagnostics to stderr. The NATS bus is opened lazily (cli_bus) and closed
  * by main(); nats.c's threads only run inside the bus module and, for
- * `follow`, in one subscription handler that writes whole lines to stdout.
+ * `notifications --follow`, in one subscription handler that writes whole
+ * lines to stdout.
  */
 #ifndef CLI_H
 #define CLI_H
@@ -27,6 +28,7 @@ struct cli_ctx {
 	const char *gateway_url;   /* CLAWRELAY_GATEWAY_URL / --gateway */
 	int nats_flag;             /* --nats was given on the command line */
 	int timeout_ms;            /* --timeout-ms: NATS requests and HTTP */
+	int kv_replicas;           /* CLAWRELAY_KV_REPLICAS: of the buckets it creates */
 	struct bus *bus;           /* opened by cli_bus, freed by main */
 };
 
@@ -74,7 +76,8 @@ int cli_cmd_send(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_status(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_trace(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_metrics(struct cli_ctx *c, int argc, char **argv);
-int cli_cmd_follow(struct cli_ctx *c, int argc, char **argv);
+int cli_cmd_notifications(struct cli_ctx *c, int argc, char **argv);
+int cli_cmd_follow(struct cli_ctx *c, int argc, char **argv);	/* notifications --follow */
 int cli_cmd_subject(struct cli_ctx *c, int argc, char **argv);
 
 /* The signed HTTP client (cli_http.c). */

@@ -1,23 +1,16 @@
 /*
- * cli_query.c - `clawrelay status`, `clawrelay trace` and `clawrelay
- * follow`: what happened to a message, and failures as they happen.
+ * cli_query.c - `clawrelay status` and `clawrelay trace`: what happened to
+ * a message (failures as they happen: cli_notify.c).
  *
  * status asks the gateway (signed GET /v1/messages/<id>) or, next to NATS,
  * reads the notifier's StatusRecord from the KV bucket clawrelay_status;
- * trace asks metrics-collector on <P>.trace.get; follow subscribes to
- * <P>.notify.failure.* and <P>.notify.delayed.*.
+ * trace asks metrics-collector on <P>.trace.get.
  *
- * Threads: everything runs on the main thread except follow's subscription
- * handler (a nats.c thread), which prints whole lines under out_mu and counts
- * notices in an atomic the main thread polls.
+ * Main thread only.
  */
-#include <pthread.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <cJSON.h>
 
@@ -269,151 +262,4 @@ cli_cmd_trace(struct cli_ctx *c, int argc, char **argv)
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	return rc;
-}
-
-/* --- follow ----------------------------------------------------------- */
-
-static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
-static atomic_int follow_seen;
-static volatile sig_atomic_t follow_stop;
-
-struct follow_ctx {
-	int json;
-};
-
-static void
-on_follow_signal(int sig)
-{
-	follow_stop = 1;
-}
-
-static const char *
-hdr(natsMsg *m, const char *name)
-{
-	const char *v = NULL;
-	if (natsMsgHeader_Get(m, name, &v) != NATS_OK)
-		return NULL;
-	return v;
-}
-
-/* Runs on nats.c's thread; the message is destroyed by the bus. */
-static void
-on_notice(void *arg, natsMsg *msg)
-{
-	const struct follow_ctx *fc = arg;
-	const char *subj = natsMsg_GetSubject(msg);
-	const char *kind = strstr(subj, ".notify.delayed.") ? "delayed" : "failure";
-	ProtobufCMessage *m = NULL;
-	const Failure *f = NULL;
-	char when[32];
-	const char *reason, *cid, *mid, *from, *to, *detail = "";
-
-	if (env_unpack_msg(&clawrelay__v1__failure__descriptor, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg), &m) == CR_OK)
-		f = (const Failure *)m;
-	reason = hdr(msg, "X-Claw-Reason");
-	if (reason == NULL && f != NULL)
-		reason = env_failure_reason_name(f->reason);
-	cid = f ? f->correlation_id : hdr(msg, "X-Claw-Correlation-Id");
-	mid = f ? f->message_id : hdr(msg, "X-Claw-Message-Id");
-	from = f ? f->sender : hdr(msg, "X-Claw-Sender");
-	to = f ? f->recipient : hdr(msg, "X-Claw-Recipient");
-	if (f != NULL && f->detail != NULL)
-		detail = f->detail;
-	iso_time_ms(f && f->failed_at_ms ? f->failed_at_ms : now_ms(), when);
-
-	pthread_mutex_lock(&out_mu);
-	if (fc->json) {
-		cJSON *o = cJSON_CreateObject();
-		char *s;
-		cJSON_AddStringToObject(o, "kind", kind);
-		cJSON_AddStringToObject(o, "subject", subj);
-		cJSON_AddStringToObject(o, "time", when);
-		cJSON_AddStringToObject(o, "reason", nz(reason));
-		cJSON_AddStringToObject(o, "correlationId", nz(cid));
-		cJSON_AddStringToObject(o, "messageId", nz(mid));
-		cJSON_AddStringToObject(o, "sender", nz(from));
-		cJSON_AddStringToObject(o, "recipient", nz(to));
-		cJSON_AddStringToObject(o, "detail", detail);
-		if (f != NULL)
-			cJSON_AddNumberToObject(o, "attempts", f->attempts);
-		s = cJSON_PrintUnformatted(o);
-		if (s != NULL)
-			printf("%s\n", s);
-		cJSON_free(s);
-		cJSON_Delete(o);
-	} else {
-		printf("%s %-7s %-18s %s message %s %s -> %s%s%s\n", when, kind, nz(reason), nz(cid),
-		    nz(mid), nz(from), nz(to), *detail ? ": " : "", detail);
-	}
-	fflush(stdout);
-	pthread_mutex_unlock(&out_mu);
-	if (m != NULL)
-		protobuf_c_message_free_unpacked(m, NULL);
-	atomic_fetch_add(&follow_seen, 1);
-}
-
-static void
-follow_help(FILE *f)
-{
-	fprintf(f,
-	    "usage: clawrelay follow [<sender-id>] [--json] [--no-delayed] [--count N]\n"
-	    "\n"
-	    "Prints failure notifications (<prefix>.notify.failure.<sender>) and\n"
-	    "delay warnings (<prefix>.notify.delayed.<sender>) as they are published,\n"
-	    "for one sender or for all, one line each (--json: one JSON object per\n"
-	    "line). Runs until interrupted, or until N notices were printed.\n");
-}
-
-/* cli_cmd_follow - print notifications until interrupted */
-int
-cli_cmd_follow(struct cli_ctx *c, int argc, char **argv)
-{
-	const char *pos[1], *count = NULL, *why = NULL;
-	int npos = 0, rc, nodelay = 0;
-	struct follow_ctx fc = { 0 };
-	struct cli_opt opts[] = {
-		{ "--json", 0, NULL, &fc.json },
-		{ "--no-delayed", 0, NULL, &nodelay },
-		{ "--count", 1, &count, NULL },
-	};
-	uint64_t max = 0;
-	struct bus *b;
-	char tok[AUTH_ID_MAX * 3 + 1] = "*", subj[512];
-	struct sigaction sa;
-
-	rc = cli_parse(c, argc, argv, opts, 3, pos, 1, &npos);
-	if (rc == -1) {
-		follow_help(stdout);
-		return CLI_OK;
-	}
-	if (rc != CLI_OK)
-		return rc;
-	if (count != NULL && cli_parse_uint(count, 1, 1000000000, &max) != 0)
-		return cli_usage_err("follow", "--count must be a positive number");
-	if (npos == 1) {
-		if (auth_check_agent_id(pos[0], &why) != CR_OK)
-			return cli_err("invalid agent ID: %s", why);
-		subj_token(pos[0], tok, sizeof(tok));
-	}
-	if ((b = cli_bus(c)) == NULL)
-		return CLI_FAIL;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_follow_signal;
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	for (int i = 0; i < (nodelay ? 1 : 2); i++) {
-		if (bus_subj(b, subj, sizeof(subj), "notify.%s.%s", i ? "delayed" : "failure", tok) < 0)
-			return cli_err("subject too long");
-		enum cr_err e = bus_subscribe(b, subj, NULL, on_notice, &fc);
-		if (e != CR_OK)
-			return cli_err("cannot subscribe to %s: %s", subj, cr_strerror(e));
-		fprintf(stderr, "following %s\n", subj);
-	}
-	natsConnection_Flush(bus_nc(b));
-	while (!follow_stop && (max == 0 || (uint64_t)atomic_load(&follow_seen) < max))
-		usleep(20000);
-	/* stop the handler before fc goes out of scope */
-	bus_drain_subs(b);
-	return CLI_OK;
 }

@@ -65,6 +65,17 @@ check_id(const char *id)
 	return -1;
 }
 
+/* the relay's own sender ID: no agent may be registered or trusted as it */
+static int
+check_not_reserved(const char *id)
+{
+	if (strcmp(id, ENV_SYSTEM_SENDER) != 0)
+		return 0;
+	fprintf(stderr, "clawrelay: agent ID '%s' is reserved: the relay sends its "
+	    "delivery-status messages as it\n", id);
+	return -1;
+}
+
 static kvStore *
 open_registry(struct cli_ctx *c)
 {
@@ -153,7 +164,7 @@ agent_add(struct cli_ctx *c, int argc, char **argv)
 		return cli_usage_err("agent", "agent add needs one agent ID");
 	if (pub == NULL)
 		return cli_usage_err("agent", "agent add needs --pubkey <file.pub>");
-	if (check_id(pos[0]) != 0)
+	if (check_id(pos[0]) != 0 || check_not_reserved(pos[0]) != 0)
 		return CLI_FAIL;
 	memset(&a, 0, sizeof(a));
 	snprintf(a.id, sizeof(a.id), "%s", pos[0]);
@@ -449,7 +460,8 @@ trust_add(struct cli_ctx *c, int argc, char **argv)
 	    parse_limit(burst, "--burst", &t.burst) != 0 ||
 	    parse_limit(qmax, "--queue-max", &t.queue_max) != 0)
 		return CLI_USAGE;
-	if (check_id(pos[0]) != 0 || check_id(pos[1]) != 0)
+	if (check_id(pos[0]) != 0 || check_id(pos[1]) != 0 ||
+	    check_not_reserved(pos[0]) != 0 || check_not_reserved(pos[1]) != 0)
 		return CLI_FAIL;
 	if ((kv = open_registry(c)) == NULL)
 		return CLI_FAIL;

@@ -198,6 +198,7 @@ cli_bus(struct cli_ctx *c)
 		c->bus = NULL;
 		return NULL;
 	}
+	bus_set_kv_replicas(c->bus, c->kv_replicas);
 	deadline = mono_ms() + (uint64_t)(c->timeout_ms < 3000 ? c->timeout_ms : 3000);
 	while (!bus_is_connected(c->bus) && mono_ms() < deadline)
 		usleep(10000);

@@ -4,8 +4,9 @@
  *
  * Not a service: it does not run the skeleton. main() reads the common
  * settings from the environment (CLAWRELAY_NATS_URL, CLAWRELAY_SUBJECT_PREFIX,
- * CLAWRELAY_GATEWAY_URL), picks the subcommand and returns its exit code
- * (0 ok, 1 failure, 2 usage). Single-threaded apart from nats.c's threads.
+ * CLAWRELAY_GATEWAY_URL, CLAWRELAY_KV_REPLICAS), picks the subcommand and
+ * returns its exit code (0 ok, 1 failure, 2 usage). Single-threaded apart
+ * from nats.c's threads.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +31,8 @@ static const struct cli_cmd cmds[] = {
 	{ "status", cli_cmd_status, "show a message's state and history" },
 	{ "trace", cli_cmd_trace, "show a message's hop timeline" },
 	{ "metrics", cli_cmd_metrics, "summary of the relay's health (metrics-collector)" },
-	{ "follow", cli_cmd_follow, "print failure (and delay) notifications as they happen" },
+	{ "notifications", cli_cmd_notifications, "failure and delay notices: recent, or --follow" },
+	{ "follow", cli_cmd_follow, "the same as notifications --follow" },
 	{ "subject", cli_cmd_subject, "print the subject token of an agent ID" },
 };
 
@@ -42,7 +44,7 @@ usage(FILE *f)
 	    "\n"
 	    "commands:\n");
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].summary);
+		fprintf(f, "  %-13s %s\n", cmds[i].name, cmds[i].summary);
 	fprintf(f,
 	    "\n"
 	    "global options (accepted before or after the command):\n"
@@ -51,6 +53,9 @@ usage(FILE *f)
 	    "  --gateway URL      gateway base URL (env CLAWRELAY_GATEWAY_URL, default http://127.0.0.1:8080)\n"
 	    "  --timeout-ms N     timeout for NATS requests and HTTP calls (default 5000)\n"
 	    "  --help             this text; `clawrelay <command> --help` for a command\n"
+	    "\n"
+	    "environment: CLAWRELAY_KV_REPLICAS (1..5, default 1) replicas of a KV bucket\n"
+	    "the command creates because it does not exist yet (3 on a 3-node NATS cluster)\n"
 	    "\n"
 	    "exit codes: 0 ok, 1 failure, 2 usage error\n");
 }
@@ -73,6 +78,16 @@ main(int argc, char **argv)
 	c.prefix = env_or("CLAWRELAY_SUBJECT_PREFIX", "clawrelay");
 	c.gateway_url = env_or("CLAWRELAY_GATEWAY_URL", "http://127.0.0.1:8080");
 	c.timeout_ms = 5000;
+	{
+		const char *r = env_or("CLAWRELAY_KV_REPLICAS", "1");
+		char *end = NULL;
+		long n = strtol(r, &end, 10);
+		if (end == r || *end != '\0' || n < 1 || n > 5) {
+			fprintf(stderr, "clawrelay: bad setting: CLAWRELAY_KV_REPLICAS: \"%s\" is not 1..5\n", r);
+			return CLI_USAGE;
+		}
+		c.kv_replicas = (int)n;
+	}
 	/* the library logs JSON lines on stdout: keep them to real errors */
 	lvl = log_level_parse(env_or("CLAWRELAY_LOG_LEVEL", "error"));
 	log_init("clawrelay", "cli", lvl < 0 ? LOG_ERROR : (enum log_level)lvl);

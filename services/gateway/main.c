@@ -54,6 +54,7 @@ gw_init(struct svc *s, void *st)
 
 	g->svc = s;
 	g->bus = svc_bus(s);
+	(void)bus_notice_stream(g->bus, NULL);	/* failures wait there for the notifier */
 	g->partitions = svc_partitions(s);
 	pthread_mutex_init(&g->sock_mu, NULL);
 	pthread_mutex_init(&g->status_mu, NULL);

@@ -1,12 +1,14 @@
 /*
  * main.c - clawrelay-notifier: turns receipts and failures into status
- * records (KV bucket clawrelay_status) and public failure notices.
+ * records (KV bucket clawrelay_status); tells each failure and delay once:
+ * public notices, and DELIVERY_STATUS messages to the senders.
  *
- * Threads: init/drain/fini on the main thread; receipts and failures on
- * two nats.c subscription threads; KV writes on the shards' writer threads
+ * Threads: init/drain/fini on the main thread; receipts on two nats.c
+ * subscription threads; KV writes on the shards' writer threads
  * (notifier_shard.c) and their acks on a third subscription thread
- * (notifier_kv.c); status/metrics on civetweb workers, reading atomics and
- * the shards' counts only.
+ * (notifier_kv.c); failures and delays on the notice workers
+ * (notifier_notice.c); status/metrics on civetweb workers, reading atomics,
+ * the shards' counts and the consumer's info only.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,32 @@ static const struct cfg_item ntf_cfg[] = {
 	  &state.cache_max },
 	{ "STATUS_CACHE_MS", CFG_INT, "60000", 0, 86400000,
 	  "how long an idle record stays remembered", &state.cache_ms },
+	{ "NOTICE_WORKERS", CFG_INT, "8", 1, 64,
+	  "threads telling failures and delays, one at a time each (most of it is waiting for KV "
+	  "and for relay-session's commit)", &state.notice_workers },
+	{ "NOTICE_MAX_AGE_S", CFG_INT, "604800", 60, 31536000,
+	  "the notice stream keeps a failure this long at most (stream max age)",
+	  &state.notice_max_age_s },
+	{ "NOTICE_MAX_BYTES", CFG_INT, "1073741824", 1048576, 1099511627776LL,
+	  "bytes the notice stream keeps at most (then the oldest go)", &state.notice_max_bytes },
+	{ "NOTICE_MAX_MSGS", CFG_INT, "5000000", 1000, 10000000000LL,
+	  "failures and delays the notice stream keeps at most (then the oldest go)",
+	  &state.notice_max_msgs },
+	{ "NOTICE_REPLICAS", CFG_INT, "0", 0, 5,
+	  "copies of the notice stream in a NATS cluster (0: as CLAWRELAY_KV_REPLICAS)",
+	  &state.notice_replicas },
+	{ "NOTICE_ACK_WAIT_S", CFG_INT, "60", 5, 3600,
+	  "a notice taken by a replica that died is handed out again after this long",
+	  &state.notice_ack_wait_s },
+	{ "NOTICE_CLAIM_S", CFG_INT, "30", 1, 3600,
+	  "a replica's claim on a notice it has not published yet is taken over after this long",
+	  &state.notice_claim_s },
+	{ "ENQUEUE_TIMEOUT_MS", CFG_INT, "5000", 100, 60000,
+	  "time limit of one DELIVERY_STATUS enqueue request to relay-session",
+	  &state.enqueue_timeout_ms },
+	{ "DELIVERY_STATUS", CFG_BOOL, "1", 0, 0,
+	  "send each failed message's sender a DELIVERY_STATUS message (0: notices only)",
+	  &state.delivery_status },
 };
 
 static int
@@ -48,6 +76,10 @@ ntf_init(struct svc *s, void *st)
 	    "receipts/failures dropped as malformed");
 	n->m_notices = metric_counter("clawrelay_notifier_notices_total", NULL,
 	    "failure notices published");
+	n->m_notices_delayed = metric_counter("clawrelay_notifier_delay_notices_total", NULL,
+	    "delay notices published");
+	n->m_ds_queued = metric_counter("clawrelay_notifier_delivery_status_total", NULL,
+	    "DELIVERY_STATUS messages queued for senders");
 	n->m_kv_writes = metric_counter("clawrelay_notifier_kv_writes_total", NULL,
 	    "status record writes");
 	n->m_kv_conflicts = metric_counter("clawrelay_notifier_kv_conflicts_total", NULL,
@@ -68,8 +100,7 @@ ntf_init(struct svc *s, void *st)
 	if (bus_subj(n->bus, subj, sizeof(subj), "receipts.>") < 0 ||
 	    bus_subscribe(n->bus, subj, "notifier", ntf_on_receipt_batch, n) != CR_OK)
 		return 1;
-	if (bus_subj(n->bus, subj, sizeof(subj), "failure.>") < 0 ||
-	    bus_subscribe(n->bus, subj, "notifier", ntf_on_failure, n) != CR_OK)
+	if (ntf_notices_start(n) != 0)
 		return 1;
 	log_info(NULL, "folding receipts and failures into %s (%lld writers, window %lld ms)",
 	    STATUS_BUCKET, n->writers, n->coalesce_ms);
@@ -90,9 +121,23 @@ ntf_status(struct svc *s, void *st, cJSON *obj)
 	cJSON_AddNumberToObject(o, "failures", (double)atomic_load(&n->failures));
 	cJSON_AddNumberToObject(o, "malformed", (double)atomic_load(&n->bad));
 	cJSON_AddNumberToObject(o, "coalesced", (double)atomic_load(&n->coalesced));
+	cJSON_AddNumberToObject(o, "delays", (double)atomic_load(&n->delayed));
 	o = cJSON_AddObjectToObject(obj, "notices");
 	cJSON_AddNumberToObject(o, "published", (double)atomic_load(&n->notices));
+	cJSON_AddNumberToObject(o, "delayPublished", (double)atomic_load(&n->notices_delayed));
+	cJSON_AddNumberToObject(o, "toldBefore", (double)atomic_load(&n->notices_skipped));
 	cJSON_AddNumberToObject(o, "errors", (double)atomic_load(&n->notice_errors));
+	cJSON_AddNumberToObject(o, "redeliveries", (double)atomic_load(&n->redeliveries));
+	cJSON_AddNumberToObject(o, "retriesLater", (double)atomic_load(&n->naks));
+	cJSON_AddNumberToObject(o, "claimWaits", (double)atomic_load(&n->claim_waits));
+	cJSON_AddNumberToObject(o, "claimTakeovers", (double)atomic_load(&n->takeovers));
+	ntf_notices_status(n, o);
+	o = cJSON_AddObjectToObject(obj, "deliveryStatus");
+	cJSON_AddBoolToObject(o, "enabled", n->delivery_status != 0);
+	cJSON_AddNumberToObject(o, "queued", (double)atomic_load(&n->ds_queued));
+	cJSON_AddNumberToObject(o, "duplicates", (double)atomic_load(&n->ds_duplicates));
+	cJSON_AddNumberToObject(o, "retries", (double)atomic_load(&n->ds_retries));
+	cJSON_AddNumberToObject(o, "refused", (double)atomic_load(&n->ds_refused));
 	o = cJSON_AddObjectToObject(obj, "statusStore");
 	cJSON_AddStringToObject(o, "bucket", STATUS_BUCKET);
 	cJSON_AddNumberToObject(o, "writes", (double)atomic_load(&n->kv_writes));
@@ -123,8 +168,10 @@ ntf_drain(struct svc *s, void *st)
 {
 	struct ntf *n = st;
 
-	/* stop taking receipts, then write what is pending while the bus is up */
+	/* stop taking receipts and notices, then write what is pending while
+	 * the bus is up */
 	bus_drain_subs(n->bus);
+	ntf_notices_stop(n);
 	ntf_shards_stop(n);
 }
 
@@ -133,6 +180,7 @@ ntf_fini(struct svc *s, void *st)
 {
 	struct ntf *n = st;
 
+	ntf_notices_stop(n);
 	ntf_shards_stop(n);
 	free(n->batch_arena);	/* the bus and its subscriptions are gone */
 	n->batch_arena = NULL;
@@ -140,7 +188,8 @@ ntf_fini(struct svc *s, void *st)
 
 static const struct svc_def ntf_def = {
 	.name = "notifier",
-	.summary = "folds receipts and failures into status records; publishes failure notices",
+	.summary = "folds receipts and failures into status records; tells each failure and "
+	    "delay once (notices, DELIVERY_STATUS to the sender)",
 	.default_port = "8083",
 	.cfg = ntf_cfg,
 	.ncfg = sizeof(ntf_cfg) / sizeof(ntf_cfg[0]),

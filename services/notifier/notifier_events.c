@@ -1,11 +1,10 @@
 /*
- * notifier_events.c - bus handlers for receipts and failures.
+ * notifier_events.c - bus handlers for receipts.
  *
  * Both run on nats.c subscription threads. A message that cannot be decoded
  * or has bad IDs is logged and counted, never fatal. A receipt becomes a
- * delta with one state; a failure becomes a delta with the state failed and
- * its reason, and is also published at once (not coalesced) as the public
- * notice on <P>.notify.failure.<tok(sender)> with the headers of DESIGN §5.
+ * delta with one state, merged into its shard's pending table. (Failures
+ * come from the notice stream: notifier_notice.c.)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -19,10 +18,9 @@
 
 /* A message is decoded into an arena: protobuf-c allocates every string of
  * a message, and those mallocs and frees cost more than the rest of a
- * receipt's handling. A single receipt or failure uses a buffer on the
- * handler's stack, a ReceiptBatch the batch subscription's own buffer
- * (n->batch_arena). What does not fit spills to malloc (and is freed by
- * decoded_free). */
+ * receipt's handling. A single receipt uses a buffer on the handler's
+ * stack, a ReceiptBatch the batch subscription's own buffer (n->batch_arena).
+ * What does not fit spills to malloc (and is freed by decoded_free). */
 struct arena {
 	unsigned char *buf;    /* 16-byte aligned */
 	size_t cap, used;
@@ -161,85 +159,5 @@ ntf_on_receipt_batch(void *arg, natsMsg *msg)
 		for (size_t i = 0; i < b->n_receipts; i++)
 			fold_receipt(n, msg, b->receipts[i]);
 	}
-	decoded_free(m, &alloc);
-}
-
-static void
-publish_notice(struct ntf *n, natsMsg *in, const Failure *f)
-{
-	struct log_ctx lc = { f->correlation_id, f->message_id, f->sender };
-	natsMsg *out = NULL;
-	char subj[512];
-	natsStatus s;
-
-	if (f->sender[0] == '\0' ||
-	    bus_subj_agent(n->bus, subj, sizeof(subj), "notify.failure", f->sender) < 0) {
-		log_warn(&lc, "failure without a usable sender: no notice");
-		return;
-	}
-	/* the notice carries the Failure exactly as it was published */
-	s = natsMsg_Create(&out, subj, NULL, natsMsg_GetData(in), natsMsg_GetDataLength(in));
-	if (s == NATS_OK)
-		s = natsMsgHeader_Set(out, "X-Claw-Correlation-Id", f->correlation_id);
-	if (s == NATS_OK)
-		s = natsMsgHeader_Set(out, "X-Claw-Message-Id", f->message_id);
-	if (s == NATS_OK)
-		s = natsMsgHeader_Set(out, "X-Claw-Sender", f->sender);
-	if (s == NATS_OK)
-		s = natsMsgHeader_Set(out, "X-Claw-Recipient", f->recipient);
-	if (s == NATS_OK)
-		s = natsMsgHeader_Set(out, "X-Claw-Reason", env_failure_reason_name(f->reason));
-	if (s == NATS_OK)
-		s = natsMsgHeader_Set(out, "Content-Type", "application/protobuf");
-	if (s != NATS_OK) {
-		natsMsg_Destroy(out);
-		goto fail;
-	}
-	if (bus_publish_msg(n->bus, out) != CR_OK)	/* takes out */
-		goto fail;
-	atomic_fetch_add(&n->notices, 1);
-	metric_add(n->m_notices, 1);
-	log_info(&lc, "failure notice: %s (%s)", env_failure_reason_name(f->reason), f->detail);
-	return;
-fail:
-	atomic_fetch_add(&n->notice_errors, 1);
-	log_error(&lc, "failure notice not published");
-}
-
-/* ntf_on_failure - fold a Failure into its status record and publish the notice */
-void
-ntf_on_failure(void *arg, natsMsg *msg)
-{
-	struct ntf *n = arg;
-	_Alignas(16) unsigned char mem[4096];
-	struct arena a = { mem, sizeof(mem), 0, 0 };
-	ProtobufCAllocator alloc = { arena_alloc, arena_free, &a };
-	ProtobufCMessage *m;
-	const Failure *f;
-	struct ntf_rec d;
-
-	m = decode(&clawrelay__v1__failure__descriptor, msg, &alloc);
-	f = (const Failure *)m;
-	if (f == NULL || f->schema_version != ENV_SCHEMA) {
-		bad(n, msg, "undecodable failure");
-		goto out;
-	}
-	if (!ids_ok(f->correlation_id, f->message_id, f->sender, f->recipient)) {
-		bad(n, msg, "failure with bad IDs");
-		goto out;
-	}
-	atomic_fetch_add(&n->failures, 1);
-	metric_add(n->m_failures, 1);
-	ntf_rec_init(&d);
-	set_ids(&d, f->correlation_id, f->message_id, f->sender, f->recipient);
-	d.at[NTF_FAILED] = f->failed_at_ms ? f->failed_at_ms : now_ms();
-	d.attempts = f->attempts;
-	d.failure_reason = (int)f->reason;
-	snprintf(d.last_error, sizeof(d.last_error), "%s",
-	    f->detail[0] ? f->detail : env_failure_reason_name(f->reason));
-	d.updated_at_ms = now_ms();
-	ntf_shards_add(n, &d);
-	publish_notice(n, msg, f);
-out:
 	decoded_free(m, &alloc);
 }

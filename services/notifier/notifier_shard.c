@@ -298,23 +298,21 @@ count_write(struct ntf *n, const struct ntf_rec *r, uint64_t rev)
 	    (unsigned long long)rev);
 }
 
-/* the slow path: read the stored record, fold d's record into it and write
- * it back with compare-and-set, synchronously, retrying on conflicts */
-static void
-write_sync(struct ntf_shard *sh, const struct ntf_ent *d)
+/* ntf_status_write - read the stored record, fold d into it and write it
+ * back with compare-and-set, synchronously, retrying on conflicts */
+int
+ntf_status_write(struct ntf *n, const struct ntf_rec *d, struct ntf_rec *out, uint64_t *out_rev)
 {
-	struct ntf *n = sh->n;
-	struct log_ctx lc = { d->r.correlation_id, d->r.message_id, d->r.sender };
+	struct log_ctx lc = { d->correlation_id, d->message_id, d->sender };
 	struct ntf_rec r;
 	uint64_t rev = 0, newrev = 0;
 	unsigned char buf[NTF_PACK_MAX];
 	char key[512];
 
-	if (status_key(d->r.correlation_id, key, sizeof(key)) == 0) {
+	if (status_key(d->correlation_id, key, sizeof(key)) == 0) {
 		atomic_fetch_add(&n->kv_errors, 1);
-		return;
+		return -1;
 	}
-	cache_drop(sh, d);
 	for (int tries = 0; tries < MAX_TRIES; tries++) {
 		size_t len = 0;
 		natsStatus s;
@@ -326,14 +324,15 @@ write_sync(struct ntf_shard *sh, const struct ntf_ent *d)
 		}
 		if (known == 0)
 			ntf_rec_init(&r);
-		if (!ntf_rec_merge(&r, &d->r)) {
+		if (!ntf_rec_merge(&r, d)) {
 			atomic_fetch_add(&n->kv_skipped, 1);	/* nothing new */
-			cache_put(sh, d, &r, rev);
-			return;
+			*out = r;
+			*out_rev = rev;
+			return 0;
 		}
 		if (ntf_rec_pack(&r, buf, sizeof(buf), &len) != CR_OK) {
 			atomic_fetch_add(&n->kv_errors, 1);
-			return;
+			return -1;
 		}
 		if (known == 0)
 			s = kvStore_Create(&newrev, n->kv, key, buf, (int)len);
@@ -341,8 +340,9 @@ write_sync(struct ntf_shard *sh, const struct ntf_ent *d)
 			s = kvStore_Update(&newrev, n->kv, key, buf, (int)len, rev);
 		if (s == NATS_OK) {
 			count_write(n, &r, newrev);
-			cache_put(sh, d, &r, newrev);
-			return;
+			*out = r;
+			*out_rev = newrev;
+			return 0;
 		}
 		/* someone else wrote it (CAS conflict, or it exists): read again */
 		const char *why = nats_GetLastError(NULL);
@@ -357,6 +357,19 @@ write_sync(struct ntf_shard *sh, const struct ntf_ent *d)
 	atomic_fetch_add(&n->kv_errors, 1);
 	metric_add(n->m_kv_errors, 1);
 	log_error(&lc, "status update lost after %d tries", MAX_TRIES);
+	return -1;
+}
+
+/* the slow path: ntf_status_write, remembering the result in the cache */
+static void
+write_sync(struct ntf_shard *sh, const struct ntf_ent *d)
+{
+	struct ntf_rec r;
+	uint64_t rev = 0;
+
+	cache_drop(sh, d);
+	if (ntf_status_write(sh->n, &d->r, &r, &rev) == 0)
+		cache_put(sh, d, &r, rev);
 }
 
 /* ntf_shards_acked - record the ack of write wid (ack handler's thread) */

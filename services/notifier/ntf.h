@@ -2,8 +2,8 @@
  * ntf.h - private header of clawrelay-notifier (nothing outside
  * services/notifier/ includes it).
  *
- * Receipts and failures arrive on nats.c's subscription threads; each is
- * turned into a delta (struct ntf_rec with only what it reports) and merged
+ * Receipts arrive on nats.c's subscription threads; each is turned into a
+ * delta (struct ntf_rec with only what it reports) and merged
  * into the pending table of one shard, chosen by a hash of the correlation
  * ID. Each shard's writer thread takes every entry COALESCE_MS after its
  * message's first delta (on its next tick; under load, a message not yet
@@ -14,6 +14,11 @@
  * message. A correlation ID always maps to the same shard, so its writes
  * are ordered within this replica; CAS keeps replicas from losing each
  * other's updates.
+ *
+ * Failures and delay warnings come from the notice stream instead
+ * (notifier_notice.c): worker threads fold a failure into its record at
+ * once (ntf_status_write), publish its notice and enqueue the sender's
+ * DELIVERY_STATUS message, each exactly once across replicas.
  */
 #ifndef NTF_H
 #define NTF_H
@@ -21,6 +26,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <cJSON.h>
 
 #include "bus.h"
 #include "env.h"
@@ -35,6 +42,7 @@ enum ntf_state {
 };
 
 #define NTF_ID_MAX 128
+#define NTF_OWNER_MAX 160           /* "<instance>/<random>/<worker>" of a claim */
 #define NTF_BATCH_ARENA (256u * 1024)
 #define NTF_ERR_MAX 256
 /* a packed StatusRecord: four IDs, six history entries, the error, framing */
@@ -55,6 +63,7 @@ struct ntf_rec {
 };
 
 struct ntf_shard;
+struct ntf_worker;
 
 struct ntf {
 	/* settings */
@@ -63,6 +72,15 @@ struct ntf {
 	long long writers;
 	long long cache_max;
 	long long cache_ms;
+	long long notice_workers;
+	long long notice_max_age_s;
+	long long notice_max_bytes;
+	long long notice_max_msgs;
+	long long notice_replicas;
+	long long notice_ack_wait_s;
+	long long notice_claim_s;
+	long long enqueue_timeout_ms;
+	int delivery_status;
 
 	/* set by init, read-only afterwards */
 	struct svc *svc;
@@ -76,12 +94,19 @@ struct ntf {
 	unsigned nshards;
 	unsigned char *batch_arena;  /* NTF_BATCH_ARENA bytes: the receipt-batch
 	                              * subscription's thread decodes into it */
+	char stream[96];             /* the notice stream's name */
+	struct ntf_worker *workers;  /* notifier_notice.c */
+	unsigned nworkers;
+	atomic_int notice_stop;
 
 	/* counters, any thread */
 	atomic_ullong receipts, failures, bad, notices, notice_errors;
+	atomic_ullong delayed, notices_delayed, notices_skipped, redeliveries, naks;
+	atomic_ullong claim_waits, takeovers;
+	atomic_ullong ds_queued, ds_duplicates, ds_retries, ds_refused;
 	atomic_ullong coalesced, kv_writes, kv_skipped, kv_conflicts, kv_errors, kv_gets;
 	struct metric *m_receipts, *m_failures, *m_bad, *m_notices, *m_kv_writes,
-	    *m_kv_conflicts, *m_kv_errors;
+	    *m_kv_conflicts, *m_kv_errors, *m_notices_delayed, *m_ds_queued;
 };
 
 /* ntf_state_rank - state name to enum ntf_state; -1 if unknown */
@@ -115,6 +140,26 @@ void ntf_shards_counts(struct ntf *n, size_t *pending, size_t *cached, size_t *i
  * rev the new revision, 0 if the write failed (conflict: CAS mismatch) */
 void ntf_shards_acked(struct ntf *n, unsigned shard, uint64_t wid, uint64_t rev, int conflict);
 
+/* ntf_status_write - fold delta d into the stored record now (read, merge,
+ * compare-and-set, retried on conflicts; any thread); 0 with the record and
+ * its revision in *out / *rev, -1 if the update was lost */
+int ntf_status_write(struct ntf *n, const struct ntf_rec *d, struct ntf_rec *out, uint64_t *rev);
+
+/* ntf_notices_start - the notice stream, its durable consumer and the
+ * NOTICE_WORKERS threads that tell each failure and delay once; 0 on success */
+int ntf_notices_start(struct ntf *n);
+/* ntf_notices_stop - finish the notices in hand, hand back the rest, stop
+ * the workers (the bus must still be up); idempotent */
+void ntf_notices_stop(struct ntf *n);
+/* ntf_notices_status - the consumer's backlog, into obj (civetweb thread) */
+void ntf_notices_status(struct ntf *n, cJSON *obj);
+/* ntf_status_text - the sentence a sender's agent reads about failure f
+ * (borrowed) into out (sz bytes) */
+void ntf_status_text(const Failure *f, char *out, size_t sz);
+/* ntf_status_payload - the DELIVERY_STATUS JSON for f; caller frees with
+ * cJSON_free; NULL when out of memory */
+char *ntf_status_payload(const Failure *f);
+
 /* ntf_kv_open - subscribe the reply inbox of async writes; 0 on success */
 int ntf_kv_open(struct ntf *n);
 /* ntf_kv_close - unsubscribe once the ack handler has returned for the last
@@ -126,10 +171,9 @@ void ntf_kv_close(struct ntf *n);
 enum cr_err ntf_kv_send(struct ntf *n, unsigned shard, uint64_t wid, const char *key,
     uint64_t rev, const void *buf, size_t len);
 
-/* ntf_on_receipt / ntf_on_failure - bus handlers; msg borrowed */
+/* ntf_on_receipt - bus handler of one Receipt; msg borrowed */
 void ntf_on_receipt(void *arg, natsMsg *msg);
 /* ntf_on_receipt_batch - <P>.receipts.<service>: a ReceiptBatch; msg borrowed */
 void ntf_on_receipt_batch(void *arg, natsMsg *msg);
-void ntf_on_failure(void *arg, natsMsg *msg);
 
 #endif

@@ -92,6 +92,7 @@ session_init(struct svc *svc, void *arg)
 
 	s->svc = svc;
 	s->bus = svc_bus(svc);
+	(void)bus_notice_stream(s->bus, NULL);	/* failures wait there for the notifier */
 	s->nparts = svc_partitions(svc);
 	if (s->nparts == 0 || s->nparts > 1024) {
 		log_error(NULL, "CLAWRELAY_PARTITIONS must be 1..1024");

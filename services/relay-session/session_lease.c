@@ -10,14 +10,20 @@
  *   - stops serving a partition by itself when it could not renew for
  *     5/6 of the lease time (NATS unreachable), before anyone else can take
  *     it over (the key expires only after the full lease time);
+ *   - announces itself every pass with a key "m.<fnv1a32(instance), hex>"
+ *     (the bucket's TTL drops it a lease time after the replica stops), so
+ *     that a replica holding no lease yet is counted too;
  *   - takes free keys with kvStore_Create, at most ceil(P / replicas seen)
  *     of them, unless a key has stayed free for more than a lease time
  *     (then anyone takes it: takeover after a crash never waits for
  *     fairness);
+ *   - holding more than ceil(P / replicas seen), gives one partition back
+ *     per pass (closes it, deletes its key), so a replica that started
+ *     later, or was scaled up, gets its share from one that took them all;
  *   - takes back at once a key holding its own instance id (a restart
  *     with the same CLAWRELAY_INSTANCE), by compare-and-set;
- *   - on drain, closes its partitions and deletes their keys so another
- *     replica can take them over immediately.
+ *   - on drain, closes its partitions and deletes their keys (and its
+ *     member key) so another replica can take them over immediately.
  * Everything here runs on the main thread (tick, drain).
  */
 #include <stdio.h>
@@ -30,6 +36,7 @@
 
 #define LEASE_BUCKET "clawrelay_leases"
 #define MAX_HOLDERS 64
+#define MEMBER_PREFIX "m."
 
 static int
 transient(natsStatus st)
@@ -86,6 +93,51 @@ holder_add(char holders[][128], int n, const char *v, size_t len)
 	return n + 1;
 }
 
+/* Announce this replica and count the replicas announced (itself included);
+ * -1 when the bucket does not answer. */
+static int
+members(struct session *s)
+{
+	const char *inst = svc_instance(s->svc);
+	kvKeysList kl = { 0 };
+	char key[16];
+	uint64_t rev = 0;
+	int n = 0;
+
+	snprintf(key, sizeof(key), MEMBER_PREFIX "%08x", (unsigned)fnv1a32(inst));
+	if (kvStore_Put(&rev, s->leases, key, inst, (int)strlen(inst)) != NATS_OK)
+		return -1;
+	if (kvStore_Keys(&kl, s->leases, NULL) != NATS_OK)
+		return -1;
+	for (int i = 0; i < kl.Count; i++)
+		if (strncmp(kl.Keys[i], MEMBER_PREFIX, strlen(MEMBER_PREFIX)) == 0)
+			n++;
+	kvKeysList_Destroy(&kl);
+	return n;
+}
+
+/* Close pp and delete its key if it still holds our instance id (a CAS
+ * delete is not in nats.c 3.4, so the holder is checked first). */
+static void
+give_back(struct session *s, struct session_part *pp)
+{
+	const char *inst = svc_instance(s->svc);
+	kvEntry *ent = NULL;
+	char key[16];
+
+	session_part_close(s, pp);
+	pp->leased = 0;
+	if (s->leases == NULL)
+		return;
+	snprintf(key, sizeof(key), "p%u", pp->idx);
+	if (kvStore_Get(&ent, s->leases, key) == NATS_OK) {
+		if ((size_t)kvEntry_ValueLen(ent) == strlen(inst) &&
+		    memcmp(kvEntry_Value(ent), inst, strlen(inst)) == 0)
+			kvStore_Delete(s->leases, key);
+		kvEntry_Destroy(ent);
+	}
+}
+
 static void
 acquire(struct session *s, uint64_t now)
 {
@@ -93,6 +145,7 @@ acquire(struct session *s, uint64_t now)
 	static char holders[MAX_HOLDERS][128];
 	int nh = 0, freeidx[1024], nfree = 0;
 	uint32_t owned = 0, target;
+	int nm = members(s);
 
 	for (uint32_t p = 0; p < s->nparts; p++) {
 		struct session_part *pp = &s->parts[p];
@@ -141,8 +194,26 @@ acquire(struct session *s, uint64_t now)
 			return;	/* bus trouble: try again next pass */
 		}
 	}
+	/* replicas holding no lease count too (announced, not holders) */
+	if (nm - 1 > nh)
+		nh = nm - 1;
 	s->others_seen = (uint32_t)nh;
 	target = (s->nparts + (uint32_t)nh) / (uint32_t)(nh + 1);
+	if (owned > target) {
+		/* more than a fair share while another replica has less: give
+		 * the highest one back; that replica takes it on its next pass
+		 * (if none does within a lease time, anyone may again) */
+		for (uint32_t p = s->nparts; p-- > 0;) {
+			if (s->parts[p].leased) {
+				log_info(NULL, "partition %u: handing over (%u held, %u replicas: %u each)",
+				    p, owned, (unsigned)nh + 1, target);
+				give_back(s, &s->parts[p]);
+				s->parts[p].free_since = now;
+				break;
+			}
+		}
+		return;
+	}
 	for (int i = 0; i < nfree; i++) {
 		struct session_part *pp = &s->parts[freeidx[i]];
 		char key[16];
@@ -197,26 +268,15 @@ session_lease_tick(struct session *s)
 void
 session_lease_release_all(struct session *s)
 {
-	for (uint32_t p = 0; p < s->nparts; p++) {
-		struct session_part *pp = &s->parts[p];
+	for (uint32_t p = 0; p < s->nparts; p++)
+		if (s->parts[p].leased)
+			give_back(s, &s->parts[p]);
+	if (s->leases != NULL) {
+		/* no longer a member: the others' fair share grows at once,
+		 * so a replica restarted in our place takes every partition
+		 * without waiting for our key to expire */
 		char key[16];
-
-		if (!pp->leased)
-			continue;
-		session_part_close(s, pp);
-		pp->leased = 0;
-		if (s->leases != NULL) {
-			snprintf(key, sizeof(key), "p%u", p);
-			/* only if still ours: a CAS delete is not in nats.c 3.4,
-			 * so check the holder first */
-			kvEntry *ent = NULL;
-			if (kvStore_Get(&ent, s->leases, key) == NATS_OK) {
-				const char *inst = svc_instance(s->svc);
-				if ((size_t)kvEntry_ValueLen(ent) == strlen(inst) &&
-				    memcmp(kvEntry_Value(ent), inst, strlen(inst)) == 0)
-					kvStore_Delete(s->leases, key);
-				kvEntry_Destroy(ent);
-			}
-		}
+		snprintf(key, sizeof(key), MEMBER_PREFIX "%08x", (unsigned)fnv1a32(svc_instance(s->svc)));
+		kvStore_Delete(s->leases, key);
 	}
 }

@@ -3,7 +3,9 @@
  * nats-server (started on a free loopback port, stopped at the end):
  * requests (sync, async, no responders, timeouts), KV buckets, agent and
  * trust records for DIDs and dotted IDs, the cache serving stale entries
- * while NATS is down, and hop events arriving in batches, none lost.
+ * while NATS is down, hop events arriving in batches, none lost, and the
+ * notice stream (created once, keeps plain publishes, drops a repeated
+ * Nats-Msg-Id, limits set by its owner only) and the reserved sender ID.
  */
 #include <arpa/inet.h>
 #include <check.h>
@@ -299,6 +301,78 @@ START_TEST(hop_batching)
 }
 END_TEST
 
+static uint64_t
+stream_msgs(struct bus *b, const char *name, int64_t *max_age_ns)
+{
+	jsStreamInfo *si = NULL;
+	uint64_t n;
+
+	ck_assert_int_eq(js_GetStreamInfo(&si, bus_js(b), name, NULL, NULL), NATS_OK);
+	n = si->State.Msgs;
+	if (max_age_ns != NULL)
+		*max_age_ns = si->Config->MaxAge;
+	jsStreamInfo_Destroy(si);
+	return n;
+}
+
+START_TEST(notice_stream)
+{
+	struct bus *b = connect_bus(), *p = NULL;
+	struct bus_stream_limits lim = { 3600 * 1000, 1 << 20, 1000, 1000, 1 };
+	struct reg_agent a;
+	kvStore *kv = NULL;
+	char name[96], subj[128];
+	int64_t age = 0;
+
+	ck_assert_int_gt(bus_notice_stream_name(b, name, sizeof(name)), 0);
+	ck_assert_str_eq(name, "CLAWRELAY_NOTICES");
+	ck_assert_int_eq(bus_connect(nats_url, "test", "prod.cr-1", &p), CR_OK);
+	ck_assert_int_gt(bus_notice_stream_name(p, name, sizeof(name)), 0);
+	ck_assert_str_eq(name, "PROD_CR-1_NOTICES");
+	ck_assert_int_eq(bus_notice_stream_name(b, name, 10), -1);
+	bus_free(p);
+
+	/* created once, with the defaults; a second call changes nothing */
+	ck_assert_int_eq(bus_notice_stream(b, NULL), CR_OK);
+	ck_assert_int_eq(bus_notice_stream(b, NULL), CR_OK);
+	ck_assert_uint_eq(stream_msgs(b, "CLAWRELAY_NOTICES", &age), 0);
+	ck_assert(age == BUS_NOTICE_MAX_AGE_MS * 1000000LL);
+
+	/* plain publishes are kept; a repeated Nats-Msg-Id is kept once */
+	ck_assert_int_gt(bus_subj(b, subj, sizeof(subj), "failure.alice"), 0);
+	ck_assert_int_eq(bus_publish(b, subj, "x", 1), CR_OK);
+	ck_assert_int_eq(bus_notice_publish(b, "delayed", "a.b", "M1", "y", 1), CR_OK);
+	ck_assert_int_eq(bus_notice_publish(b, "delayed", "a.b", "M1", "y", 1), CR_OK);
+	ck_assert_int_eq(bus_subj(b, subj, sizeof(subj), "notify.failure.alice") > 0, 1);
+	ck_assert_int_eq(bus_publish(b, subj, "z", 1), CR_OK);	/* not a stream subject */
+	natsConnection_Flush(bus_nc_bulk(b));
+	usleep(200000);
+	ck_assert_uint_eq(stream_msgs(b, "CLAWRELAY_NOTICES", NULL), 2);
+
+	/* the owner's limits win; others leave an existing stream alone */
+	ck_assert_int_eq(bus_notice_stream(b, &lim), CR_OK);
+	stream_msgs(b, "CLAWRELAY_NOTICES", &age);
+	ck_assert(age == 3600LL * 1000 * 1000000LL);
+	ck_assert_int_eq(bus_notice_stream(b, NULL), CR_OK);
+	stream_msgs(b, "CLAWRELAY_NOTICES", &age);
+	ck_assert(age == 3600LL * 1000 * 1000000LL);
+	/* replicas a lone server cannot have: refused or clamped, never an error */
+	lim.replicas = 3;
+	ck_assert_int_eq(bus_notice_stream(b, &lim), CR_OK);
+	ck_assert_uint_eq(stream_msgs(b, "CLAWRELAY_NOTICES", NULL), 2);
+
+	/* the relay's own sender ID cannot be registered */
+	ck_assert_int_eq(reg_open(b, &kv), CR_OK);
+	memset(&a, 0, sizeof(a));
+	snprintf(a.id, sizeof(a.id), "%s", ENV_SYSTEM_SENDER);
+	ck_assert_int_eq(reg_agent_put(kv, &a), CR_ERR_INVALID);
+	ck_assert_int_eq(reg_agent_get(kv, ENV_SYSTEM_SENDER, &a), CR_ERR_NOT_FOUND);
+	ck_assert_int_eq(reg_trust_put(kv, ENV_SYSTEM_SENDER, "alice", NULL), CR_ERR_INVALID);
+	ck_assert_int_eq(reg_trust_put(kv, "alice", ENV_SYSTEM_SENDER, NULL), CR_ERR_INVALID);
+	bus_free(b);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -309,6 +383,7 @@ main(void)
 	tcase_add_test(tc, requests);
 	tcase_add_test(tc, registry);
 	tcase_add_test(tc, hop_batching);
+	tcase_add_test(tc, notice_stream);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_NOFORK);
