@@ -8,10 +8,11 @@
  * the agent gets the same 400 locally.
  *
  * Idempotency: without X-Claw-Idempotency-Key the message gets a
- * deterministic key from (this agent, recipient, X-Claw-Event-Id if any,
- * payload) (conn_key.h): the same send fired twice is one message (the
- * second answer is 200 with the first's IDs), and a message sent again after
- * a lost answer, or from the outbox, is queued once.
+ * deterministic key from (this agent, recipient, the agent's
+ * X-Claw-Correlation-Id and X-Claw-Event-Id if given, payload)
+ * (conn_key.h): the same send fired twice is one message (the second answer
+ * is 200 with the first's IDs), and a message sent again after a lost
+ * answer, or from the outbox, is queued once.
  *
  * Where it goes:
  *   - older messages for the same recipient wait in the outbox: behind them
@@ -158,7 +159,7 @@ int conn_api_outbound(struct mg_connection *mc, void *arg)
 	struct conn_out_res res;
 	struct strbuf body;
 	const char *why = NULL, *recipient, *corr = NULL, *priority = NULL, *ttl = NULL;
-	const char *idem = NULL, *event = NULL, *ctype, *tp;
+	const char *idem = NULL, *event = NULL, *ctype, *tp, *agent_corr;
 	char corrbuf[ULID_LEN + 1], keybuf[CONN_KEY_SIZE], trace[33], span[17], via[32];
 	unsigned flags = 0;
 	uint32_t ttl_s = 0;
@@ -187,6 +188,7 @@ int conn_api_outbound(struct mg_connection *mc, void *arg)
 		http_error(mc, 400, "bad_correlation_id", why, NULL, 0);
 		goto out;
 	}
+	agent_corr = corr;	/* the agent's own, part of the derived key; NULL if none */
 	if (!corr) {
 		ulid_new(corrbuf);
 		corr = corrbuf;
@@ -211,7 +213,7 @@ int conn_api_outbound(struct mg_connection *mc, void *arg)
 		goto out;
 	}
 	if (!idem) {
-		if (conn_idem_key(c->cfg.agent_id, recipient, event, body.data, body.len,
+		if (conn_idem_key(c->cfg.agent_id, recipient, agent_corr, event, body.data, body.len,
 		    keybuf) != CR_OK) {
 			http_error(mc, 500, "internal", "could not derive the idempotency key", corr, 0);
 			goto out;

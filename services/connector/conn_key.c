@@ -23,30 +23,34 @@ static size_t put_field(unsigned char *p, const char *s, size_t n)
 	return 4 + (s ? n : 0);
 }
 
-/* conn_idem_key - the deterministic key of (sender, recipient, event_id, payload) */
-enum cr_err conn_idem_key(const char *sender, const char *recipient, const char *event_id,
-    const void *payload, size_t len, char out[CONN_KEY_SIZE])
+/* conn_idem_key - the deterministic key of (sender, recipient, correlation, event, payload) */
+enum cr_err conn_idem_key(const char *sender, const char *recipient,
+    const char *correlation_id, const char *event_id, const void *payload, size_t len,
+    char out[CONN_KEY_SIZE])
 {
 	static const char hex[] = "0123456789abcdef";
 	/* IDs are at most AUTH_ID_MAX, event IDs at most AUTH_IDEM_KEY_MAX
 	 * characters; anything longer is refused before it gets here */
-	unsigned char buf[sizeof(KEY_TAG) + 3 * 4 + 2 * AUTH_ID_MAX + AUTH_IDEM_KEY_MAX + 32];
+	unsigned char buf[sizeof(KEY_TAG) + 4 * 4 + 3 * AUTH_ID_MAX + AUTH_IDEM_KEY_MAX + 32];
 	unsigned char d[32];
-	size_t n = 0, sl, rl, el = 0;
+	size_t n = 0, sl, rl, cl = 0, el = 0;
 	enum cr_err e;
 
 	if (!sender || !recipient || (!payload && len))
 		return CR_ERR_INVALID;
 	sl = strlen(sender);
 	rl = strlen(recipient);
+	if (correlation_id)
+		cl = strlen(correlation_id);
 	if (event_id)
 		el = strlen(event_id);
-	if (sl > AUTH_ID_MAX || rl > AUTH_ID_MAX || el > AUTH_IDEM_KEY_MAX)
+	if (sl > AUTH_ID_MAX || rl > AUTH_ID_MAX || cl > AUTH_ID_MAX || el > AUTH_IDEM_KEY_MAX)
 		return CR_ERR_INVALID;
 	memcpy(buf, KEY_TAG, sizeof(KEY_TAG));	/* with its NUL */
 	n = sizeof(KEY_TAG);
 	n += put_field(buf + n, sender, sl);
 	n += put_field(buf + n, recipient, rl);
+	n += put_field(buf + n, correlation_id, cl);
 	n += put_field(buf + n, event_id, el);
 	if ((e = auth_sha256_raw(payload, len, buf + n)) != CR_OK)
 		return e;

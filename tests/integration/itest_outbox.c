@@ -3,8 +3,8 @@
  * real processes (nats-server, every service, connectors, a demo hook):
  *  1. deterministic keys: the same local send twice is one delivery (the
  *     second answer is 200 with the first's messageId); another
- *     X-Claw-Event-Id is another message; an explicit key reused with
- *     another body is 409.
+ *     X-Claw-Event-Id, or another X-Claw-Correlation-Id from the agent, is
+ *     another message; an explicit key reused with another body is 409.
  *  2. outbox: with the senders' gateway stopped (the recipient has its own),
  *     local sends answer 202 "outboxed"
  *     (outbox ID, correlation ID, idempotency key); the gateway breaker
@@ -227,6 +227,21 @@ START_TEST(same_send_twice_is_one_message)
 	ck_assert_int_eq(out_post(conn_a, "bob", "ev-body", "X-Claw-Event-Id: e1", NULL, &a), 200);
 	cJSON_Delete(a);
 
+	/* the agent's own correlation IDs name messages too: two IDs, two
+	 * messages; the same one again, the first */
+	ck_assert_int_eq(out_post(conn_a, "bob", "corr-body", "X-Claw-Correlation-Id: cc-1", NULL,
+	    &a), 202);
+	ck_assert_int_eq(out_post(conn_a, "bob", "corr-body", "X-Claw-Correlation-Id: cc-2", NULL,
+	    &b), 202);
+	ck_assert_str_ne(str(a, "messageId"), str(b, "messageId"));
+	cJSON_Delete(b);
+	ck_assert_int_eq(out_post(conn_a, "bob", "corr-body", "X-Claw-Correlation-Id: cc-1", NULL,
+	    &b), 200);
+	ck_assert_str_eq(str(a, "messageId"), str(b, "messageId"));
+	ck_assert_str_eq(str(b, "correlationId"), "cc-1");
+	cJSON_Delete(a);
+	cJSON_Delete(b);
+
 	/* the agent's own key wins; reused with another body it is a conflict */
 	ck_assert_int_eq(out_post(conn_a, "bob", "k-body-1", "X-Claw-Idempotency-Key: my-key-1",
 	    NULL, &a), 202);
@@ -236,10 +251,11 @@ START_TEST(same_send_twice_is_one_message)
 	    NULL, &a), 409);
 	cJSON_Delete(a);
 
-	ck_assert_msg(h_wait_lines(hook, 4, 30000) >= 4, "only %d delivered", h_file_lines(hook));
+	ck_assert_msg(h_wait_lines(hook, 6, 30000) >= 6, "only %d delivered", h_file_lines(hook));
 	h_sleep_ms(1500);	/* a duplicate would arrive by now */
 	ck_assert_int_eq(count_body("dup-body"), 1);
 	ck_assert_int_eq(count_body("ev-body"), 2);
+	ck_assert_int_eq(count_body("corr-body"), 2);
 	ck_assert_int_eq(count_body("k-body-1"), 1);
 	ck_assert_int_eq(count_body("k-body-2"), 0);
 }
