@@ -103,6 +103,10 @@ $(BUILD)/tests/itest_%: $(BUILD)/tests/integration/itest_%.o $(ITEST_LIB) $(LIBC
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell pkg-config --libs check)
 
+# unit tests of a service's pure modules link that module too
+$(BUILD)/tests/test_conn_key: $(BUILD)/services/connector/conn_key.o
+$(BUILD)/tests/test_conn_class: $(BUILD)/services/connector/conn_class.o
+
 test: deps
 	$(MAKE) all
 	$(MAKE) unit itest

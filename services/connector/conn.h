@@ -8,8 +8,13 @@
  *   conn_inbox.c - the LMDB inbox (deliveries, done IDs, dead letters) behind a
  *                  group committer.
  *   conn_hook.c  - one worker thread replaying the inbox, in order, to the
- *                  agent's hook with libcurl.
+ *                  agent's hook with libcurl, behind the hook breaker.
  *   conn_api.c   - the local HTTP API (POST /v1/outbound/{recipient}).
+ *   conn_out.c   - one outbound message to the gateway (socket or signed POST).
+ *   conn_outbox.c- the LMDB outbox and its worker thread, behind the gateway
+ *                  breaker; GET /v1/outbox.
+ *   conn_brk.c   - short forms over the two breakers (one brkset).
+ *   conn_key.c, conn_class.c - pure functions: idempotency keys, answer classes.
  *
  * Threads and ownership:
  *   - struct conn lives in main.c for the life of the process; its cfg and
@@ -21,6 +26,10 @@
  *     worker wake-up state are under inbox.mu; counts are atomics.
  *   - struct conn_hook: the curl handle and retry state belong to the hook
  *     thread; the stats are atomics.
+ *   - struct conn_outbox: counts, the recipient map and the retry state are
+ *     under outbox.mu (held across each outbox commit); the held-back
+ *     recipients belong to the outbox thread.
+ *   - the breakers (conn.brks) are thread-safe; created in init, freed in fini.
  */
 #ifndef CONN_H
 #define CONN_H
@@ -31,6 +40,9 @@
 
 #include <cJSON.h>
 
+#include "breaker.h"
+#include "brkset.h"
+#include "conn_class.h"
 #include "env.h"
 #include "err.h"
 #include "svc.h"
@@ -66,7 +78,13 @@ struct conn_cfg {
 	long long store_map_mb;
 	int store_nosync;
 	int event_batch;
+	struct brkset_cfg brk;       /* CLAWRELAY_BREAKER_*: both breakers */
+	long long outbox_max;
+	long long outbox_max_mb;
+	long long outbox_failed_max;
 };
+
+struct conn;
 
 /* a parsed CLAWRELAY_GATEWAY_URL */
 struct conn_gw {
@@ -142,10 +160,13 @@ struct conn_ws {
 
 struct conn_pending;
 
+/* an inbox key: lane digit, queue_seq (8 bytes), message_id (< 128) */
+#define CONN_KEY_MAX 140
+
 /* an entry the hook took whose removal is still being committed */
 #define CONN_SKIP_MAX 256
 struct conn_skip {
-	char key[130];
+	char key[CONN_KEY_MAX];
 	size_t klen;
 	uint32_t hash;               /* fnv1a32 of the key: compared first */
 	int committed;               /* set by the committer callback */
@@ -178,13 +199,40 @@ struct conn_inbox {
 struct conn_hook {
 	pthread_t thread;
 	int started;
-	atomic_ullong calls, ok, failed, dead_lettered;
+	struct brk *brk;             /* connector -> hook (in conn.brks) */
+	atomic_ullong calls, ok, failed, unavailable, dead_lettered, expired;
 	atomic_ullong last_status, last_latency_ms;
 	atomic_int busy;
 	atomic_int stop;
 	char current[64];            /* hook thread only (head being retried) */
-	unsigned current_attempts;
+	unsigned current_tries;      /* its failed calls, counted or not (backoff) */
 	uint64_t retry_at_mono;
+};
+
+struct conn_obrcpt;
+struct conn_oblock;
+
+struct conn_outbox {
+	unsigned db_out, db_keys, db_failed;
+	struct brk *brk;             /* connector -> gateway (in conn.brks) */
+	pthread_t thread;
+	int started;
+
+	pthread_mutex_t mu;          /* guards everything below */
+	pthread_cond_t cv;           /* wakes the worker */
+	uint64_t gen;                /* bumped by every wake-up */
+	int stop;
+	uint64_t next_seq;
+	long long n, bytes, failed_n;
+	struct conn_obrcpt **rcpt;   /* recipient -> messages waiting (hash, chained) */
+	size_t nrcpt_buckets;
+	char last_error[200];
+	uint64_t head_seq;           /* the entry being retried, its failed tries, */
+	unsigned head_tries;         /* and when it goes again (mono) */
+	uint64_t retry_at_mono;
+	struct conn_oblock *blocked; /* worker only: recipients answered 429/507 */
+
+	atomic_ullong outboxed, sent, failed, expired, duplicates, refused_full;
 };
 
 struct conn {
@@ -195,6 +243,8 @@ struct conn {
 	struct conn_ws ws;
 	struct conn_inbox inbox;
 	struct conn_hook hook;
+	struct conn_outbox outbox;
+	struct brkset *brks;         /* the two breakers: "hook" and "gateway" */
 };
 
 /* conn_str - a borrowed const string for a generated (char *) field; the
@@ -203,6 +253,24 @@ static inline char *conn_str(const char *s)
 {
 	return (char *)(uintptr_t)s;
 }
+
+/* --- conn_brk.c ------------------------------------------------------ */
+
+/* The two breakers live in one brkset (common/brkset.h: the same status
+ * entries, metrics and log lines as every service's breakers); these are
+ * the connector's short forms. Any thread. */
+
+/* conn_brk_allow - BRK_GO, BRK_PROBE or BRK_REFUSE now (a go must be reported) */
+int conn_brk_allow(struct brk *b);
+/* conn_brk_result - report the call that went: ok (nonzero) or failed */
+void conn_brk_result(struct brk *b, int ok);
+/* conn_brk_state - the state now; *next_probe_mono (may be NULL): open: when
+ * the probe may go, half-open: when an unanswered probe times out, else 0 */
+enum brk_state conn_brk_state(struct brk *b, uint64_t *next_probe_mono);
+/* conn_brk_json - the breaker as obj[name] in brkset's status fields
+ * (boundary, state, failures, windowCalls, windowFailures, timesOpened,
+ * next_probe_ms: wall ms, 0 unless open) */
+void conn_brk_json(struct brk *b, const char *boundary, cJSON *obj, const char *name);
 
 /* --- conn_ws.c ------------------------------------------------------- */
 
@@ -253,7 +321,7 @@ void conn_inbox_close(struct conn *c);
  * committed together, then acked in one frame with their events from the
  * committer thread. The envelopes are borrowed. */
 void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n);
-/* conn_inbox_head - the first entry in (lane, message_id) order; 1 and *out
+/* conn_inbox_head - the first entry in (lane, queue_seq, message_id) order; 1 and *out
  * (caller frees with conn_entry_free) if there is one, 0 if empty, -1 on error */
 int conn_inbox_head(struct conn *c, struct conn_entry **out);
 /* conn_entry_free - NULL does nothing */
@@ -290,6 +358,58 @@ enum cr_err conn_hook_start(struct conn *c);
 void conn_hook_stop(struct conn *c);
 /* conn_hook_status - add hook stats to a /v1/status object */
 void conn_hook_status(struct conn *c, cJSON *obj);
+
+/* --- conn_out.c ------------------------------------------------------ */
+
+/* the gateway's answer to one outbound message */
+struct conn_out_res {
+	int status;                  /* HTTP status (the socket's enqueue_ack carries it too); 0: none */
+	int via_socket;
+	int local_error;             /* the request could not be built (ours, not the gateway's) */
+	int expired;                 /* not sent: past its expires_at_ms */
+	int bare;                    /* an error answer without the gateway's JSON error */
+	unsigned retry_after_s;
+	char message_id[64];
+	char correlation_id[130];
+	char state[32];              /* queued, or the original's state for a duplicate */
+	char code[64];               /* error code */
+	char message[256];           /* error message */
+	char detail[160];            /* transport error when status is 0 */
+};
+
+/* conn_out_send - send e (borrowed; message_id empty, idempotency key set)
+ * over the socket when it is open, else as a signed POST; any thread */
+void conn_out_send(struct conn *c, const Envelope *e, struct conn_out_res *res);
+/* conn_out_class - what res means (conn_out_classify of its fields) */
+enum conn_out_class conn_out_class(const struct conn_out_res *res);
+
+/* --- conn_outbox.c --------------------------------------------------- */
+
+/* conn_outbox_open - open its databases in the inbox's store, count what
+ * waits, take the gateway breaker (main thread, after conn_inbox_open) */
+enum cr_err conn_outbox_open(struct conn *c);
+/* conn_outbox_start - start the worker that sends what waits */
+enum cr_err conn_outbox_start(struct conn *c);
+/* conn_outbox_stop - stop and join the worker (a send in progress ends first) */
+void conn_outbox_stop(struct conn *c);
+/* conn_outbox_close - free what open took (after stop) */
+void conn_outbox_close(struct conn *c);
+/* conn_outbox_put - store e (borrowed; idempotency key set) durably at the
+ * end of the outbox; *id = its outbox ID. CR_ERR_EXISTS: a message with the
+ * same key, recipient and payload already waits (*id = its ID);
+ * CR_ERR_CONFLICT: the key waits with another recipient or payload;
+ * CR_ERR_FULL: OUTBOX_MAX / OUTBOX_MAX_MB reached. Any thread. */
+enum cr_err conn_outbox_put(struct conn *c, const Envelope *e, uint64_t *id);
+/* conn_outbox_waiting - messages for recipient in the outbox (any thread) */
+long long conn_outbox_waiting(struct conn *c, const char *recipient);
+/* conn_outbox_kick - the gateway may be back (socket opened, a send
+ * succeeded, the breaker changed): end the head's backoff, wake the worker */
+void conn_outbox_kick(struct conn *c);
+/* conn_outbox_status - add the outbox to a /v1/status object */
+void conn_outbox_status(struct conn *c, cJSON *obj);
+/* conn_outbox_api - civetweb handler of GET /v1/outbox and DELETE
+ * /v1/outbox/failed; arg is struct conn */
+int conn_outbox_api(struct mg_connection *mc, void *arg);
 
 /* --- conn_api.c ------------------------------------------------------ */
 

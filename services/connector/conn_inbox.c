@@ -2,10 +2,16 @@
  * conn_inbox.c - the connector's durable inbox (LMDB through store.h).
  *
  * Databases in <data_dir>:
- *   inbox: key = lane digit ('0' critical, '1' normal, '2' low) + message_id,
- *          value = due_ms (u64) + attempts (u32) + packed Envelope. Keys
- *          sort by lane, then by ULID (time order from the gateway), so the
- *          first key is always the next message for the hook. due_ms is when
+ *   inbox: key = lane digit ('0' critical, '1' normal, '2' low) + queue_seq
+ *          (u64 big-endian: relay-session's order of the recipient's queue)
+ *          + message_id, value = due_ms (u64) + attempts (u32) + packed
+ *          Envelope. Keys sort by lane, then in the relay's queue order
+ *          (message_id breaks ties), so the first key is always the next
+ *          message for the hook, and a critical message that arrives later
+ *          still comes before every waiting normal or low one. Entries of
+ *          the older layout (lane + message_id) are rewritten when the inbox
+ *          opens (inbox_migrate). A message's lane and queue_seq never change
+ *          between deliveries, so its key does not either. due_ms is when
  *          the first hook call may happen: the arrival, plus REORDER_MS when
  *          an older message of the lane may still be on its way (see
  *          deliver_due; entries written before this field existed hold their
@@ -57,7 +63,7 @@ struct conn_pending {
 	struct conn_pending *next;
 	struct conn *c;
 	char id[128];
-	char key[130];
+	char key[CONN_KEY_MAX];
 	size_t klen;
 	char corr[130];
 	char sender[130];
@@ -76,15 +82,68 @@ static void copy_str(char *dst, size_t sz, const char *s)
 	dst[n] = '\0';
 }
 
-static size_t make_key(char *out, size_t sz, int priority, const char *id)
+#define KEY_ID_OFF 9u              /* lane digit + queue_seq */
+
+static size_t make_key(char *out, size_t sz, int priority, uint64_t seq, const char *id)
 {
 	size_t n = strlen(id);
 
-	if (n + 1 > sz)
+	if (n + KEY_ID_OFF > sz)
 		return 0;
 	out[0] = (char)('0' + env_lane(priority));
-	memcpy(out + 1, id, n);
-	return n + 1;
+	for (int i = 0; i < 8; i++)
+		out[1 + i] = (char)(unsigned char)(seq >> (56 - 8 * i));
+	memcpy(out + KEY_ID_OFF, id, n);
+	return n + KEY_ID_OFF;
+}
+
+/* rewrite entries whose key is not the one make_key gives (the older
+ * lane + message_id layout) in one txn; start-up only, before the committer */
+static enum cr_err inbox_migrate(struct conn_inbox *ib)
+{
+	struct store_iter *it = NULL;
+	struct store_batch *b = store_batch_new();
+	const void *k, *v;
+	size_t kl, vl, moved = 0;
+	enum cr_err e = CR_OK;
+	int r;
+
+	if (!b)
+		return CR_ERR_NOMEM;
+	if ((e = store_iter_new(ib->st, ib->db_inbox, NULL, 0, &it)) != CR_OK)
+		goto out;
+	while ((r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
+		Envelope *env = NULL;
+		char nk[CONN_KEY_MAX];
+		size_t nkl;
+
+		if (vl < VAL_HDR || env_unpack((const char *)v + VAL_HDR, vl - VAL_HDR, &env,
+		    NULL) != CR_OK)
+			continue;	/* conn_inbox_head dead-letters it */
+		nkl = make_key(nk, sizeof(nk), env->priority, env->queue_seq, env->message_id);
+		env_free(env);
+		if (nkl == 0 || (nkl == kl && memcmp(nk, k, kl) == 0))
+			continue;
+		if ((e = store_batch_del(b, ib->db_inbox, k, kl)) != CR_OK ||
+		    (e = store_batch_put(b, ib->db_inbox, nk, nkl, v, vl)) != CR_OK)
+			goto out;
+		moved++;
+	}
+	if (r < 0) {
+		e = CR_ERR_IO;
+		goto out;
+	}
+	store_iter_free(it);
+	it = NULL;
+	if (moved) {
+		e = store_batch_commit(ib->st, b);
+		log_info(NULL, "inbox: %zu entries rewritten in (lane, queue_seq) order: %s", moved,
+		    cr_strerror(e));
+	}
+out:
+	store_iter_free(it);
+	store_batch_free(b);
+	return e;
 }
 
 /* conn_inbox_open - open the LMDB store under data_dir and start the committer */
@@ -106,7 +165,8 @@ enum cr_err conn_inbox_open(struct conn *c)
 	ib->pending = calloc(PENDING_BUCKETS, sizeof(*ib->pending));
 	if (!ib->pending)
 		return CR_ERR_NOMEM;
-	e = store_open(c->cfg.data_dir, (size_t)c->cfg.store_map_mb << 20, 8,
+	/* inbox, done, dead, meta + the outbox's three */
+	e = store_open(c->cfg.data_dir, (size_t)c->cfg.store_map_mb << 20, 12,
 	    c->cfg.store_nosync ? STORE_NOSYNC : 0, &ib->st);
 	if (e != CR_OK)
 		return e;
@@ -114,6 +174,8 @@ enum cr_err conn_inbox_open(struct conn *c)
 	    (e = store_db(ib->st, "done", &ib->db_done)) != CR_OK ||
 	    (e = store_db(ib->st, "dead", &ib->db_dead)) != CR_OK ||
 	    (e = store_db(ib->st, "meta", &ib->db_meta)) != CR_OK)
+		return e;
+	if ((e = inbox_migrate(ib)) != CR_OK)
 		return e;
 	if ((e = store_count(ib->st, ib->db_inbox, &n)) != CR_OK)
 		return e;
@@ -369,7 +431,8 @@ void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n)
 		copy_str(p->sender, sizeof(p->sender), e->sender);
 		copy_str(p->recipient, sizeof(p->recipient), e->recipient);
 		copy_str(p->trace, sizeof(p->trace), e->trace_id);
-		p->klen = make_key(p->key, sizeof(p->key), e->priority, e->message_id);
+		p->klen = make_key(p->key, sizeof(p->key), e->priority, e->queue_seq,
+		    e->message_id);
 
 		pthread_mutex_lock(&ib->mu);
 		dup = *pending_slot(ib, p->id) != NULL;
@@ -523,9 +586,9 @@ static int skipped(struct conn_inbox *ib, const void *k, size_t kl)
 			break;
 		}
 	}
-	if (!hit && kl > 1 && kl - 1 < sizeof(id)) {
-		memcpy(id, (const char *)k + 1, kl - 1);
-		id[kl - 1] = '\0';
+	if (!hit && kl > KEY_ID_OFF && kl - KEY_ID_OFF < sizeof(id)) {
+		memcpy(id, (const char *)k + KEY_ID_OFF, kl - KEY_ID_OFF);
+		id[kl - KEY_ID_OFF] = '\0';
 		hit = *pending_slot(ib, id) != NULL;
 	}
 	pthread_mutex_unlock(&ib->mu);
@@ -619,7 +682,7 @@ enum cr_err conn_inbox_done(struct conn *c, const struct conn_entry *en)
 	return e;
 }
 
-/* conn_inbox_head - the first entry in (lane, message_id) order; 1 and *out
+/* conn_inbox_head - the first entry in (lane, queue_seq, message_id) order; 1 and *out
  * (caller frees with conn_entry_free) if there is one, 0 if empty, -1 on error */
 int conn_inbox_head(struct conn *c, struct conn_entry **out)
 {

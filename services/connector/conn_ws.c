@@ -790,6 +790,8 @@ static void on_reconnect_ack(struct conn *c, const ReconnectAck *a)
 	pthread_mutex_unlock(&ws->mu);
 	ws->attempt = 0;
 	conn_inbox_session_reset(c);
+	/* the gateway is back: what waits in the outbox may go (as the breaker allows) */
+	conn_outbox_kick(c);
 	metric_add(m_connects, 1);
 	metric_set(m_up, 1);
 	if (a->error && a->error[0])

@@ -1,10 +1,13 @@
 /*
- * main.c - clawrelay-connector: runs beside one agent. Local outbound API,
- * WebSocket to a gateway with the reconnect handshake, durable inbox, and
- * in-order replay to the agent's hook. It never talks NATS (no_bus).
+ * main.c - clawrelay-connector: runs beside one agent. Local outbound API
+ * with a durable outbox, WebSocket to a gateway with the reconnect
+ * handshake, durable inbox, and in-order replay to the agent's hook, with a
+ * circuit breaker at each of its two boundaries (hook, gateway). It never
+ * talks NATS (no_bus).
  *
- * Start-up order: config checks, key, inbox (LMDB), hook worker, socket,
- * HTTP routes; teardown is the reverse (socket, hook worker, inbox).
+ * Start-up order: config checks, key, inbox and outbox (one LMDB), hook
+ * worker, outbox worker, socket, HTTP routes; teardown is the reverse
+ * (socket, outbox worker, hook worker, outbox, inbox).
  * Threads: init/tick/drain/fini on the main thread; see conn.h for the rest.
  */
 #include <stdio.h>
@@ -66,6 +69,18 @@ static const struct cfg_item conn_cfg[] = {
 	  &g_state.cfg.event_batch },
 	{ "STORE_NOSYNC", CFG_BOOL, "false", 0, 0, "skip fsync on commit (tests only)",
 	  &g_state.cfg.store_nosync },
+	/* both breakers (hook, gateway); see conn_hook.c and conn_outbox.c for
+	 * what counts as a failure at each */
+	BRKSET_CFG_ITEMS(g_state.cfg.brk),
+	{ "OUTBOX_MAX", CFG_INT, "10000", 1, 10000000,
+	  "outbox capacity in messages; beyond it the local API answers 507",
+	  &g_state.cfg.outbox_max },
+	{ "OUTBOX_MAX_MB", CFG_INT, "256", 1, 1048576,
+	  "outbox capacity in MiB of stored messages; beyond it the local API answers 507 "
+	  "(keep it below STORE_MAP_MB)", &g_state.cfg.outbox_max_mb },
+	{ "OUTBOX_FAILED_MAX", CFG_INT, "1000", 1, 1000000,
+	  "outboxed messages the gateway refused for good, kept for GET /v1/outbox (oldest "
+	  "dropped)", &g_state.cfg.outbox_failed_max },
 };
 
 static int conn_init(struct svc *s, void *st)
@@ -103,6 +118,23 @@ static int conn_init(struct svc *s, void *st)
 		fprintf(stderr, "CLAWRELAY_*_CAP_MS must not be below its *_BASE_MS\n");
 		return 1;
 	}
+	if (c->cfg.brk.probe_timeout_ms && (c->cfg.brk.probe_timeout_ms <= c->cfg.hook_timeout_ms ||
+	    c->cfg.brk.probe_timeout_ms <= 2 * c->cfg.enqueue_timeout_ms)) {
+		fprintf(stderr, "CLAWRELAY_BREAKER_PROBE_TIMEOUT_MS must be above "
+		    "CLAWRELAY_HOOK_TIMEOUT_MS and twice CLAWRELAY_ENQUEUE_TIMEOUT_MS (a probe is one "
+		    "hook call, or one send: the socket, then a POST), or 0\n");
+		return 1;
+	}
+	if (!(c->brks = brkset_new(NULL, "connector", svc_instance(s), &c->cfg.brk))) {
+		fprintf(stderr, "CLAWRELAY_BREAKER_*: inconsistent (BREAKER_OPEN_MAX_MS below "
+		    "BREAKER_OPEN_MS?)\n");
+		return 1;
+	}
+	if (c->cfg.outbox_max_mb >= c->cfg.store_map_mb) {
+		fprintf(stderr, "CLAWRELAY_OUTBOX_MAX_MB must be below CLAWRELAY_STORE_MAP_MB "
+		    "(the inbox shares the store)\n");
+		return 1;
+	}
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		fprintf(stderr, "curl_global_init failed\n");
 		return 1;
@@ -112,11 +144,18 @@ static int conn_init(struct svc *s, void *st)
 		    c->cfg.data_dir, cr_strerror(e));
 		return 1;
 	}
-	if ((e = conn_hook_start(c)) != CR_OK || (e = conn_ws_start(c)) != CR_OK) {
+	if ((e = conn_outbox_open(c)) != CR_OK) {
+		fprintf(stderr, "CLAWRELAY_DATA_DIR: cannot open the outbox in %s: %s\n",
+		    c->cfg.data_dir, cr_strerror(e));
+		return 1;
+	}
+	if ((e = conn_hook_start(c)) != CR_OK || (e = conn_outbox_start(c)) != CR_OK ||
+	    (e = conn_ws_start(c)) != CR_OK) {
 		fprintf(stderr, "connector: cannot start its threads: %s\n", cr_strerror(e));
 		return 1;
 	}
 	svc_route(s, "/v1/outbound", conn_api_outbound, c);
+	svc_route(s, "/v1/outbox", conn_outbox_api, c);
 	log_info(NULL, "connector for %s: gateway %s, hook %s", c->cfg.agent_id,
 	    c->cfg.gateway_url, c->cfg.hook_url);
 	return 0;
@@ -158,6 +197,18 @@ static void conn_status(struct svc *s, void *st, cJSON *obj)
 	conn_ws_status(c, obj);
 	conn_inbox_status(c, obj);
 	conn_hook_status(c, obj);
+	conn_outbox_status(c, obj);
+	if (c->brks)
+		brkset_status(c->brks, obj);
+}
+
+static void conn_metrics(struct svc *s, void *st, struct strbuf *sb)
+{
+	struct conn *c = st;
+
+	(void)s;
+	if (c->brks)
+		brkset_metrics(c->brks, sb);
 }
 
 static void conn_drain(struct svc *s, void *st)
@@ -165,8 +216,9 @@ static void conn_drain(struct svc *s, void *st)
 	struct conn *c = st;
 
 	(void)s;
-	/* stop taking deliveries first, then let the hook call in progress end */
+	/* stop taking deliveries first, then let the calls in progress end */
 	conn_ws_stop(c);
+	conn_outbox_stop(c);
 	conn_hook_stop(c);
 }
 
@@ -176,8 +228,12 @@ static void conn_fini(struct svc *s, void *st)
 
 	(void)s;
 	conn_ws_stop(c);
+	conn_outbox_stop(c);
 	conn_hook_stop(c);
+	conn_outbox_close(c);
 	conn_inbox_close(c);
+	brkset_free(c->brks);
+	c->brks = NULL;
 	auth_key_free(c->key);
 	c->key = NULL;
 	curl_global_cleanup();
@@ -196,6 +252,7 @@ int main(int argc, char **argv)
 		.tick = conn_tick,
 		.ready = conn_ready,
 		.status = conn_status,
+		.metrics = conn_metrics,
 		.drain = conn_drain,
 		.fini = conn_fini,
 	};
