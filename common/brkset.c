@@ -28,6 +28,8 @@ struct brkset {
 	char service[64], instance[128];
 	char subj[256];
 	struct brk_config cfg;
+	brkset_sink_fn *sink;
+	void *sink_arg;
 	struct bent *t[BRKSET_BUCKETS];
 	size_t n;
 	/* boundaries seen (append only, under mu) */
@@ -70,7 +72,7 @@ on_change(void *arg, enum brk_state from, enum brk_state to, const struct brk_sn
 	else
 		log_info(NULL, "breaker %s %s%s%s: %s -> %s", set->service, bnd,
 		    *e->name ? " " : "", e->name, brk_state_name(from), brk_state_name(to));
-	if (set->bus == NULL || (o = cJSON_CreateObject()) == NULL)
+	if ((set->bus == NULL && set->sink == NULL) || (o = cJSON_CreateObject()) == NULL)
 		return;
 	cJSON_AddStringToObject(o, "service", set->service);
 	cJSON_AddStringToObject(o, "instance", set->instance);
@@ -84,7 +86,10 @@ on_change(void *arg, enum brk_state from, enum brk_state to, const struct brk_sn
 	cJSON_AddNumberToObject(o, "times_opened", (double)snap->times_opened);
 	cJSON_AddNumberToObject(o, "ts", (double)wall);
 	if ((js = cJSON_PrintUnformatted(o)) != NULL) {
-		(void)bus_publish(set->bus, set->subj, js, strlen(js));
+		if (set->bus != NULL)
+			(void)bus_publish(set->bus, set->subj, js, strlen(js));
+		if (set->sink != NULL)
+			set->sink(set->sink_arg, js, strlen(js));
 		free(js);
 	}
 	cJSON_Delete(o);
@@ -124,6 +129,13 @@ brkset_new(struct bus *bus, const char *service, const char *instance,
 	if (bus == NULL || bus_subj(bus, set->subj, sizeof(set->subj), "breaker.%s", service) < 0)
 		set->bus = NULL;
 	return set;
+}
+
+void
+brkset_set_sink(struct brkset *set, brkset_sink_fn *fn, void *arg)
+{
+	set->sink = fn;
+	set->sink_arg = arg;
 }
 
 void

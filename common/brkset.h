@@ -61,6 +61,12 @@ struct brkset;
  * settings or ENOMEM. */
 struct brkset *brkset_new(struct bus *bus, const char *service, const char *instance,
     const struct brkset_cfg *cfg);
+/* brkset_sink_fn - receives each event's JSON (len bytes, borrowed), on the
+ * thread of the change, with that breaker's mutex held: queue it, no more */
+typedef void brkset_sink_fn(void *arg, const char *json, size_t len);
+/* brkset_set_sink - also hand every event to fn (a process without NATS,
+ * the connector, sends them to its gateway); set before the breakers are used */
+void brkset_set_sink(struct brkset *set, brkset_sink_fn *fn, void *arg);
 /* brkset_free - free the set and its breakers; nothing may use them any more */
 void brkset_free(struct brkset *set);
 /* brkset_get - the breaker of (boundary, name), created closed on first

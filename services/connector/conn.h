@@ -245,6 +245,8 @@ struct conn {
 	struct conn_hook hook;
 	struct conn_outbox outbox;
 	struct brkset *brks;         /* the two breakers: "hook" and "gateway" */
+	pthread_mutex_t sink_mu;     /* guards sink_on: breaker events may go to the socket */
+	int sink_on;
 };
 
 /* conn_str - a borrowed const string for a generated (char *) field; the

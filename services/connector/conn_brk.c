@@ -8,8 +8,9 @@
  * "breakers" in /v1/status, clawrelay_breakers{service="connector",
  * boundary,state} and clawrelay_breaker_opens_total in /metrics, and one log
  * line per change ("breaker connector hook: closed -> open for 1000 ms (5
- * failures)"). The connector has no NATS connection, so the set publishes
- * no events (see docs/PROTOCOL.md, "Connector breaker events").
+ * failures)"). The connector has no NATS connection: main.c hands each
+ * change to the socket as a breaker_event frame, which the gateway publishes
+ * on <P>.breaker.connector (docs/PROTOCOL.md, "Connector breaker events").
  *
  * Time is mono_ms(). Threads: any (each breaker has its own mutex).
  */

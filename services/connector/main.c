@@ -20,6 +20,8 @@
 #include "conn.h"
 #include "log.h"
 
+static void brk_sink(void *arg, const char *json, size_t len);
+
 static struct conn g_state;
 
 static const struct cfg_item conn_cfg[] = {
@@ -130,6 +132,8 @@ static int conn_init(struct svc *s, void *st)
 		    "BREAKER_OPEN_MS?)\n");
 		return 1;
 	}
+	pthread_mutex_init(&c->sink_mu, NULL);
+	brkset_set_sink(c->brks, brk_sink, c);
 	if (c->cfg.outbox_max_mb >= c->cfg.store_map_mb) {
 		fprintf(stderr, "CLAWRELAY_OUTBOX_MAX_MB must be below CLAWRELAY_STORE_MAP_MB "
 		    "(the inbox shares the store)\n");
@@ -154,6 +158,9 @@ static int conn_init(struct svc *s, void *st)
 		fprintf(stderr, "connector: cannot start its threads: %s\n", cr_strerror(e));
 		return 1;
 	}
+	pthread_mutex_lock(&c->sink_mu);
+	c->sink_on = 1;		/* the socket's queue exists now */
+	pthread_mutex_unlock(&c->sink_mu);
 	svc_route(s, "/v1/outbound", conn_api_outbound, c);
 	svc_route(s, "/v1/outbox", conn_outbox_api, c);
 	log_info(NULL, "connector for %s: gateway %s, hook %s", c->cfg.agent_id,
@@ -211,11 +218,43 @@ static void conn_metrics(struct svc *s, void *st, struct strbuf *sb)
 		brkset_metrics(c->brks, sb);
 }
 
+/* a breaker's state change goes to the gateway, which publishes it on
+ * <P>.breaker.connector (the connector has no NATS of its own); queued like
+ * a dead letter, so it survives a reconnect */
+static void brk_sink(void *arg, const char *json, size_t len)
+{
+	struct conn *c = arg;
+	Frame f = CLAWRELAY__V1__FRAME__INIT;
+	char buf[1024];
+
+	if (len >= sizeof(buf))
+		return;
+	memcpy(buf, json, len + 1);
+	f.schema_version = ENV_SCHEMA;
+	f.body_case = CLAWRELAY__V1__FRAME__BODY_BREAKER_EVENT;
+	f.breaker_event = buf;
+	pthread_mutex_lock(&c->sink_mu);
+	if (c->sink_on)
+		(void)conn_ws_send(c, &f, CONN_FK_KEEP);
+	pthread_mutex_unlock(&c->sink_mu);
+}
+
+/* from now on breaker events stay local (the socket is about to go) */
+static void brk_sink_off(struct conn *c)
+{
+	if (c->brks == NULL)
+		return;
+	pthread_mutex_lock(&c->sink_mu);
+	c->sink_on = 0;
+	pthread_mutex_unlock(&c->sink_mu);
+}
+
 static void conn_drain(struct svc *s, void *st)
 {
 	struct conn *c = st;
 
 	(void)s;
+	brk_sink_off(c);
 	/* stop taking deliveries first, then let the calls in progress end */
 	conn_ws_stop(c);
 	conn_outbox_stop(c);
@@ -227,6 +266,7 @@ static void conn_fini(struct svc *s, void *st)
 	struct conn *c = st;
 
 	(void)s;
+	brk_sink_off(c);
 	conn_ws_stop(c);
 	conn_outbox_stop(c);
 	conn_hook_stop(c);

@@ -1286,6 +1286,37 @@ frame_event_batch(struct gw_sock *sk, const HopBatch *b)
 	return why == NULL ? 1 : bad_frame(sk, "bad_event", why);
 }
 
+/* breaker_event frame: one of the connector's breakers changed state; it
+ * has no NATS, so the gateway publishes the event on <P>.breaker.connector,
+ * naming the socket's (authenticated) agent */
+static int
+frame_breaker_event(struct gw_sock *sk, const char *json)
+{
+	struct brkset_event ev;
+	cJSON *root = NULL;
+	char subj[256], *out = NULL;
+	int ok = 0;
+
+	if (json == NULL || strlen(json) > 1024 ||
+	    brkset_event_parse(json, strlen(json), &root, &ev) != 0 ||
+	    strcmp(ev.service, "connector") != 0 || strlen(ev.boundary) > 64 ||
+	    strlen(ev.name) > 256) {
+		cJSON_Delete(root);
+		return bad_frame(sk, "bad_breaker_event", "breaker_event must be a connector "
+		    "breaker's JSON event (service, boundary, name, state)");
+	}
+	cJSON_DeleteItemFromObjectCaseSensitive(root, "agent");
+	if (cJSON_AddStringToObject(root, "agent", sk->agent) != NULL &&
+	    bus_subj(sk->g->bus, subj, sizeof(subj), "breaker.connector") >= 0 &&
+	    (out = cJSON_PrintUnformatted(root)) != NULL)
+		ok = bus_publish(sk->g->bus, subj, out, strlen(out)) == CR_OK;
+	if (!ok)
+		log_warn(NULL, "breaker event of %s's connector not published", sk->agent);
+	free(out);
+	cJSON_Delete(root);
+	return 1;
+}
+
 /* dead_letter frame: the recipient's connector gave up; tell the sender */
 static int
 frame_dead_letter(struct gw_sock *sk, const DeadLetter *dl)
@@ -1376,6 +1407,9 @@ frame_handle(struct gw_sock *sk, const char *data, size_t len)
 		break;
 	case CLAWRELAY__V1__FRAME__BODY_DEAD_LETTER:
 		keep = frame_dead_letter(sk, f->dead_letter);
+		break;
+	case CLAWRELAY__V1__FRAME__BODY_BREAKER_EVENT:
+		keep = frame_breaker_event(sk, f->breaker_event);
 		break;
 	case CLAWRELAY__V1__FRAME__BODY_HEARTBEAT: {
 		Frame a = CLAWRELAY__V1__FRAME__INIT;

@@ -152,21 +152,30 @@ START_TEST(slow_hook_does_not_cascade)
 	}
 	it_lines_free(v, n);
 
-	/* the breakers acted: bob's destination breaker at delivery opened */
-	int seen_dest = 0;
+	/* the breakers acted: bob's destination breaker at delivery opened, and
+	 * so did his connector's hook breaker (published for it by the gateway) */
+	int seen_dest = 0, seen_hook = 0;
 	for (;;) {
 		natsMsg *m = NULL;
 		if (natsSubscription_NextMsg(&m, sub, 100) != NATS_OK)
 			break;
 		cJSON *ev = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-		if (ev != NULL && strcmp(cJSON_GetObjectItem(ev, "boundary")->valuestring,
-		    "destination") == 0 && strcmp(cJSON_GetObjectItem(ev, "name")->valuestring,
-		    "bob") == 0 && strcmp(cJSON_GetObjectItem(ev, "state")->valuestring, "open") == 0)
-			seen_dest = 1;
+		const cJSON *agent = ev ? cJSON_GetObjectItem(ev, "agent") : NULL;
+		if (ev != NULL && strcmp(cJSON_GetObjectItem(ev, "state")->valuestring, "open") == 0) {
+			const char *svc = cJSON_GetObjectItem(ev, "service")->valuestring;
+			const char *bnd = cJSON_GetObjectItem(ev, "boundary")->valuestring;
+			const char *name = cJSON_GetObjectItem(ev, "name")->valuestring;
+			seen_dest |= strcmp(svc, "delivery") == 0 && strcmp(bnd, "destination") == 0 &&
+			    strcmp(name, "bob") == 0;
+			seen_hook |= strcmp(svc, "connector") == 0 && strcmp(bnd, "hook") == 0 &&
+			    cJSON_IsString(agent) && strcmp(agent->valuestring, "bob") == 0 &&
+			    strcmp(natsMsg_GetSubject(m), "clawrelay.breaker.connector") == 0;
+		}
 		cJSON_Delete(ev);
 		natsMsg_Destroy(m);
 	}
 	ck_assert_msg(seen_dest, "delivery's breaker for bob never opened");
+	ck_assert_msg(seen_hook, "no event on clawrelay.breaker.connector for bob's hook breaker");
 	natsSubscription_Destroy(sub);
 	natsConnection_Destroy(nc);
 

@@ -323,7 +323,7 @@ START_TEST(delayed_notice)
 	it_connector(&st, "carol", url);
 
 	natsConnection *nc = nats_open();
-	natsSubscription *sub = nats_sub(nc, "clawrelay.delayed.*");
+	natsSubscription *sub = nats_sub(nc, "clawrelay.notify.delayed.>");
 	/* bob is offline: two of these wait; carol's is delivered at once */
 	ck_assert_int_eq(post("alice", "bob", "waits-1", NULL, NULL, "delay-1", NULL, NULL), 202);
 	ck_assert_int_eq(post("alice", "bob", "waits-2", NULL, NULL, "delay-2", NULL, NULL), 202);
