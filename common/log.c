@@ -104,6 +104,7 @@ log_write(enum log_level level, const struct log_ctx *ctx, const char *fmt, ...)
 		field(buf, sizeof(buf), &off, "correlation_id", ctx->correlation_id);
 		field(buf, sizeof(buf), &off, "message_id", ctx->message_id);
 		field(buf, sizeof(buf), &off, "agent", ctx->agent);
+		field(buf, sizeof(buf), &off, "trace_id", ctx->trace_id);
 	}
 	if (off + 2 >= sizeof(buf))
 		off = sizeof(buf) - 3;

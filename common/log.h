@@ -16,6 +16,7 @@ struct log_ctx {
 	const char *correlation_id;
 	const char *message_id;
 	const char *agent;
+	const char *trace_id;   /* W3C trace ID (from traceparent), when known */
 };
 
 /* log_init - set the service name and instance (copied) and the level */

@@ -82,7 +82,7 @@ static void reply_sent(struct mg_connection *mc, const struct conn_out_res *r,
 static void to_outbox(struct conn *c, struct mg_connection *mc, const Envelope *e,
     const char *why)
 {
-	struct log_ctx lc = { e->correlation_id, NULL, e->recipient };
+	struct log_ctx lc = { e->correlation_id, NULL, e->recipient, NULL };
 	uint64_t id = 0;
 	enum cr_err err = conn_outbox_put(c, e, &id);
 	cJSON *j;
@@ -259,7 +259,7 @@ int conn_api_outbound(struct mg_connection *mc, void *arg)
 	case CONN_OUT_RETRY:
 		conn_brk_result(c->outbox.brk, 0);
 		{
-			struct log_ctx lc = { corr, NULL, recipient };
+			struct log_ctx lc = { corr, NULL, recipient, NULL };
 
 			log_warn(&lc, "gateway unavailable (%s %s): to the outbox", res.status ?
 			    res.code : "no answer", res.status ? res.message : res.detail);

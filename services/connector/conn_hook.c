@@ -182,7 +182,7 @@ static int dead_letter(struct conn *c, struct conn_entry *en, const char *reason
 {
 	struct conn_hook *hk = &c->hook;
 	const Envelope *e = en->env;
-	struct log_ctx lc = { e->correlation_id, e->message_id, e->sender };
+	struct log_ctx lc = { e->correlation_id, e->message_id, e->sender, e->trace_id };
 	enum cr_err r;
 
 	if ((r = conn_inbox_dead(c, en, reason)) != CR_OK) {
@@ -222,7 +222,7 @@ static void attempt(struct conn *c, CURL *h, struct conn_entry *en, int probe)
 {
 	struct conn_hook *hk = &c->hook;
 	const Envelope *e = en->env;
-	struct log_ctx lc = { e->correlation_id, e->message_id, e->sender };
+	struct log_ctx lc = { e->correlation_id, e->message_id, e->sender, e->trace_id };
 	char detail[160], err[128] = "";
 	uint64_t t0;
 	long status;

@@ -317,7 +317,7 @@ static void stored_cb(void *arg, enum cr_err result)
 	 * must come after connector_stored in the trace */
 	for (size_t i = 0; i < g->n; i++) {
 		struct conn_pending *p = g->p[i];
-		struct log_ctx lc = { p->corr, p->id, p->sender };
+		struct log_ctx lc = { p->corr, p->id, p->sender, NULL };
 
 		if (result == CR_OK) {
 			atomic_fetch_add(&ib->stored, 1);
@@ -404,7 +404,7 @@ void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n)
 	g->c = c;
 	for (size_t i = 0; i < n; i++) {
 		const Envelope *e = v[i];
-		struct log_ctx lc = { e->correlation_id, e->message_id, e->sender };
+		struct log_ctx lc = { e->correlation_id, e->message_id, e->sender, NULL };
 		struct conn_pending *p = NULL;
 		void *packed = NULL, *val = NULL;
 		size_t plen = 0, idlen = strlen(e->message_id);

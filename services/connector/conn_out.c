@@ -248,7 +248,7 @@ void conn_out_send(struct conn *c, const Envelope *e, struct conn_out_res *res)
 			return;
 		}
 		{
-			struct log_ctx lc = { e->correlation_id, NULL, e->recipient };
+			struct log_ctx lc = { e->correlation_id, NULL, e->recipient, NULL };
 
 			log_warn(&lc, "enqueue over the socket failed (%s): sending over HTTP",
 			    cr_strerror(err));

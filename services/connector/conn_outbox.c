@@ -567,7 +567,7 @@ static int ob_wait(struct conn_outbox *ob, uint64_t *seen, uint64_t until_mono)
 static void send_one(struct conn *c, uint64_t id, Envelope *e, size_t vl, int probe)
 {
 	struct conn_outbox *ob = &c->outbox;
-	struct log_ctx lc = { e->correlation_id, NULL, e->recipient };
+	struct log_ctx lc = { e->correlation_id, NULL, e->recipient, NULL };
 	struct conn_out_res res;
 	enum conn_out_class cls;
 	enum cr_err err = CR_OK;

@@ -99,7 +99,7 @@ dlv_finish(struct dlv_attempt *a, int outcome, const char *detail, unsigned http
 	struct dlv_batch *b = a->batch;
 	const Envelope *e = a->req->envelope;
 	DispatchResult *r = &b->res[a->idx];
-	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
+	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient, e->trace_id };
 	uint64_t took = mono_ms() - a->start_mono;
 
 	if (outcome >= 0 && outcome < DLV_NOUTCOMES) {
@@ -206,7 +206,7 @@ route(struct dlv *d, struct dlv_attempt *a)
 		snprintf(a->url, sizeof(a->url), "%s", ag.webhook_url);
 	} else {
 		/* registry unreachable and nothing cached: trust the request */
-		struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
+		struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient, e->trace_id };
 		log_warn(&lc, "registry: %s; using the dispatch request's destination",
 		    cr_strerror(err));
 		snprintf(a->url, sizeof(a->url), "%s", a->req->webhook_url);

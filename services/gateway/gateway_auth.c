@@ -59,7 +59,7 @@ void
 gw_refusal_count(const struct gw_refusal *rf, const char *what, const char *agent,
     const char *correlation_id)
 {
-	struct log_ctx lc = { correlation_id, NULL, agent };
+	struct log_ctx lc = { correlation_id, NULL, agent, NULL };
 	char labels[128];
 
 	snprintf(labels, sizeof(labels), "code=\"%s\",status=\"%d\"", rf->code, rf->status);

@@ -366,7 +366,7 @@ gw_handle_post(struct mg_connection *c, void *arg)
 	if (res.status == 200 || res.status == 202) {
 		char json[GW_ENQ_JSON_MAX];
 		int jn = gw_enq_json(&res, json, sizeof(json));
-		struct log_ctx lc = { res.correlation_id, res.message_id, rq.agent };
+		struct log_ctx lc = { res.correlation_id, res.message_id, rq.agent, e.trace_id };
 		log_debug(&lc, "accepted %d for %s", res.status, recipient);
 		metric_add(g->m_accepted_http, 1);
 		if (jn > 0)

@@ -426,7 +426,7 @@ bad_frame(struct gw_sock *sk, const char *code, const char *msg)
 	metric_add(g->m_frames_bad, 1);
 	send_error(sk, code, msg);
 	if (++sk->bad >= (unsigned)g->cfg.ws_max_bad_frames) {
-		struct log_ctx lc = { NULL, NULL, sk->agent };
+		struct log_ctx lc = { NULL, NULL, sk->agent, NULL };
 		log_warn(&lc, "closing socket %s after %u bad frames", sk->socket_id, sk->bad);
 		send_close(sk, 1008, "too many bad frames");
 		return 0;
@@ -508,7 +508,7 @@ on_deliver(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closur
 			continue;
 		}
 		if (strcmp(e->recipient, sk->agent) != 0) {
-			struct log_ctx lc = { e->correlation_id, e->message_id, sk->agent };
+			struct log_ctx lc = { e->correlation_id, e->message_id, sk->agent, NULL };
 			log_warn(&lc, "deliver request for another recipient %s", e->recipient);
 			dreq_set(r, i, 0, "wrong_recipient");
 			continue;
@@ -639,7 +639,7 @@ ack_one(struct gw_sock *sk, const DeliverAck *da)
 	pthread_mutex_unlock(&sk->mu);
 	metric_add(sk->g->m_deliver_acks, 1);
 	if (p == NULL) {
-		struct log_ctx lc = { NULL, da->message_id, sk->agent };
+		struct log_ctx lc = { NULL, da->message_id, sk->agent, NULL };
 		log_debug(&lc, "deliver_ack without a waiting request (late)");
 		return 1;
 	}
@@ -763,7 +763,7 @@ frame_reconnect(struct gw_sock *sk, const Reconnect *rc)
 	size_t len = 0;
 	enum cr_err err;
 	int ok = 0;
-	struct log_ctx lc = { NULL, NULL, sk->agent };
+	struct log_ctx lc = { NULL, NULL, sk->agent, NULL };
 
 	old = sock_register(g, sk);
 	if (old != NULL) {
@@ -1240,7 +1240,7 @@ event_one(struct gw_sock *sk, const HopEvent *in, uint64_t now)
 	if (ev.hop == CLAWRELAY__V1__HOP_KIND__HOP_HOOK_ANSWERED && ev.outcome != NULL &&
 	    strcmp(ev.outcome, "ok") == 0 && ev.recipient != NULL &&
 	    strcmp(ev.recipient, sk->agent) == 0) {
-		struct log_ctx lc = { ev.correlation_id, ev.message_id, sk->agent };
+		struct log_ctx lc = { ev.correlation_id, ev.message_id, sk->agent, NULL };
 		if (ev.sender == NULL || ev.sender[0] == '\0') {
 			log_warn(&lc, "hook_answered without a sender: no processed receipt");
 			return NULL;
@@ -1336,7 +1336,7 @@ frame_dead_letter(struct gw_sock *sk, const DeadLetter *dl)
 		return bad_frame(sk, "bad_dead_letter", "dead_letter needs a well-formed sender");
 	if (!short_text(dl->reason))
 		return bad_frame(sk, "bad_dead_letter", "reason is too long");
-	struct log_ctx lc = { dl->correlation_id, dl->message_id, sk->agent };
+	struct log_ctx lc = { dl->correlation_id, dl->message_id, sk->agent, NULL };
 	/* only a sender that may send to this agent can have had a message here */
 	if (reg_cache_trust(g->reg, dl->sender, sk->agent, &t) == CR_ERR_NOT_FOUND)
 		return bad_frame(sk, "bad_dead_letter", "that sender may not send to this agent");
@@ -1594,7 +1594,7 @@ ws_close(const struct mg_connection *c, void *arg)
 		pend = p->next;
 		pend_resolve(p, 0, "closed");
 	}
-	struct log_ctx lc = { NULL, NULL, sk->agent };
+	struct log_ctx lc = { NULL, NULL, sk->agent, NULL };
 	if (was_registered && was_ready) {
 		ConnectRequest cr = CLAWRELAY__V1__CONNECT_REQUEST__INIT;
 		unsigned char buf[1024];

@@ -180,7 +180,7 @@ publish_notice(struct notice *nt)
 {
 	struct ntf *n = nt->w->n;
 	const Failure *f = nt->f;
-	struct log_ctx lc = { f->correlation_id, f->message_id, f->sender };
+	struct log_ctx lc = { f->correlation_id, f->message_id, f->sender, NULL };
 	const char *reason = env_failure_reason_name(f->reason);
 	natsMsg *out = NULL;
 	char subj[512];
@@ -345,7 +345,7 @@ ds_enqueue(struct notice *nt, int64_t *delay)
 {
 	struct ntf *n = nt->w->n;
 	const Failure *f = nt->f;
-	struct log_ctx lc = { f->correlation_id, f->message_id, f->sender };
+	struct log_ctx lc = { f->correlation_id, f->message_id, f->sender, NULL };
 	Envelope e = CLAWRELAY__V1__ENVELOPE__INIT;
 	ProtobufCMessage *pm = NULL;
 	natsMsg *reply = NULL;
@@ -490,7 +490,7 @@ notify_once(struct notice *nt, int64_t *delay)
 {
 	struct ntf_worker *w = nt->w;
 	struct ntf *n = w->n;
-	struct log_ctx lc = { nt->f->correlation_id, nt->f->message_id, nt->f->sender };
+	struct log_ctx lc = { nt->f->correlation_id, nt->f->message_id, nt->f->sender, NULL };
 	uint64_t rev = 0, at = 0, claim_ms = (uint64_t)n->notice_claim_s * 1000;
 	int state = CL_ABSENT, final = !wants_ds(nt);
 

@@ -290,7 +290,7 @@ kv_read(struct ntf *n, const char *key, struct ntf_rec *r, uint64_t *rev)
 static void
 count_write(struct ntf *n, const struct ntf_rec *r, uint64_t rev)
 {
-	struct log_ctx lc = { r->correlation_id, r->message_id, r->sender };
+	struct log_ctx lc = { r->correlation_id, r->message_id, r->sender, NULL };
 
 	atomic_fetch_add(&n->kv_writes, 1);
 	metric_add(n->m_kv_writes, 1);
@@ -303,7 +303,7 @@ count_write(struct ntf *n, const struct ntf_rec *r, uint64_t rev)
 int
 ntf_status_write(struct ntf *n, const struct ntf_rec *d, struct ntf_rec *out, uint64_t *out_rev)
 {
-	struct log_ctx lc = { d->correlation_id, d->message_id, d->sender };
+	struct log_ctx lc = { d->correlation_id, d->message_id, d->sender, NULL };
 	struct ntf_rec r;
 	uint64_t rev = 0, newrev = 0;
 	unsigned char buf[NTF_PACK_MAX];
@@ -463,7 +463,7 @@ flights_finish(struct ntf_shard *sh)
 			write_sync(sh, e);
 			break;
 		default: {
-			struct log_ctx lc = { e->r.correlation_id, e->r.message_id, e->r.sender };
+			struct log_ctx lc = { e->r.correlation_id, e->r.message_id, e->r.sender, NULL };
 			log_warn(&lc, "status write %s: writing it again",
 			    e->ack == ACK_TIMEOUT ? "not acknowledged in time" : "refused");
 			write_sync(sh, e);

@@ -26,6 +26,7 @@
  * come on the bus reply/timer threads; delete commits finish on the
  * committer thread. See session.h for the lock order.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,6 +80,9 @@ struct session_del {
 };
 
 static struct metric *m_dispatched, *m_requests, *m_delivered, *m_retries, *m_failed;
+/* by FailureReason (FAIL_UNKNOWN .. FAIL_ATTEMPTS_EXHAUSTED) */
+#define SESSION_NREASONS 6
+static struct metric *m_failed_by[SESSION_NREASONS];
 
 static void on_batch_reply(void *arg, enum cr_err err, natsMsg *reply);
 
@@ -98,6 +102,12 @@ session_work_init(struct session_work *w)
 		    "attempts answered with retry, nack, timeout or offline");
 		m_failed = metric_counter("clawrelay_session_failed_total", NULL,
 		    "messages failed for good (expired, shed, rejected, exhausted)");
+		for (int r = 0; r < SESSION_NREASONS; r++) {
+			char lab[64];
+			snprintf(lab, sizeof(lab), "reason=\"%s\"", env_failure_reason_name(r));
+			m_failed_by[r] = metric_counter("clawrelay_session_messages_failed_total", lab,
+			    "messages failed for good, by reason");
+		}
 	}
 }
 
@@ -391,7 +401,7 @@ session_drop_locked(struct session_part *pp, struct session_agent *a, struct ses
 	unsigned char buf[2048];
 	char subj[512];
 	size_t len;
-	struct log_ctx lc = { sl->correlation_id, sl->message_id, a->id };
+	struct log_ctx lc = { sl->correlation_id, sl->message_id, a->id, sl->trace_id };
 
 	if (work_add_del(pp, w, a, sl->lane, sl->seq) != 0) {
 		log_error(&lc, "cannot record a delete (out of memory); message stays queued");
@@ -414,6 +424,8 @@ session_drop_locked(struct session_part *pp, struct session_agent *a, struct ses
 	a->failed++;
 	session_counters_put(pp, a, w);
 	metric_add(m_failed, 1);
+	if (reason >= 0 && reason < SESSION_NREASONS)
+		metric_add(m_failed_by[reason], 1);
 
 	f.schema_version = ENV_SCHEMA;
 	f.message_id = sl->message_id;
@@ -720,7 +732,7 @@ apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx, int outco
 		/* a connect newer than this attempt wins */
 		if (ctx->sent_at >= a->online_since || a->presence != AG_ONLINE) {
 			if (a->presence != AG_OFFLINE) {
-				struct log_ctx lc = { NULL, NULL, a->id };
+				struct log_ctx lc = { NULL, NULL, a->id, NULL };
 				log_info(&lc, "agent offline: dispatch paused until it connects");
 			}
 			a->presence = AG_OFFLINE;
@@ -860,7 +872,7 @@ session_agent_hold(struct session_part *pp, struct session_agent *a, uint64_t ms
 		return;
 	}
 	if (!a->held) {
-		struct log_ctx lc = { NULL, NULL, a->id };
+		struct log_ctx lc = { NULL, NULL, a->id, NULL };
 		log_info(&lc, "destination breaker open: dispatch held for %llu ms, then one probe",
 		    (unsigned long long)ms);
 	}

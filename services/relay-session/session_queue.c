@@ -229,7 +229,8 @@ enq_done(void *arg, enum cr_err result)
 	struct session_work w;
 	uint64_t depth = 0;
 	int mine;
-	struct log_ctx lc = { c->e->correlation_id, c->e->message_id, c->e->recipient };
+	struct log_ctx lc = { c->e->correlation_id, c->e->message_id, c->e->recipient,
+	    c->e->trace_id };
 
 	session_work_init(&w);
 	pthread_mutex_lock(&pp->mu);
@@ -417,7 +418,7 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	enum cr_err err;
 
 	session_work_init(&w);
-	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
+	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient, e->trace_id };
 	if (partition_of(e->recipient, s->nparts) != pp->idx) {
 		reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_REJECTED, e->message_id,
 		    e->correlation_id, NULL, 0, 0, "recipient belongs to another partition");

@@ -200,7 +200,8 @@ sweep_delayed(struct session_part *pp)
 			size_t len;
 
 			if (e != NULL && e->sender != NULL && e->message_id != NULL) {
-				struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient };
+				struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient,
+				    e->trace_id };
 
 				snprintf(detail, sizeof(detail), "still queued %llu s after it was accepted",
 				    (unsigned long long)((wall - acc) / 1000u));

@@ -283,6 +283,17 @@ START_TEST(expiry_notices)
 	natsSubscription_Destroy(sub);
 	natsConnection_Destroy(nc);
 
+	/* relay-session counts them by reason */
+	{
+		struct h_resp mr;
+		char mu[128];
+		snprintf(mu, sizeof(mu), "http://127.0.0.1:%d/metrics", h_find(&st, "relay-session")->port);
+		ck_assert_int_eq(h_http("GET", mu, NULL, NULL, 0, &mr), 0);
+		ck_assert_msg(strstr(mr.body.data,
+		    "clawrelay_session_messages_failed_total{reason=\"expired\"} 5") != NULL,
+		    "no expired count of 5 in relay-session's /metrics");
+		h_resp_free(&mr);
+	}
 	/* status says failed, with the reason */
 	struct strbuf out;
 	sb_init(&out);

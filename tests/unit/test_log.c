@@ -36,7 +36,8 @@ capture(void (*fn)(void))
 static void
 write_lines(void)
 {
-	struct log_ctx ctx = { "corr-\"1\"", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "did:x:a.b" };
+	struct log_ctx ctx = { "corr-\"1\"", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "did:x:a.b",
+		"4bf92f3577b34da6a3ce929d0e0e4736" };
 	log_init("gateway", "gw-1", LOG_INFO);
 	log_debug(&ctx, "hidden %d", 1);
 	log_info(&ctx, "accepted %s", "a\nb\t\x01");
@@ -60,9 +61,12 @@ START_TEST(json_lines)
 			ck_assert_str_eq(cJSON_GetObjectItem(j, "correlation_id")->valuestring, "corr-\"1\"");
 			ck_assert_str_eq(cJSON_GetObjectItem(j, "message_id")->valuestring, "01ARZ3NDEKTSV4RRFFQ69G5FAV");
 			ck_assert_str_eq(cJSON_GetObjectItem(j, "agent")->valuestring, "did:x:a.b");
+			ck_assert_str_eq(cJSON_GetObjectItem(j, "trace_id")->valuestring,
+			    "4bf92f3577b34da6a3ce929d0e0e4736");
 		} else {
 			ck_assert_str_eq(cJSON_GetObjectItem(j, "level")->valuestring, "error");
 			ck_assert_ptr_null(cJSON_GetObjectItem(j, "correlation_id"));
+			ck_assert_ptr_null(cJSON_GetObjectItem(j, "trace_id"));
 		}
 		cJSON_Delete(j);
 	}
