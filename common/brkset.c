@@ -29,6 +29,8 @@ struct brkset {
 	char subj[256];
 	struct brk_config cfg;
 	brkset_sink_fn *sink;
+	struct { char boundary[64]; uint32_t open_max_ms; } caps[4];
+	int ncaps;
 	void *sink_arg;
 	struct bent *t[BRKSET_BUCKETS];
 	size_t n;
@@ -132,6 +134,18 @@ brkset_new(struct bus *bus, const char *service, const char *instance,
 }
 
 void
+brkset_cap_open(struct brkset *set, const char *boundary, uint32_t open_max_ms)
+{
+	pthread_mutex_lock(&set->mu);
+	if (set->ncaps < 4) {
+		snprintf(set->caps[set->ncaps].boundary, sizeof(set->caps[0].boundary), "%s",
+		    boundary);
+		set->caps[set->ncaps++].open_max_ms = open_max_ms;
+	}
+	pthread_mutex_unlock(&set->mu);
+}
+
+void
 brkset_set_sink(struct brkset *set, brkset_sink_fn *fn, void *arg)
 {
 	set->sink = fn;
@@ -188,7 +202,14 @@ brkset_get(struct brkset *set, const char *boundary, const char *name)
 	}
 	e->set = set;
 	e->bidx = bi;
-	if (brk_init(&e->b, &set->cfg, on_change, e) != CR_OK) {
+	struct brk_config cfg = set->cfg;
+	for (int i = 0; i < set->ncaps; i++)
+		if (strcmp(set->caps[i].boundary, boundary) == 0 && cfg.open_max_ms > set->caps[i].open_max_ms) {
+			cfg.open_max_ms = set->caps[i].open_max_ms;
+			if (cfg.open_base_ms > cfg.open_max_ms)
+				cfg.open_base_ms = cfg.open_max_ms;
+		}
+	if (brk_init(&e->b, &cfg, on_change, e) != CR_OK) {
 		free(e->name);
 		free(e);
 		goto fail;

@@ -67,6 +67,10 @@ typedef void brkset_sink_fn(void *arg, const char *json, size_t len);
 /* brkset_set_sink - also hand every event to fn (a process without NATS,
  * the connector, sends them to its gateway); set before the breakers are used */
 void brkset_set_sink(struct brkset *set, brkset_sink_fn *fn, void *arg);
+/* brkset_cap_open - the breakers of boundary created from now on stay open
+ * at most open_max_ms (for boundaries whose outages are short by design,
+ * e.g. a partition moving between relay-session replicas) */
+void brkset_cap_open(struct brkset *set, const char *boundary, uint32_t open_max_ms);
 /* brkset_free - free the set and its breakers; nothing may use them any more */
 void brkset_free(struct brkset *set);
 /* brkset_get - the breaker of (boundary, name), created closed on first

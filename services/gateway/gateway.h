@@ -61,7 +61,7 @@ struct gw_cfg {
 	long long ws_enqueue_window;
 	long long ws_pending_max;
 	long long ws_pending_ms;
-	long long sender_rate_per_min, sender_burst;
+	long long sender_rate_per_min, sender_burst, part_open_max_ms;
 	struct brkset_cfg brk;
 };
 

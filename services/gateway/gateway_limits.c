@@ -47,6 +47,10 @@ gw_limits_init(struct gw *g)
 		return -1;
 	if ((g->part_brk = calloc(g->partitions, sizeof(*g->part_brk))) == NULL)
 		return -1;
+	/* a partition moving between relay-session replicas is a short, normal
+	 * outage: its breaker probes again within PARTITION_BREAKER_OPEN_MAX_MS
+	 * instead of doubling its open time up to a minute */
+	brkset_cap_open(g->brk, "partition", (uint32_t)g->cfg.part_open_max_ms);
 	for (uint32_t p = 0; p < g->partitions; p++) {
 		char name[16];
 

@@ -44,6 +44,9 @@ static const struct cfg_item gw_cfg_items[] = {
 	{ "SENDER_BURST", CFG_INT, "0", 0, 100000000,
 	  "token bucket size of the sender rate limit (0: one minute's worth)", &gw.cfg.sender_burst },
 	BRKSET_CFG_ITEMS(gw.cfg.brk),
+	{ "PARTITION_BREAKER_OPEN_MAX_MS", CFG_INT, "3000", 1, 86400000,
+	  "longest open time of a relay-session partition's breaker (a partition moves between "
+	  "replicas within about a lease time)", &gw.cfg.part_open_max_ms },
 };
 
 static int
