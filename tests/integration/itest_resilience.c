@@ -618,9 +618,25 @@ START_TEST(destination_and_delivery_breakers)
 	kill(dl->pid, SIGCONT);
 	ck_assert_msg(wait_event(ssub, "delivery", "", "closed", 20000) == 0,
 	    "relay-session's breaker to delivery never closed");
-	ck_assert_int_eq(h_wait_lines(good, 30, 30000), 30);
+	/* nothing lost: seq 20..29 all arrive. A webhook is at least once: an
+	 * attempt that was in delivery's hands when it froze can be made after
+	 * it wakes as well as retried by relay-session (a connector's inbox
+	 * would drop the copy; a webhook cannot), so a copy is allowed here */
+	ck_assert_int_ge(h_wait_lines(good, 30, 30000), 30);
 	h_sleep_ms(1000);
-	ck_assert_int_eq(h_file_lines(good), 30);
+	v = it_lines(good, &n);
+	{
+		int seen[30] = { 0 }, distinct = 0;
+		for (i = 0; i < n; i++) {
+			int k = atoi(cJSON_GetObjectItem(v[i], "body")->valuestring + 4);
+			ck_assert(k >= 0 && k < 30);
+			distinct += !seen[k];
+			seen[k] = 1;
+		}
+		ck_assert_int_eq(distinct, 30);
+		ck_assert_msg(n <= 32, "%d webhook calls for 30 messages", n);
+	}
+	it_lines_free(v, n);
 	natsSubscription_Destroy(dsub);
 	natsSubscription_Destroy(ssub);
 	natsConnection_Destroy(nc);
