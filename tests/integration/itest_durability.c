@@ -20,7 +20,12 @@ setup(void)
 {
 	h_stack_init(&st, "durability");
 	h_nats_start(&st);
-	h_start_services(&st, NULL);
+	/* order within a lane holds while no attempt is retried; on a loaded
+	 * machine (sanitizers, other jobs) a 5 s ack timeout can cause a retry,
+	 * and a retried message may be overtaken: the timeouts here are long */
+	static const char *const env[] = { "CLAWRELAY_SOCKET_TIMEOUT_MS=30000",
+		"CLAWRELAY_DISPATCH_TIMEOUT_MS=60000", NULL };
+	h_start_services(&st, env);
 	h_agent(&st, "alice", NULL);
 	h_agent(&st, "bob", NULL);
 	h_trust(&st, "alice", "bob");
