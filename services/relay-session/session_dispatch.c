@@ -581,6 +581,15 @@ session_collect(struct session_part *pp, struct session_agent *a, struct session
 		limit = 1;
 	}
 	for (int lane = 0; lane < (crit_only ? 1 : SESSION_LANES); lane++) {
+		/* a lane waits while a more urgent one still has messages the
+		 * window has not taken (its retries included): slots of this lane
+		 * left waiting from before, e.g. an offline agent's probes, must
+		 * not overtake them */
+		int behind = 0;
+		for (int h = 0; h < lane; h++)
+			behind |= a->n[h] > lane_active[h] || first_waiting(a, h) != NULL;
+		if (behind)
+			break;
 		/* retries first, oldest first */
 		for (;;) {
 			struct session_slot *sl;
