@@ -89,6 +89,8 @@ struct session_agent {
 	uint64_t n[SESSION_LANES];      /* messages per lane (committed or being committed) */
 	uint64_t bytes;                 /* their value bytes */
 	uint64_t cursor[SESSION_LANES]; /* next seq the dispatcher looks at */
+	uint64_t warned[SESSION_LANES]; /* next seq the delay warning looks at (DB meta "w") */
+	uint64_t warn_due[SESSION_LANES]; /* wall ms: no message of the lane is due a warning before */
 	struct session_slot *slots;
 	size_t nslots, capslots;
 	int presence;
@@ -144,7 +146,7 @@ struct session_part {
 	uint64_t gen;
 	struct store *st;
 	struct store_committer *com;
-	unsigned dbq, dbidem, dbmeta, dbnonce, dbwarn;
+	unsigned dbq, dbidem, dbmeta, dbnonce;
 	natsSubscription *sub;
 	struct session_agent *agents[SESSION_AGENT_BUCKETS];
 	uint64_t nagents;
@@ -244,6 +246,8 @@ struct session_slot *session_slot_new(struct session_agent *a, int lane, uint64_
 void session_slot_remove(struct session_agent *a, struct session_slot *sl);
 /* session_counters_put - persist the agent's failure counters into w's batch */
 void session_counters_put(struct session_part *pp, struct session_agent *a, struct session_work *w);
+/* session_warned_put - persist the agent's delay-warning cursors into b */
+void session_warned_put(struct session_part *pp, struct session_agent *a, struct store_batch *b);
 /* session_part_open - open partition p's LMDB, rebuild its state, subscribe
  * (main thread, lease held) */
 enum cr_err session_part_open(struct session *s, struct session_part *pp);

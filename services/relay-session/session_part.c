@@ -412,6 +412,23 @@ rebuild(struct session_part *pp)
 		a->failed = session_be64_get(c + 16);
 	}
 	store_iter_free(it);
+	/* the delay warnings' cursors of agents that still have messages */
+	if ((err = store_iter_new(pp->st, pp->dbmeta, "w", 1, &it)) != CR_OK)
+		return err;
+	while ((r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
+		char id[129];
+		struct session_agent *a;
+
+		if (kl < 2 || kl > 129 || vl != 8 * SESSION_LANES)
+			continue;
+		memcpy(id, (const char *)k + 1, kl - 1);
+		id[kl - 1] = '\0';
+		if ((a = session_agent_get(pp, id, 0)) == NULL)
+			continue;
+		for (int l = 0; l < SESSION_LANES; l++)
+			a->warned[l] = session_be64_get((const unsigned char *)v + 8 * l);
+	}
+	store_iter_free(it);
 	/* the nonces still within their time (older ones the sweep deletes) */
 	if ((err = store_iter_new(pp->st, pp->dbnonce, NULL, 0, &it)) != CR_OK)
 		return err;
@@ -482,8 +499,7 @@ session_part_open(struct session *s, struct session_part *pp)
 	if ((err = store_db(pp->st, "q", &pp->dbq)) != CR_OK ||
 	    (err = store_db(pp->st, "idem", &pp->dbidem)) != CR_OK ||
 	    (err = store_db(pp->st, "meta", &pp->dbmeta)) != CR_OK ||
-	    (err = store_db(pp->st, "nonce", &pp->dbnonce)) != CR_OK ||
-	    (err = store_db(pp->st, "warn", &pp->dbwarn)) != CR_OK)
+	    (err = store_db(pp->st, "nonce", &pp->dbnonce)) != CR_OK)
 		goto fail;
 	pp->com = store_committer_new(pp->st, 8192, (unsigned)s->cfg.commit_delay_us);
 	if (pp->com == NULL) {

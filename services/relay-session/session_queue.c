@@ -608,19 +608,6 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 			goto nomem;
 		}
 	}
-	if (s->cfg.delay_warn_s > 0 && e->kind != CLAWRELAY__V1__KIND__KIND_DELIVERY_STATUS &&
-	    e->expires_at_ms > e->accepted_at_ms + (uint64_t)s->cfg.delay_warn_s * 1000u) {
-		/* remembered for the delayed notice (session_sweep.c) */
-		unsigned char wk[8 + SESSION_KEY_MAX];
-
-		session_be64_put(wk, e->accepted_at_ms);
-		memcpy(wk + 8, qkey, qkl);
-		if (store_batch_put(b, pp->dbwarn, wk, 8 + qkl, NULL, 0) != CR_OK) {
-			if (c->ip)
-				idem_pending_remove(pp, c->ip);
-			goto nomem;
-		}
-	}
 	if (nklen > 0) {
 		if (store_batch_put(b, pp->dbnonce, nkey, nklen, NULL, 0) != CR_OK ||
 		    session_nonce_add(&pp->nonces, &nent) != 0) {

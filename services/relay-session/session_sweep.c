@@ -7,10 +7,10 @@
  *     entries older than the window;
  *   - nonces: delete those past NONCE_TTL_S from the front of DB nonce
  *     (time-ordered keys: the walk stops at the first one still valid);
- *   - delay warnings: walk DB warn (time-ordered) from its front and publish
- *     one Failure on <P>.delayed.<sender> for each message still queued
+ *   - delay warnings: per agent and lane, from a cursor, publish one
+ *     Failure on <P>.delayed.<sender> for each message still queued
  *     DELAY_WARN_S after it was accepted (the notifier turns it into the
- *     public notice); the entry goes either way;
+ *     public notice); see sweep_delayed;
  *   - dispatch for agents whose backoff ended or whose offline probe is due.
  * Work per tick is bounded, so a long backlog costs several ticks, never a
  * long stall of the lease renewals that share the main thread.
@@ -162,69 +162,122 @@ sweep_nonce(struct session_part *pp)
 		    (unsigned)s->cfg.delete_delay_ms * 1000u);
 }
 
-/* caller holds mu: delayed notices for messages queued longer than
- * DELAY_WARN_S (front of DB warn, keys start with the accepted time) */
+/* one delayed notice for e, accepted at acc (caller holds mu) */
+static void
+delayed_notice(struct session_part *pp, const Envelope *e, uint64_t acc, uint64_t wall)
+{
+	struct session *s = pp->s;
+	Failure f = CLAWRELAY__V1__FAILURE__INIT;
+	unsigned char buf[2048];
+	char subj[512], detail[128];
+	size_t len;
+	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient, e->trace_id };
+
+	snprintf(detail, sizeof(detail), "still queued %llu s after it was accepted",
+	    (unsigned long long)((wall - acc) / 1000u));
+	f.schema_version = ENV_SCHEMA;
+	f.message_id = e->message_id;
+	f.correlation_id = e->correlation_id;
+	f.sender = e->sender;
+	f.recipient = e->recipient;
+	f.detail = detail;
+	f.failed_at_ms = wall;
+	f.created_at_ms = e->created_at_ms;
+	if (bus_subj_agent(s->bus, subj, sizeof(subj), "delayed", e->sender) >= 0 &&
+	    env_pack_into(&f.base, buf, sizeof(buf), &len) == CR_OK &&
+	    bus_publish(s->bus, subj, buf, len) == CR_OK)
+		pp->delayed_sent++;
+	log_info(&lc, "delayed: %s", detail);
+}
+
+/* session_warned_put - persist the agent's delay-warning cursors into b */
+void
+session_warned_put(struct session_part *pp, struct session_agent *a, struct store_batch *b)
+{
+	unsigned char key[130], val[8 * SESSION_LANES];
+	size_t n = strlen(a->id);
+
+	key[0] = 'w';
+	memcpy(key + 1, a->id, n);
+	for (int l = 0; l < SESSION_LANES; l++)
+		session_be64_put(val + 8 * l, a->warned[l]);
+	store_batch_put(b, pp->dbmeta, key, n + 1, val, sizeof(val));
+}
+
+/*
+ * caller holds mu: delayed notices. Within an agent's lane, queue order is
+ * acceptance order, so each lane keeps a cursor (a->warned: the next seq to
+ * look at) and the wall time its front message becomes due (a->warn_due).
+ * A lane is looked at only when that time has come: from the cursor, each
+ * message queued DELAY_WARN_S after acceptance gets one notice and the cursor
+ * moves past it; the first younger message sets the next due time. The
+ * cursors are kept in DB meta ("w<agent>") when they move, so a restart or a
+ * takeover does not warn again. Nothing is written per message on the hot
+ * path.
+ */
 static void
 sweep_delayed(struct session_part *pp)
 {
 	struct session *s = pp->s;
-	struct store_iter *it = NULL;
 	struct store_batch *b = NULL;
-	const void *k, *v;
-	size_t kl, vl;
 	long long budget = s->cfg.sweep_batch;
 	uint64_t wall = now_ms(), warn_ms = (uint64_t)s->cfg.delay_warn_s * 1000u;
 
-	if (s->cfg.delay_warn_s <= 0 ||
-	    store_iter_new(pp->st, pp->dbwarn, NULL, 0, &it) != CR_OK)
+	if (s->cfg.delay_warn_s <= 0)
 		return;
-	while (budget-- > 0 && store_iter_next(it, &k, &kl, &v, &vl) == 1) {
-		uint64_t acc = kl > 8 ? session_be64_get(k) : 0;
-		void *qv = NULL;
-		size_t qvl = 0;
+	for (int i = 0; i < SESSION_AGENT_BUCKETS && budget > 0; i++)
+	for (struct session_agent *a = pp->agents[i]; a != NULL && budget > 0; a = a->next) {
+		int moved = 0;
 
-		if (acc + warn_ms > wall)
-			break;
-		if (b == NULL && (b = store_batch_new()) == NULL)
-			break;
-		store_batch_del(b, pp->dbwarn, k, kl);
-		if (kl <= 8 || store_get(pp->st, pp->dbq, (const unsigned char *)k + 8, kl - 8,
-		    &qv, &qvl) != CR_OK)
-			continue;	/* gone: delivered or failed meanwhile */
-		if (qvl > SESSION_VHDR) {
-			Envelope *e = clawrelay__v1__envelope__unpack(NULL, qvl - SESSION_VHDR,
-			    (const unsigned char *)qv + SESSION_VHDR);
-			Failure f = CLAWRELAY__V1__FAILURE__INIT;
-			unsigned char buf[2048];
-			char subj[512], detail[128];
-			size_t len;
+		for (int lane = 0; lane < SESSION_LANES && budget > 0; lane++) {
+			unsigned char start[SESSION_KEY_MAX];
+			size_t kl0;
+			struct store_iter *it = NULL;
+			const void *k, *v;
+			size_t kl, vl;
+			int r, more = 0;
 
-			if (e != NULL && e->sender != NULL && e->message_id != NULL) {
-				struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient,
-				    e->trace_id };
+			if (a->n[lane] == 0 || wall < a->warn_due[lane])
+				continue;
+			kl0 = session_key_make(start, a->id, lane, a->warned[lane]);
+			if (kl0 == 0 || store_iter_new_at(pp->st, pp->dbq, start, kl0 - 8,
+			    start, kl0, &it) != CR_OK)
+				continue;
+			while (budget > 0 && (r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {
+				uint64_t seq = session_be64_get((const unsigned char *)k + kl - 8);
+				Envelope *e = NULL;
 
-				snprintf(detail, sizeof(detail), "still queued %llu s after it was accepted",
-				    (unsigned long long)((wall - acc) / 1000u));
-				f.schema_version = ENV_SCHEMA;
-				f.message_id = e->message_id;
-				f.correlation_id = e->correlation_id;
-				f.sender = e->sender;
-				f.recipient = e->recipient;
-				f.detail = detail;
-				f.failed_at_ms = wall;
-				f.created_at_ms = e->created_at_ms;
-				if (bus_subj_agent(s->bus, subj, sizeof(subj), "delayed", e->sender) >= 0 &&
-				    env_pack_into(&f.base, buf, sizeof(buf), &len) == CR_OK &&
-				    bus_publish(s->bus, subj, buf, len) == CR_OK)
-					pp->delayed_sent++;
-				log_info(&lc, "delayed: %s", detail);
+				budget--;
+				if (vl > SESSION_VHDR)
+					e = clawrelay__v1__envelope__unpack(NULL, vl - SESSION_VHDR,
+					    (const unsigned char *)v + SESSION_VHDR);
+				if (e != NULL && e->kind != CLAWRELAY__V1__KIND__KIND_DELIVERY_STATUS &&
+				    e->expires_at_ms > e->accepted_at_ms + warn_ms &&
+				    e->accepted_at_ms + warn_ms > wall) {
+					/* the front is not due yet: nor is anything behind it */
+					a->warn_due[lane] = e->accepted_at_ms + warn_ms;
+					env_free(e);
+					more = 1;
+					break;
+				}
+				if (e != NULL && e->sender != NULL && e->message_id != NULL &&
+				    e->kind != CLAWRELAY__V1__KIND__KIND_DELIVERY_STATUS &&
+				    e->expires_at_ms > e->accepted_at_ms + warn_ms)
+					delayed_notice(pp, e, e->accepted_at_ms, wall);
+				env_free(e);
+				a->warned[lane] = seq + 1;
+				moved = 1;
 			}
-			env_free(e);
+			store_iter_free(it);
+			/* all looked at: the next message accepted from now on is due
+			 * a warning time from now at the earliest */
+			if (!more && budget > 0)
+				a->warn_due[lane] = wall + warn_ms;
 		}
-		free(qv);
+		if (moved && (b != NULL || (b = store_batch_new()) != NULL))
+			session_warned_put(pp, a, b);
 	}
-	store_iter_free(it);
-	/* lost in a crash, an entry is looked at again: one more notice at most */
+	/* lost in a crash, a cursor moves again: one more notice at most */
 	if (b != NULL)
 		store_committer_submit_lazy(pp->com, b, idem_done, NULL,
 		    (unsigned)s->cfg.delete_delay_ms * 1000u);

@@ -318,6 +318,13 @@ END_TEST
 
 /* ---- delayed ------------------------------------------------------------ */
 
+/* the notice's correlation ID into arg (char[64]) */
+static void
+keep_corr(void *arg, const Failure *f, natsMsg *m)
+{
+	snprintf(arg, 64, "%s", f->correlation_id ? f->correlation_id : "");
+}
+
 START_TEST(delayed_notice)
 {
 	static const char *const env[] = { "CLAWRELAY_DELAY_WARN_S=2", NULL };
@@ -335,6 +342,8 @@ START_TEST(delayed_notice)
 
 	natsConnection *nc = nats_open();
 	natsSubscription *sub = nats_sub(nc, "clawrelay.notify.delayed.>");
+	/* what relay-session publishes to the notifier (which also drops repeats) */
+	natsSubscription *raw = nats_sub(nc, "clawrelay.delayed.>");
 	/* bob is offline: two of these wait; carol's is delivered at once */
 	ck_assert_int_eq(post("alice", "bob", "waits-1", NULL, NULL, "delay-1", NULL, NULL), 202);
 	ck_assert_int_eq(post("alice", "bob", "waits-2", NULL, NULL, "delay-2", NULL, NULL), 202);
@@ -342,6 +351,34 @@ START_TEST(delayed_notice)
 	ck_assert_int_eq(h_wait_lines(hook, 1, 20000), 1);
 	/* exactly one notice per waiting message, none for carol's */
 	ck_assert_int_eq(nats_count(sub, 2, 20000, 4000, NULL, NULL), 2);
+	ck_assert_int_eq(nats_count(raw, 2, 5000, 1000, NULL, NULL), 2);
+
+	/* relay-session restarts (same data): the two still waiting are not
+	 * warned again; a third one is, once */
+	{
+		char data[400];
+		const char *renv[] = { data, "CLAWRELAY_DELAY_WARN_S=2", NULL };
+		struct h_proc *rs = h_find(&st, "relay-session");
+
+		snprintf(data, sizeof(data), "CLAWRELAY_DATA_DIR=%s/relay-session", st.dir);
+		h_kill(rs, SIGTERM);
+		rs = h_spawn(&st, "relay-session-2", "clawrelay-relay-session", h_free_port(), renv,
+		    NULL);
+		ck_assert_msg(h_wait_log(rs, "serving", 30000) == 0,
+		    "relay-session did not serve its partitions again");
+	}
+	long s3 = 0;
+	for (int i = 0; i < 100 && (s3 = post("alice", "bob", "waits-3", NULL, NULL, "delay-3",
+	    NULL, NULL)) != 202; i++)
+		h_sleep_ms(100);
+	ck_assert_int_eq(s3, 202);
+	char cid[64] = "";
+	ck_assert_int_eq(nats_count(sub, 1, 20000, 5000, keep_corr, cid), 1);
+	ck_assert_str_eq(cid, "delay-3");
+	cid[0] = '\0';
+	ck_assert_int_eq(nats_count(raw, 1, 5000, 1000, keep_corr, cid), 1);
+	ck_assert_str_eq(cid, "delay-3");
+	natsSubscription_Destroy(raw);
 	natsSubscription_Destroy(sub);
 	natsConnection_Destroy(nc);
 }
