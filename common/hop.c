@@ -65,6 +65,10 @@ static jsCtx *hop_js;                /* on the bus's buffered connection; NULL: 
 static hop_stats_fn stats_fn;        /* set before hop_init; flusher thread calls it */
 static void *stats_arg;
 static struct metric *m_pub_fail, *m_batches;
+/* what opens each HopBatch: schema_version, and the service and instance
+ * that the process's own events leave out (fields 1, 3, 4) */
+static uint8_t hop_head[2 + 2 + sizeof(hop_service) + 2 + sizeof(hop_instance)];
+static size_t hop_head_len;
 
 /* an async publish the server did not acknowledge (nats.c's thread) */
 static void
@@ -266,6 +270,30 @@ hop_stats_extra(hop_stats_fn fn, void *arg)
 	pthread_mutex_unlock(&hop_mu);
 }
 
+/* one length-delimited field of at most 127 bytes into hop_head */
+static void
+head_field(uint8_t tag, const char *v)
+{
+	size_t n = strlen(v);
+
+	if (n == 0 || n > 127)
+		return;
+	hop_head[hop_head_len++] = tag;
+	hop_head[hop_head_len++] = (uint8_t)n;
+	memcpy(hop_head + hop_head_len, v, n);
+	hop_head_len += n;
+}
+
+static void
+head_make(void)
+{
+	hop_head_len = 0;
+	hop_head[hop_head_len++] = 0x08;	/* schema_version, varint */
+	hop_head[hop_head_len++] = ENV_SCHEMA;
+	head_field(0x1a, hop_service);		/* field 3 */
+	head_field(0x22, hop_instance);		/* field 4 */
+}
+
 /* hop_init - remember the bus, service and instance; start the flusher.
  * hop_init(NULL, ...) flushes what is pending and stops it. */
 void
@@ -280,6 +308,7 @@ hop_init(struct bus *b, const char *service, const char *instance)
 		stats_arg = NULL;
 		return;
 	}
+	head_make();
 	bus_subj(b, hop_subject, sizeof(hop_subject), "events.%s", hop_service);
 	bus_subj(b, rcpt_subject, sizeof(rcpt_subject), "receipts.%s", hop_service);
 	bus_subj(b, stats_subject, sizeof(stats_subject), "stats.%s", hop_service);
@@ -347,7 +376,9 @@ append(struct strbuf *sb, const ProtobufCMessage *m)
 	if (sb->len + hl + len > HOP_BUF_MAX) {
 		hop_dropped++;
 	} else {
-		if (sb->len == 0) {
+		if (sb->len == 0 && sb == &hop_buf) {
+			sb_append(sb, hop_head, hop_head_len);
+		} else if (sb->len == 0) {
 			/* schema_version = 1 (field 1, varint) opens each batch */
 			static const uint8_t version[] = { 0x08, ENV_SCHEMA };
 			sb_append(sb, version, sizeof(version));
@@ -396,14 +427,12 @@ emit(const char *correlation_id, const char *message_id, const char *sender,
 	HopEvent ev = CLAWRELAY__V1__HOP_EVENT__INIT;
 	if (hop_bus == NULL || !hop_enabled)
 		return;
-	ev.schema_version = ENV_SCHEMA;
+	/* the batch carries schema_version, service and instance; ts_us
+	 * says what ts_ms would (a tenth of the bytes of each event) */
 	ev.correlation_id = nz(correlation_id);
 	ev.message_id = nz(message_id);
 	ev.hop = hop;
-	ev.ts_ms = us / 1000;
 	ev.ts_us = us;
-	ev.service = hop_service;
-	ev.instance = hop_instance;
 	ev.outcome = nz(outcome ? outcome : "ok");
 	ev.detail = nz(detail);
 	ev.sender = nz(sender);

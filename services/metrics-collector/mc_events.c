@@ -201,22 +201,68 @@ hop_id(struct mc_hop *h, unsigned char *out)
 	return 0;
 }
 
-/* a HopBatch's framing is sound and its schema_version is ours */
+/* What a HopBatch says of its events that leave them out (borrowed). */
+struct mc_batch_head {
+	const unsigned char *svc, *inst;
+	size_t svclen, instlen;
+};
+
+/* a HopBatch's framing is sound and its schema_version is ours; its
+ * service and instance (fields 3, 4) into bh */
 static int
-batch_ok(const unsigned char *p, size_t len)
+batch_ok(const unsigned char *p, size_t len, struct mc_batch_head *bh)
 {
 	const unsigned char *end = p + len, *data;
 	unsigned num, wt;
 	uint64_t v, version = 0;
 	int r;
 
+	memset(bh, 0, sizeof(*bh));
 	while ((r = next_field(&p, end, &num, &wt, &v, &data)) == 1) {
-		if ((num == 1 && wt != 0) || (num == 2 && wt != 2))
+		if ((num == 1 && wt != 0) || (num >= 2 && num <= 4 && wt != 2))
 			return 0;
 		if (num == 1)
 			version = v;
+		if ((num == 3 || num == 4) && v > 127)
+			return 0;
+		if (num == 3) {
+			bh->svc = data;
+			bh->svclen = (size_t)v;
+		} else if (num == 4) {
+			bh->inst = data;
+			bh->instlen = (size_t)v;
+		}
 	}
 	return r == 0 && version == ENV_SCHEMA;
+}
+
+/* the event's bytes with the batch's schema_version, service and instance
+ * appended as fields 1, 7 and 8 (a later field wins; the event has none)
+ * into out; its length, or 0 if it does not fit */
+static size_t
+with_head(const unsigned char *ev, size_t len, const struct mc_batch_head *bh,
+    unsigned char *out, size_t outsz)
+{
+	size_t n = len;
+
+	if (len + 6 + bh->svclen + bh->instlen > outsz)
+		return 0;
+	memcpy(out, ev, len);
+	out[n++] = 0x08;	/* schema_version: the batch's (checked) */
+	out[n++] = ENV_SCHEMA;
+	if (bh->svclen > 0) {
+		out[n++] = 0x3a;
+		out[n++] = (unsigned char)bh->svclen;
+		memcpy(out + n, bh->svc, bh->svclen);
+		n += bh->svclen;
+	}
+	if (bh->instlen > 0) {
+		out[n++] = 0x42;
+		out[n++] = (unsigned char)bh->instlen;
+		memcpy(out + n, bh->inst, bh->instlen);
+		n += bh->instlen;
+	}
+	return n;
 }
 
 /* add the retention-index entry listing idx (ilen bytes of <len u8><hops
@@ -342,14 +388,15 @@ mc_apply_hops(struct mc *m, const unsigned char *batch, size_t dlen, uint64_t se
 	const unsigned char *p, *end, *data;
 	struct store_batch *b;
 	struct mc_hop h;
-	unsigned char key[129 + 8 + 1 + 4];
+	struct mc_batch_head bh;
+	unsigned char key[129 + 8 + 1 + 4], full[4096 + 6 + 2 * 127];
 	unsigned char idx[MC_INDEX_KEYS * (1 + sizeof(key))];
 	size_t klen, ilen = 0, nidx = 0, stored = 0, bad = 0;
 	uint64_t received_ms = now_ms(), hops[MC_NHOPS] = { 0 }, v;
 	uint32_t place = 0;
 	unsigned num, wt;
 
-	if (batch == NULL || dlen > ENV_MAX_WIRE || !batch_ok(batch, dlen)) {
+	if (batch == NULL || dlen > ENV_MAX_WIRE || !batch_ok(batch, dlen, &bh)) {
 		atomic_fetch_add(&m->bad, 1);
 		metric_add(m->m_bad, 1);
 		log_debug(NULL, "dropped a malformed hop batch (stream seq %llu)", (unsigned long long)seq);
@@ -365,6 +412,18 @@ mc_apply_hops(struct mc *m, const unsigned char *batch, size_t dlen, uint64_t se
 		if (hop_scan(data, (size_t)v, &h) != 0 || h.hop >= MC_NHOPS || hop_id(&h, key) != 0) {
 			bad++;
 			continue;
+		}
+		if (h.svclen == 0 && bh.svclen > 0) {
+			/* one of the publisher's own events: stored whole */
+			size_t flen = with_head(data, (size_t)v, &bh, full, sizeof(full));
+			if (flen == 0) {
+				bad++;
+				continue;
+			}
+			data = full;
+			v = flen;
+			h.svc = bh.svc;
+			h.svclen = bh.svclen;
 		}
 		hops[h.hop]++;
 		/* hops key: correlation ID, NUL, ts_us, hop, (stream seq, place)
