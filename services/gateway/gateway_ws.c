@@ -47,6 +47,7 @@
 #include "hop.h"
 #include "http.h"
 #include "log.h"
+#include "notice.h"
 #include "util.h"
 
 #define WS_OP_CONT  0x0
@@ -1323,10 +1324,6 @@ frame_dead_letter(struct gw_sock *sk, const DeadLetter *dl)
 {
 	struct gw *g = sk->g;
 	struct reg_trust t;
-	Failure fl = CLAWRELAY__V1__FAILURE__INIT;
-	char subj[512];
-	void *wire = NULL;
-	size_t wlen = 0;
 
 	if (dl == NULL || dl->message_id == NULL || auth_check_correlation_id(dl->message_id, NULL) != CR_OK)
 		return bad_frame(sk, "bad_dead_letter", "dead_letter needs a well-formed message_id");
@@ -1340,25 +1337,13 @@ frame_dead_letter(struct gw_sock *sk, const DeadLetter *dl)
 	/* only a sender that may send to this agent can have had a message here */
 	if (reg_cache_trust(g->reg, dl->sender, sk->agent, &t) == CR_ERR_NOT_FOUND)
 		return bad_frame(sk, "bad_dead_letter", "that sender may not send to this agent");
-	fl.schema_version = ENV_SCHEMA;
-	fl.message_id = dl->message_id;
-	fl.correlation_id = dl->correlation_id;
-	fl.sender = dl->sender;
-	fl.recipient = sk->agent;
-	fl.reason = CLAWRELAY__V1__FAILURE_REASON__FAIL_DEAD_LETTERED;
-	fl.detail = gw_mut(dl->reason ? dl->reason : "");
-	fl.failed_at_ms = now_ms();
-	if (bus_subj_agent(g->bus, subj, sizeof(subj), "failure", dl->sender) < 0 ||
-	    env_pack(&fl.base, &wire, &wlen) != CR_OK) {
-		log_error(&lc, "dead letter could not be encoded");
-		return 1;
-	}
-	if (bus_publish(g->bus, subj, wire, wlen) != CR_OK)
+	struct notice n = { dl->message_id, dl->correlation_id, dl->sender, sk->agent,
+		CLAWRELAY__V1__FAILURE_REASON__FAIL_DEAD_LETTERED, dl->reason, 0, 0 };
+	if (notice_publish(g->bus, "failure", &n) != CR_OK)
 		log_error(&lc, "dead letter not published");
-	free(wire);
 	hop_emit_ids(dl->correlation_id, dl->message_id, dl->sender, sk->agent, NULL,
-	    CLAWRELAY__V1__HOP_KIND__HOP_FAILED, "dead_lettered", fl.detail);
-	log_info(&lc, "dead-lettered by the recipient's connector: %s", fl.detail);
+	    CLAWRELAY__V1__HOP_KIND__HOP_FAILED, "dead_lettered", dl->reason ? dl->reason : "");
+	log_info(&lc, "dead-lettered by the recipient's connector: %s", dl->reason ? dl->reason : "");
 	return 1;
 }
 

@@ -33,6 +33,7 @@
 #include "hop.h"
 #include "log.h"
 #include "metrics.h"
+#include "notice.h"
 #include "session.h"
 #include "util.h"
 
@@ -397,10 +398,6 @@ session_drop_locked(struct session_part *pp, struct session_agent *a, struct ses
     int reason, const char *detail, struct session_work *w)
 {
 	struct session *s = pp->s;
-	Failure f = CLAWRELAY__V1__FAILURE__INIT;
-	unsigned char buf[2048];
-	char subj[512];
-	size_t len;
 	struct log_ctx lc = { sl->correlation_id, sl->message_id, a->id, sl->trace_id };
 
 	if (work_add_del(pp, w, a, sl->lane, sl->seq) != 0) {
@@ -427,19 +424,12 @@ session_drop_locked(struct session_part *pp, struct session_agent *a, struct ses
 	if (reason >= 0 && reason < SESSION_NREASONS)
 		metric_add(m_failed_by[reason], 1);
 
-	f.schema_version = ENV_SCHEMA;
-	f.message_id = sl->message_id;
-	f.correlation_id = sl->correlation_id;
-	f.sender = sl->sender;
-	f.recipient = a->id;
-	f.reason = (Clawrelay__V1__FailureReason)reason;
-	f.detail = SESSION_UNCONST(detail ? detail : "");
-	f.failed_at_ms = now_ms();
-	f.created_at_ms = sl->created_at_ms;
-	f.attempts = sl->attempts;
-	if (bus_subj_agent(s->bus, subj, sizeof(subj), "failure", sl->sender) >= 0 &&
-	    env_pack_into(&f.base, buf, sizeof(buf), &len) == CR_OK)
-		bus_publish(s->bus, subj, buf, len);
+	{
+		struct notice n = { sl->message_id, sl->correlation_id, sl->sender, a->id, reason,
+			detail, sl->created_at_ms, sl->attempts };
+		if (notice_publish(s->bus, "failure", &n) != CR_OK)
+			log_error(&lc, "failure notice not published");
+	}
 	hop_emit_ids(sl->correlation_id, sl->message_id, sl->sender, a->id, sl->trace_id,
 	    hop_of(reason), "error", env_failure_reason_name(reason));
 	log_info(&lc, "message failed: %s (%s) after %u attempts",

@@ -15,12 +15,14 @@
  * Work per tick is bounded, so a long backlog costs several ticks, never a
  * long stall of the lease renewals that share the main thread.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hop.h"
 #include "log.h"
 #include "metrics.h"
+#include "notice.h"
 #include "session.h"
 #include "util.h"
 
@@ -166,26 +168,14 @@ sweep_nonce(struct session_part *pp)
 static void
 delayed_notice(struct session_part *pp, const Envelope *e, uint64_t acc, uint64_t wall)
 {
-	struct session *s = pp->s;
-	Failure f = CLAWRELAY__V1__FAILURE__INIT;
-	unsigned char buf[2048];
-	char subj[512], detail[128];
-	size_t len;
+	char detail[128];
 	struct log_ctx lc = { e->correlation_id, e->message_id, e->recipient, e->trace_id };
+	struct notice n = { e->message_id, e->correlation_id, e->sender, e->recipient,
+		CLAWRELAY__V1__FAILURE_REASON__FAIL_UNKNOWN, detail, e->created_at_ms, 0 };
 
 	snprintf(detail, sizeof(detail), "still queued %llu s after it was accepted",
 	    (unsigned long long)((wall - acc) / 1000u));
-	f.schema_version = ENV_SCHEMA;
-	f.message_id = e->message_id;
-	f.correlation_id = e->correlation_id;
-	f.sender = e->sender;
-	f.recipient = e->recipient;
-	f.detail = detail;
-	f.failed_at_ms = wall;
-	f.created_at_ms = e->created_at_ms;
-	if (bus_subj_agent(s->bus, subj, sizeof(subj), "delayed", e->sender) >= 0 &&
-	    env_pack_into(&f.base, buf, sizeof(buf), &len) == CR_OK &&
-	    bus_publish(s->bus, subj, buf, len) == CR_OK)
+	if (notice_publish(pp->s->bus, "delayed", &n) == CR_OK)
 		pp->delayed_sent++;
 	log_info(&lc, "delayed: %s", detail);
 }

@@ -8,7 +8,8 @@
  *  2. a hook that answers 503 ("unavailable") for much longer than
  *     HOOK_MAX_ATTEMPTS calls: nothing is dead-lettered; all delivered after.
  *  3. a hook that answers 400 (refuses the message): dead-lettered after
- *     exactly HOOK_MAX_ATTEMPTS calls (attempts still count for refusals).
+ *     exactly HOOK_MAX_ATTEMPTS calls (attempts still count for refusals);
+ *     the sender gets one failure notice, reason dead_lettered.
  *  4. priority: low and normal messages wait in the inbox while the hook is
  *     down; critical ones arriving later reach the hook first, then normal,
  *     then low, each lane in order.
@@ -349,8 +350,32 @@ START_TEST(refused_message_dead_lettered_after_max_attempts)
 		"CLAWRELAY_HOOK_BACKOFF_BASE_MS=50", "CLAWRELAY_HOOK_BACKOFF_CAP_MS=100", NULL };
 	struct h_proc *ce = connector("erin", port, env);
 	ck_assert_msg(h_wait_log(ce, "reconnect_ack", 20000) == 0, "connector never connected");
+	/* alice hears of it on the failure subject */
+	natsConnection *nc = NULL;
+	natsSubscription *sub = NULL;
+	natsMsg *m = NULL;
+	const char *reason = NULL;
+	ck_assert_int_eq(natsConnection_ConnectTo(&nc, st.nats_url), NATS_OK);
+	ck_assert_int_eq(natsConnection_SubscribeSync(&sub, nc, "clawrelay.notify.failure.>"), NATS_OK);
+	ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
 	send_range("erin", "r", 0, 1, "normal");
 	ck_assert_msg(wait_num(ce, "inbox", "deadLetters", 1, 30000) == 0, "never dead-lettered");
+	ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 20000), NATS_OK);
+	ck_assert_int_eq(natsMsgHeader_Get(m, "X-Claw-Reason", &reason), NATS_OK);
+	ck_assert_str_eq(reason, "dead_lettered");
+	Failure *f = clawrelay__v1__failure__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+	    (const uint8_t *)natsMsg_GetData(m));
+	ck_assert_ptr_nonnull(f);
+	ck_assert_str_eq(f->correlation_id, "erin-r-0");
+	ck_assert_str_eq(f->sender, "alice");
+	ck_assert_str_eq(f->recipient, "erin");
+	clawrelay__v1__failure__free_unpacked(f, NULL);
+	natsMsg_Destroy(m);
+	/* once */
+	m = NULL;
+	ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 1500), NATS_TIMEOUT);
+	natsSubscription_Destroy(sub);
+	natsConnection_Destroy(nc);
 	h_sleep_ms(1000);
 	ck_assert_int_eq(h_file_lines(f400), 2);	/* exactly HOOK_MAX_ATTEMPTS calls */
 	ck_assert_int_eq((int)num_at(ce, "inbox", "depth", NULL), 0);
