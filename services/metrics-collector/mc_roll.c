@@ -265,7 +265,7 @@ pair_dirty(struct mc_pairs *t, struct mc_pair *p)
 		size_t cap = t->cap ? t->cap * 2 : 1024;
 		struct mc_pair **d = realloc(t->dirty, cap * sizeof(*d));
 		if (d == NULL)
-			return;	/* written with the next one that fits */
+			return;	/* ENOMEM: this change is written with the pair's next one */
 		t->dirty = d;
 		t->cap = cap;
 	}
