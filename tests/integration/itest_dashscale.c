@@ -519,7 +519,18 @@ START_TEST(a_day_of_a_thousand_agents)
 	fprintf(stderr, "dashscale: published %d messages (%d hops), %d pair-hours in %.0f ms\n",
 	    DS_MSGS, 2 * DS_MSGS, want_pairs, ms_since(t));
 	catchup = wait_caught_up(DS_CATCHUP_MS);
-	fprintf(stderr, "dashscale: the collector caught up %.0f ms after the last publish\n", catchup);
+	{
+		/* the store: every hop of the day (kept TRACE_RETENTION_H) and the rollups */
+		char path[512];
+		struct stat sb;
+		h_sleep_ms(500);	/* the last flush */
+		snprintf(path, sizeof(path), "%s/metrics-collector/data.mdb", st.dir);
+		ck_assert_int_eq(stat(path, &sb), 0);
+		fprintf(stderr, "dashscale: the collector caught up %.0f ms after the last publish; "
+		    "its store holds the day in %lld MiB (%lld bytes a hop)\n", catchup,
+		    (long long)sb.st_blocks * 512 / 1048576,
+		    (long long)sb.st_blocks * 512 / (2LL * DS_MSGS));
+	}
 
 	/* 1. every answer: time, size, numbers (the slowest of three tries counts) */
 	for (size_t i = 0; i < NEPS; i++) {
