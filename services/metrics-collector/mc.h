@@ -218,6 +218,8 @@ void mc_roll_failure(struct mc *m, const struct mc_fail *f);
 void mc_roll_stats(struct mc *m, const char *json, size_t len);
 /* mc_roll_breaker - apply one breaker state change (JSON object) */
 void mc_roll_breaker(struct mc *m, const cJSON *o);
+/* mc_roll_pairs_held - pair-hours in memory (mu held) */
+size_t mc_roll_pairs_held(struct mc *m);
 /* mc_roll_sweep - drop rollups older than roll_retention into b */
 void mc_roll_sweep(struct mc *m, struct store_batch *b, uint64_t cutoff_ms);
 /* JSON answers (caller frees with cJSON_Delete); window in seconds */

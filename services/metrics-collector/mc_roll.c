@@ -40,9 +40,20 @@
 struct mc_pair {
 	uint64_t hour, hash;
 	uint32_t ok, failed;
-	struct mc_pair *next;
+	struct mc_pair *next;           /* hash chain */
+	struct mc_phour *ph;            /* its hour */
 	uint8_t slen, rlen, dirty;
 	char names[];
+};
+
+/* One hour's pairs and their sums: the dashboard's question (the newest
+ * hour's worst pairs, how many in all) reads a few of these, not every pair
+ * of the day, and the sweep drops an hour at a time. */
+struct mc_phour {
+	uint64_t hour;
+	uint64_t ok, failed;
+	struct mc_pair **v;
+	size_t n, cap;
 };
 
 struct mc_pairs {
@@ -50,6 +61,8 @@ struct mc_pairs {
 	size_t nb, n;
 	struct mc_pair **dirty;         /* the pairs mc_roll_write has to write */
 	size_t ndirty, cap;
+	struct mc_phour **hours;        /* newest first */
+	size_t nhours, hcap;
 };
 
 #define PAIR_SENDER(p) ((p)->names)
@@ -273,9 +286,64 @@ pair_dirty(struct mc_pairs *t, struct mc_pair *p)
 	p->dirty = 1;
 }
 
+/* the record of an hour, made when missing (kept newest first); NULL on ENOMEM */
+static struct mc_phour *
+phour_get(struct mc_pairs *t, uint64_t hour)
+{
+	struct mc_phour *ph;
+	size_t i;
+
+	for (i = 0; i < t->nhours && t->hours[i]->hour >= hour; i++)
+		if (t->hours[i]->hour == hour)
+			return t->hours[i];
+	if (t->nhours == t->hcap) {
+		size_t cap = t->hcap ? t->hcap * 2 : 64;
+		struct mc_phour **h = realloc(t->hours, cap * sizeof(*h));
+		if (h == NULL)
+			return NULL;
+		t->hours = h;
+		t->hcap = cap;
+	}
+	if ((ph = calloc(1, sizeof(*ph))) == NULL)
+		return NULL;
+	ph->hour = hour;
+	memmove(t->hours + i + 1, t->hours + i, (t->nhours - i) * sizeof(*t->hours));
+	t->hours[i] = ph;
+	t->nhours++;
+	return ph;
+}
+
+/* add p to its hour's list; -1 on ENOMEM */
+static int
+phour_add(struct mc_phour *ph, struct mc_pair *p)
+{
+	if (ph->n == ph->cap) {
+		size_t cap = ph->cap ? ph->cap * 2 : 256;
+		struct mc_pair **v = realloc(ph->v, cap * sizeof(*v));
+		if (v == NULL)
+			return -1;
+		ph->v = v;
+		ph->cap = cap;
+	}
+	ph->v[ph->n++] = p;
+	p->ph = ph;
+	return 0;
+}
+
+/* count ok and failed messages for p and its hour */
+static void
+pair_add(struct mc_pair *p, uint32_t ok, uint32_t failed)
+{
+	p->ok += ok;
+	p->failed += failed;
+	p->ph->ok += ok;
+	p->ph->failed += failed;
+}
+
 static struct mc_pair *
 pair_get(struct mc *m, uint64_t hour, const char *s, size_t sl, const char *r, size_t rl, int load)
 {
+	struct mc_phour *ph;
 	struct mc_pairs *t = m->pairs;
 	uint64_t h;
 	struct mc_pair *p;
@@ -289,8 +357,12 @@ pair_get(struct mc *m, uint64_t hour, const char *s, size_t sl, const char *r, s
 		if (p->hash == h && p->hour == hour && p->slen == sl && p->rlen == rl &&
 		    memcmp(PAIR_SENDER(p), s, sl) == 0 && memcmp(PAIR_RECIPIENT(p), r, rl) == 0)
 			return p;
-	if ((p = calloc(1, sizeof(*p) + sl + rl + 2)) == NULL)
+	if ((ph = phour_get(t, hour)) == NULL || (p = calloc(1, sizeof(*p) + sl + rl + 2)) == NULL)
 		return NULL;
+	if (phour_add(ph, p) != 0) {
+		free(p);
+		return NULL;
+	}
 	p->hour = hour;
 	p->hash = h;
 	p->slen = (uint8_t)sl;
@@ -310,10 +382,8 @@ pair_get(struct mc *m, uint64_t hour, const char *s, size_t sl, const char *r, s
 		key[kl++] = '\0';
 		memcpy(key + kl, r, rl);
 		kl += rl;
-		if (store_get(m->st, m->db_roll, key, kl, &v, &vl) == CR_OK && vl == 8) {
-			p->ok = (uint32_t)(get64(v) >> 32);
-			p->failed = (uint32_t)get64(v);
-		}
+		if (store_get(m->st, m->db_roll, key, kl, &v, &vl) == CR_OK && vl == 8)
+			pair_add(p, (uint32_t)(get64(v) >> 32), (uint32_t)get64(v));
 		free(v);
 	}
 	p->next = t->b[bi];
@@ -332,10 +402,7 @@ mc_roll_pair(struct mc *m, const char *sender, size_t slen, const char *recipien
 
 	if (p == NULL)
 		return;
-	if (ok)
-		p->ok++;
-	else
-		p->failed++;
+	pair_add(p, ok != 0, ok == 0);
 	pair_dirty(m->pairs, p);
 }
 
@@ -871,8 +938,7 @@ mc_roll_load(struct mc *m)
 			r++;
 			p = pair_get(m, hour, s, (size_t)(r - 1 - s), r, kl - (size_t)(r - (const char *)kk), 0);
 			if (p != NULL) {
-				p->ok = (uint32_t)(get64(v) >> 32);
-				p->failed = (uint32_t)get64(v);
+				pair_add(p, (uint32_t)(get64(v) >> 32) - p->ok, (uint32_t)get64(v) - p->failed);
 				npairs++;
 			}
 		}
@@ -926,6 +992,27 @@ mc_roll_load(struct mc *m)
 	    m->nconns);
 }
 
+/* mc_roll_pairs_held - pair-hours in memory (mu held) */
+size_t
+mc_roll_pairs_held(struct mc *m)
+{
+	return m->pairs->n;
+}
+
+/* unlink p from its hash chain and free it (its hour's list goes too) */
+static void
+pair_drop(struct mc_pairs *t, struct mc_pair *p)
+{
+	struct mc_pair **pp = &t->b[p->hash % t->nb];
+
+	while (*pp != NULL && *pp != p)
+		pp = &(*pp)->next;
+	if (*pp == p)
+		*pp = p->next;
+	free(p);
+	t->n--;
+}
+
 /* mc_roll_sweep - deletes of rollups older than cutoff into b; pairs
  * older than MC_PAIR_HOURS leave memory (mu held) */
 void
@@ -936,6 +1023,7 @@ mc_roll_sweep(struct mc *m, struct store_batch *b, uint64_t cutoff_ms)
 	size_t kl, vl;
 	uint64_t hour_min = now_ms() - (uint64_t)MC_PAIR_HOURS * 3600000;
 	const char *prefixes[2] = { "m", "p" };
+	struct mc_pairs *t = m->pairs;
 
 	for (int i = 0; i < 2; i++) {
 		if (store_iter_new(m->st, m->db_roll, prefixes[i], 1, &it) != CR_OK)
@@ -948,18 +1036,21 @@ mc_roll_sweep(struct mc *m, struct store_batch *b, uint64_t cutoff_ms)
 		store_iter_free(it);
 		it = NULL;
 	}
-	for (size_t bi = 0; bi < m->pairs->nb; bi++) {
-		struct mc_pair **pp = &m->pairs->b[bi];
-		while (*pp != NULL) {
-			struct mc_pair *p = *pp;
-			if (p->hour < hour_min && !p->dirty) {
-				*pp = p->next;
-				free(p);
-				m->pairs->n--;
-			} else {
-				pp = &p->next;
-			}
-		}
+	/* the oldest hours, whole; one with a pair still to be written waits
+	 * for the next sweep */
+	while (t->nhours > 0 && t->hours[t->nhours - 1]->hour < hour_min) {
+		struct mc_phour *ph = t->hours[t->nhours - 1];
+		size_t i;
+
+		for (i = 0; i < ph->n && !ph->v[i]->dirty; i++)
+			;
+		if (i < ph->n)
+			break;
+		for (i = 0; i < ph->n; i++)
+			pair_drop(t, ph->v[i]);
+		free(ph->v);
+		free(ph);
+		t->nhours--;
 	}
 }
 
@@ -981,13 +1072,15 @@ void
 mc_roll_fini(struct mc *m)
 {
 	if (m->pairs != NULL) {
-		for (size_t bi = 0; m->pairs->b != NULL && bi < m->pairs->nb; bi++) {
-			while (m->pairs->b[bi] != NULL) {
-				struct mc_pair *p = m->pairs->b[bi];
-				m->pairs->b[bi] = p->next;
-				free(p);
-			}
+		/* every pair is on its hour's list */
+		for (size_t h = 0; h < m->pairs->nhours; h++) {
+			struct mc_phour *ph = m->pairs->hours[h];
+			for (size_t i = 0; i < ph->n; i++)
+				free(ph->v[i]);
+			free(ph->v);
+			free(ph);
 		}
+		free(m->pairs->hours);
 		free(m->pairs->b);
 		free(m->pairs->dirty);
 	}
@@ -1431,11 +1524,26 @@ pair_match(const struct mc_pair *p, const char *q)
 	    strstr(PAIR_RECIPIENT(p), q) != NULL;
 }
 
+/* the first `limit` in heap h (n of them) after p */
+static void
+heap_feed(struct mc_pair **h, size_t *n, size_t limit, struct mc_pair *p, int sort)
+{
+	if (*n < limit) {
+		h[*n] = p;
+		heap_up(h, (*n)++, sort);
+	} else if (pair_cmp(p, h[0], sort) < 0) {
+		h[0] = p;
+		heap_down(h, *n, 0, sort);
+	}
+}
+
 /* mc_json_pairs - peer pairs per hour of the last `hours` whose sender or
  * recipient contains q (NULL: all): their count and sums, and the first
  * `limit` in the order of sort (MC_SORT_HOUR: newest hour first, then most
  * failures). A day of 1,000 agents is hundreds of thousands of pair-hours:
- * one pass keeps the first `limit` in a heap, nothing sorts them all. */
+ * a heap keeps the first `limit`, nothing sorts them all; unfiltered and by
+ * hour (the dashboard's question) the sums are the hours' and only the
+ * newest hours' pairs are looked at. */
 cJSON *
 mc_json_pairs(struct mc *m, uint64_t hours, size_t limit, const char *q, int sort)
 {
@@ -1452,20 +1560,29 @@ mc_json_pairs(struct mc *m, uint64_t hours, size_t limit, const char *q, int sor
 	if ((h = calloc(limit, sizeof(*h))) == NULL)
 		return o;
 	pthread_mutex_lock(&m->mu);
-	for (size_t bi = 0; bi < m->pairs->nb; bi++) {
-		for (struct mc_pair *p = m->pairs->b[bi]; p != NULL; p = p->next) {
-			if (p->hour < from || !pair_match(p, q))
+	for (size_t hi = 0; hi < m->pairs->nhours; hi++) {
+		struct mc_phour *ph = m->pairs->hours[hi];
+
+		if (ph->hour < from)
+			break;	/* newest first: the rest are older */
+		if ((q == NULL || *q == '\0') && sort == MC_SORT_HOUR) {
+			total += ph->n;
+			ok += ph->ok;
+			failed += ph->failed;
+			if (n == limit)
+				continue;	/* full of newer hours' pairs: these come after */
+			for (size_t i = 0; i < ph->n; i++)
+				heap_feed(h, &n, limit, ph->v[i], sort);
+			continue;
+		}
+		for (size_t i = 0; i < ph->n; i++) {
+			struct mc_pair *p = ph->v[i];
+			if (!pair_match(p, q))
 				continue;
 			total++;
 			ok += p->ok;
 			failed += p->failed;
-			if (n < limit) {
-				h[n] = p;
-				heap_up(h, n++, sort);
-			} else if (pair_cmp(p, h[0], sort) < 0) {
-				h[0] = p;
-				heap_down(h, n, 0, sort);
-			}
+			heap_feed(h, &n, limit, p, sort);
 		}
 	}
 	qsort_r(h, n, sizeof(*h), pair_qcmp, &sort);
