@@ -64,15 +64,15 @@
 /* bounds: about 3x what was measured (README, "Dashboard at scale"), times
  * slow: 3 for a sanitizer build (CLAWRELAY_BIN .../bin-san-...), 10 under
  * valgrind (CLAWRELAY_TEST_VALGRIND) */
-#define DS_API_MS 500               /* each /v1/metrics answer (20-120 ms, 270 loaded) */
+#define DS_API_MS 200               /* each /v1/metrics answer (<= 36 ms; 65 loaded) */
 #define DS_API_BYTES (64 * 1024)    /* each answer (the largest, connectors: 39 KB) */
-#define DS_PAGE_MS 12000            /* chromium start + load + render (1.5-4 s) */
-#define DS_REFRESH_MS 1000          /* the page's own refresh (40-430 ms) */
-#define DS_RESTART_MS 2000          /* restart to ready on the day (0.2-0.45 s) */
+#define DS_PAGE_MS 12000            /* chromium start + load + render (0.9-4 s) */
+#define DS_REFRESH_MS 1000          /* the page's own refresh (30-430 ms) */
+#define DS_RESTART_MS 2000          /* restart to ready on the day (0.1-0.7 s) */
 #define DS_CATCHUP_MS 60000
-#define DS_RSS_MB 240               /* the collector holding the day (78 MiB) */
+#define DS_RSS_MB 240               /* the collector holding the day (77-88 MiB) */
 #define DS_LIVE_S 8
-#define DS_LIVE_CPU_PCT 10          /* live stats of 1,000 sockets (1.6 %) */
+#define DS_LIVE_CPU_PCT 6           /* live stats of 1,000 sockets (1.0-2.0 %) */
 
 static struct h_stack st;
 static struct h_proc *mc;
