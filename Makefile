@@ -103,6 +103,12 @@ $(BUILD)/tests/itest_%: $(BUILD)/tests/integration/itest_%.o $(ITEST_LIB) $(LIBC
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell pkg-config --libs check)
 
+# the collector's unit test links the collector's objects, not its main()
+MC_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(filter-out %/main.c,$(wildcard services/metrics-collector/*.c)))
+$(BUILD)/tests/test_mc_roll: $(BUILD)/tests/unit/test_mc_roll.o $(MC_OBJ) $(LIBCOMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell pkg-config --libs check)
+
 # unit tests of a service's pure modules link that module too
 $(BUILD)/tests/test_conn_key: $(BUILD)/services/connector/conn_key.o
 $(BUILD)/tests/test_conn_class: $(BUILD)/services/connector/conn_class.o

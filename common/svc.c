@@ -7,6 +7,7 @@
  * drained -> bus closed -> def->fini -> config freed. Reverse of start-up.
  */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@ struct svc {
 	char instance_buf[160];
 	uint64_t started_ms;
 	volatile sig_atomic_t stop;
+	atomic_int inited;      /* def->init returned (civetweb's threads read it) */
 };
 
 static volatile sig_atomic_t got_signal;
@@ -67,6 +69,10 @@ svc_route(struct svc *s, const char *uri, mg_request_handler h, void *arg)
 static int
 is_ready(struct svc *s)
 {
+	/* the HTTP server answers while init still loads (a collector reading a
+	 * day of rollups): not ready until it is done */
+	if (!atomic_load(&s->inited))
+		return 0;
 	if (!s->def->no_bus && !bus_is_connected(s->bus))
 		return 0;
 	if (s->def->ready)
@@ -297,6 +303,7 @@ svc_main(int argc, char **argv, const struct svc_def *def, void *st)
 		log_error(NULL, "start-up failed");
 		goto out_http;
 	}
+	atomic_store(&s.inited, 1);
 	log_info(NULL, "ready on %s", ports);
 
 	while (!svc_stopping(&s)) {

@@ -173,6 +173,8 @@ mc_status(struct svc *s, void *st, cJSON *obj)
 	pthread_mutex_lock(&m->mu);
 	cJSON_AddNumberToObject(o, "appliedEventsSeq", (double)m->applied_ev);
 	cJSON_AddNumberToObject(o, "appliedStatsSeq", (double)m->applied_st);
+	cJSON_AddNumberToObject(o, "pairHoursInMemory", (double)mc_roll_pairs_held(m));
+	cJSON_AddNumberToObject(o, "connectorsKnown", (double)m->nconns);
 	pthread_mutex_unlock(&m->mu);
 	o = cJSON_AddObjectToObject(obj, "store");
 	cJSON_AddStringToObject(o, "dataDir", m->data_dir);

@@ -56,6 +56,7 @@
 #define MC_NBRK 512          /* breakers kept */
 #define MC_CONN_BUCKETS 4096
 #define MC_NINST 64          /* relay-session instances tracked for queue gauges */
+#define MC_SERIES_POINTS 300 /* most points of a series answer: a chart's width */
 
 /* One minute of rollups. */
 struct mc_min {
@@ -217,14 +218,29 @@ void mc_roll_failure(struct mc *m, const struct mc_fail *f);
 void mc_roll_stats(struct mc *m, const char *json, size_t len);
 /* mc_roll_breaker - apply one breaker state change (JSON object) */
 void mc_roll_breaker(struct mc *m, const cJSON *o);
+/* mc_roll_pairs_held - pair-hours in memory (mu held) */
+size_t mc_roll_pairs_held(struct mc *m);
 /* mc_roll_sweep - drop rollups older than roll_retention into b */
 void mc_roll_sweep(struct mc *m, struct store_batch *b, uint64_t cutoff_ms);
 /* JSON answers (caller frees with cJSON_Delete); window in seconds */
 cJSON *mc_json_summary(struct mc *m, uint64_t window_s);
-cJSON *mc_json_series(struct mc *m, uint64_t window_s, uint64_t step_s);
+/* mc_json_series - at most MC_SERIES_POINTS points (the step grows to fit)
+ * and the `parts` busiest partition/lane queue series */
+cJSON *mc_json_series(struct mc *m, uint64_t window_s, uint64_t step_s, int parts);
 cJSON *mc_json_latency(struct mc *m, uint64_t window_s);
-cJSON *mc_json_pairs(struct mc *m, uint64_t hours, size_t limit);
-cJSON *mc_json_connectors(struct mc *m);
+/* orders of the pairs and connectors answers */
+enum mc_sort {
+	MC_SORT_HOUR,           /* pairs: newest hour first, then most failures */
+	MC_SORT_FAILED,         /* pairs: most failures first */
+	MC_SORT_VOLUME,         /* pairs: most messages first */
+	MC_SORT_STATE,          /* connectors: disconnected first, then most reconnects */
+	MC_SORT_AGENT,          /* connectors: by agent ID */
+	MC_SORT_RECONNECTS,     /* connectors: most reconnects first */
+	MC_SORT_UPTIME,         /* connectors: lowest uptime share first */
+};
+/* q (borrowed, may be NULL) keeps the pairs or connectors whose IDs contain it */
+cJSON *mc_json_pairs(struct mc *m, uint64_t hours, size_t limit, const char *q, int sort);
+cJSON *mc_json_connectors(struct mc *m, size_t limit, const char *q, int sort);
 cJSON *mc_json_failures(struct mc *m, size_t limit);
 cJSON *mc_json_breakers(struct mc *m);
 

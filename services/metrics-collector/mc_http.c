@@ -89,6 +89,31 @@ qnum(const struct mg_request_info *ri, const char *name, uint64_t def, uint64_t 
 	return n > hi ? hi : n;
 }
 
+/* a query parameter as text (at most sz - 1 bytes) into out; "" when absent */
+static const char *
+qstr(const struct mg_request_info *ri, const char *name, char *out, size_t sz)
+{
+	out[0] = '\0';
+	if (ri->query_string == NULL ||
+	    mg_get_var(ri->query_string, strlen(ri->query_string), name, out, sz) <= 0)
+		out[0] = '\0';
+	return out;
+}
+
+/* the sort=... parameter among names (each an MC_SORT_*); def when absent or unknown */
+static int
+qsort_param(const struct mg_request_info *ri, const char *const *names, const int *sorts, int n,
+    int def)
+{
+	char v[32];
+
+	qstr(ri, "sort", v, sizeof(v));
+	for (int i = 0; i < n; i++)
+		if (strcmp(v, names[i]) == 0)
+			return sorts[i];
+	return def;
+}
+
 static void
 send_json(struct mg_connection *c, cJSON *o)
 {
@@ -110,6 +135,7 @@ mc_http_metrics(struct mg_connection *c, void *arg)
 	const struct mg_request_info *ri = mg_get_request_info(c);
 	const char *what = ri->local_uri ? ri->local_uri + strlen(METRICS_PREFIX) : "";
 	uint64_t win = qnum(ri, "window", 3600, 60, 31ull * 86400);
+	char q[129];
 
 	if (strcmp(ri->request_method, "GET") != 0) {
 		http_error(c, 405, "method_not_allowed", "use GET", NULL, 0);
@@ -118,14 +144,23 @@ mc_http_metrics(struct mg_connection *c, void *arg)
 	if (strcmp(what, "summary") == 0)
 		send_json(c, mc_json_summary(m, win));
 	else if (strcmp(what, "series") == 0)
-		send_json(c, mc_json_series(m, win, qnum(ri, "step", 60, 60, 86400)));
+		send_json(c, mc_json_series(m, win, qnum(ri, "step", 60, 60, 86400),
+		    (int)qnum(ri, "parts", 12, 0, MC_QPARTS * MC_LANES)));
 	else if (strcmp(what, "latency") == 0)
 		send_json(c, mc_json_latency(m, win));
-	else if (strcmp(what, "pairs") == 0)
+	else if (strcmp(what, "pairs") == 0) {
+		static const char *const names[] = { "hour", "failed", "volume" };
+		static const int sorts[] = { MC_SORT_HOUR, MC_SORT_FAILED, MC_SORT_VOLUME };
 		send_json(c, mc_json_pairs(m, qnum(ri, "hours", 24, 1, 48),
-		    (size_t)qnum(ri, "limit", 200, 1, 100000)));
-	else if (strcmp(what, "connectors") == 0)
-		send_json(c, mc_json_connectors(m));
+		    (size_t)qnum(ri, "limit", 200, 1, 1000), qstr(ri, "q", q, sizeof(q)),
+		    qsort_param(ri, names, sorts, 3, MC_SORT_HOUR)));
+	} else if (strcmp(what, "connectors") == 0) {
+		static const char *const names[] = { "state", "agent", "reconnects", "uptime" };
+		static const int sorts[] = { MC_SORT_STATE, MC_SORT_AGENT, MC_SORT_RECONNECTS,
+			MC_SORT_UPTIME };
+		send_json(c, mc_json_connectors(m, (size_t)qnum(ri, "limit", 500, 1, 10000),
+		    qstr(ri, "q", q, sizeof(q)), qsort_param(ri, names, sorts, 4, MC_SORT_STATE)));
+	}
 	else if (strcmp(what, "failures") == 0)
 		send_json(c, mc_json_failures(m, (size_t)qnum(ri, "limit", 50, 1, MC_NFAIL)));
 	else if (strcmp(what, "breakers") == 0)

@@ -29,22 +29,44 @@
 #include "mc.h"
 #include "util.h"
 
-#define MC_PAIR_BUCKETS 4096
+#define MC_PAIR_BUCKETS0 4096       /* the pair table's first size; it doubles as it fills */
 #define MC_PAIR_HOURS 48            /* hours of pairs kept in memory */
 #define MC_GAUGE_FRESH_MS 10000     /* an instance's gauges count this long */
 
+/* One pair-hour. 1,000 agents make thousands of pairs an hour and the
+ * table holds MC_PAIR_HOURS of them, so a record is small: the names sit
+ * after it ("sender\0recipient\0"), the hash is kept for the chain walk,
+ * and the table's size follows its count (a chain stays about one long). */
 struct mc_pair {
-	uint64_t hour;
+	uint64_t hour, hash;
 	uint32_t ok, failed;
-	int dirty;
-	struct mc_pair *next;
-	char sender[129], recipient[129];
+	struct mc_pair *next;           /* hash chain */
+	struct mc_phour *ph;            /* its hour */
+	uint8_t slen, rlen, dirty;
+	char names[];
+};
+
+/* One hour's pairs and their sums: the dashboard's question (the newest
+ * hour's worst pairs, how many in all) reads a few of these, not every pair
+ * of the day, and the sweep drops an hour at a time. */
+struct mc_phour {
+	uint64_t hour;
+	uint64_t ok, failed;
+	struct mc_pair **v;
+	size_t n, cap;
 };
 
 struct mc_pairs {
-	struct mc_pair *b[MC_PAIR_BUCKETS];
-	size_t n;
+	struct mc_pair **b;
+	size_t nb, n;
+	struct mc_pair **dirty;         /* the pairs mc_roll_write has to write */
+	size_t ndirty, cap;
+	struct mc_phour **hours;        /* newest first */
+	size_t nhours, hcap;
 };
+
+#define PAIR_SENDER(p) ((p)->names)
+#define PAIR_RECIPIENT(p) ((p)->names + (p)->slen + 1)
 
 static const char *const reason_names[MC_NREASONS] = { "expired", "shed", "rejected",
 	"dead_lettered", "attempts_exhausted", "other" };
@@ -217,26 +239,136 @@ min_read(struct mc *m, const cJSON *o)
 
 /* --- pairs --- */
 
+static uint64_t
+pair_hash(uint64_t hour, const char *s, size_t sl, const char *r, size_t rl)
+{
+	uint64_t h = fnv(&hour, sizeof(hour), 1469598103934665603ull);
+	return fnv(r, rl, fnv(s, sl, h) * 31);
+}
+
+/* double the table when it holds twice as many pairs as chains */
+static void
+pairs_grow(struct mc_pairs *t)
+{
+	size_t nb = t->nb * 2;
+	struct mc_pair **b = calloc(nb, sizeof(*b));
+
+	if (b == NULL)
+		return;	/* longer chains, still correct */
+	for (size_t i = 0; i < t->nb; i++) {
+		while (t->b[i] != NULL) {
+			struct mc_pair *p = t->b[i];
+			t->b[i] = p->next;
+			p->next = b[p->hash % nb];
+			b[p->hash % nb] = p;
+		}
+	}
+	free(t->b);
+	t->b = b;
+	t->nb = nb;
+}
+
+/* remember that p has to be written (mu held) */
+static void
+pair_dirty(struct mc_pairs *t, struct mc_pair *p)
+{
+	if (p->dirty)
+		return;
+	if (t->ndirty == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 1024;
+		struct mc_pair **d = realloc(t->dirty, cap * sizeof(*d));
+		if (d == NULL)
+			return;	/* ENOMEM: this change is written with the pair's next one */
+		t->dirty = d;
+		t->cap = cap;
+	}
+	t->dirty[t->ndirty++] = p;
+	p->dirty = 1;
+}
+
+/* the record of an hour, made when missing (kept newest first); NULL on ENOMEM */
+static struct mc_phour *
+phour_get(struct mc_pairs *t, uint64_t hour)
+{
+	struct mc_phour *ph;
+	size_t i;
+
+	for (i = 0; i < t->nhours && t->hours[i]->hour >= hour; i++)
+		if (t->hours[i]->hour == hour)
+			return t->hours[i];
+	if (t->nhours == t->hcap) {
+		size_t cap = t->hcap ? t->hcap * 2 : 64;
+		struct mc_phour **h = realloc(t->hours, cap * sizeof(*h));
+		if (h == NULL)
+			return NULL;
+		t->hours = h;
+		t->hcap = cap;
+	}
+	if ((ph = calloc(1, sizeof(*ph))) == NULL)
+		return NULL;
+	ph->hour = hour;
+	memmove(t->hours + i + 1, t->hours + i, (t->nhours - i) * sizeof(*t->hours));
+	t->hours[i] = ph;
+	t->nhours++;
+	return ph;
+}
+
+/* add p to its hour's list; -1 on ENOMEM */
+static int
+phour_add(struct mc_phour *ph, struct mc_pair *p)
+{
+	if (ph->n == ph->cap) {
+		size_t cap = ph->cap ? ph->cap * 2 : 256;
+		struct mc_pair **v = realloc(ph->v, cap * sizeof(*v));
+		if (v == NULL)
+			return -1;
+		ph->v = v;
+		ph->cap = cap;
+	}
+	ph->v[ph->n++] = p;
+	p->ph = ph;
+	return 0;
+}
+
+/* count ok and failed messages for p and its hour */
+static void
+pair_add(struct mc_pair *p, uint32_t ok, uint32_t failed)
+{
+	p->ok += ok;
+	p->failed += failed;
+	p->ph->ok += ok;
+	p->ph->failed += failed;
+}
+
 static struct mc_pair *
 pair_get(struct mc *m, uint64_t hour, const char *s, size_t sl, const char *r, size_t rl, int load)
 {
-	uint64_t h = fnv(&hour, sizeof(hour), 1469598103934665603ull);
+	struct mc_phour *ph;
+	struct mc_pairs *t = m->pairs;
+	uint64_t h;
 	struct mc_pair *p;
 	size_t bi;
 
 	if (sl == 0 || sl > 128 || rl == 0 || rl > 128)
 		return NULL;
-	h = fnv(r, rl, fnv(s, sl, h) * 31);
-	bi = h % MC_PAIR_BUCKETS;
-	for (p = m->pairs->b[bi]; p != NULL; p = p->next)
-		if (p->hour == hour && strlen(p->sender) == sl && memcmp(p->sender, s, sl) == 0 &&
-		    strlen(p->recipient) == rl && memcmp(p->recipient, r, rl) == 0)
+	h = pair_hash(hour, s, sl, r, rl);
+	bi = h % t->nb;
+	for (p = t->b[bi]; p != NULL; p = p->next)
+		if (p->hash == h && p->hour == hour && p->slen == sl && p->rlen == rl &&
+		    memcmp(PAIR_SENDER(p), s, sl) == 0 && memcmp(PAIR_RECIPIENT(p), r, rl) == 0)
 			return p;
-	if ((p = calloc(1, sizeof(*p))) == NULL)
+	if ((ph = phour_get(t, hour)) == NULL || (p = calloc(1, sizeof(*p) + sl + rl + 2)) == NULL)
 		return NULL;
+	if (phour_add(ph, p) != 0) {
+		free(p);
+		return NULL;
+	}
 	p->hour = hour;
-	memcpy(p->sender, s, sl);
-	memcpy(p->recipient, r, rl);
+	p->hash = h;
+	p->slen = (uint8_t)sl;
+	p->rlen = (uint8_t)rl;
+	memcpy(PAIR_SENDER(p), s, sl);
+	memcpy(PAIR_RECIPIENT(p), r, rl);
 	if (load) {
 		/* an hour no longer in memory (a collector catching up): its stored counts */
 		unsigned char key[1 + 8 + 129 + 129];
@@ -250,15 +382,14 @@ pair_get(struct mc *m, uint64_t hour, const char *s, size_t sl, const char *r, s
 		key[kl++] = '\0';
 		memcpy(key + kl, r, rl);
 		kl += rl;
-		if (store_get(m->st, m->db_roll, key, kl, &v, &vl) == CR_OK && vl == 8) {
-			p->ok = (uint32_t)(get64(v) >> 32);
-			p->failed = (uint32_t)get64(v);
-		}
+		if (store_get(m->st, m->db_roll, key, kl, &v, &vl) == CR_OK && vl == 8)
+			pair_add(p, (uint32_t)(get64(v) >> 32), (uint32_t)get64(v));
 		free(v);
 	}
-	p->next = m->pairs->b[bi];
-	m->pairs->b[bi] = p;
-	m->pairs->n++;
+	p->next = t->b[bi];
+	t->b[bi] = p;
+	if (++t->n > 2 * t->nb)
+		pairs_grow(t);
 	return p;
 }
 
@@ -271,11 +402,8 @@ mc_roll_pair(struct mc *m, const char *sender, size_t slen, const char *recipien
 
 	if (p == NULL)
 		return;
-	if (ok)
-		p->ok++;
-	else
-		p->failed++;
-	p->dirty = 1;
+	pair_add(p, ok != 0, ok == 0);
+	pair_dirty(m->pairs, p);
 }
 
 /* --- failures, breakers --- */
@@ -602,38 +730,53 @@ mc_roll_stats(struct mc *m, const char *json, size_t len)
 
 /* --- persistence --- */
 
+/* a connector's uptime share (percent) of the time it was observed, as of now */
+static double
+conn_uptime_pct(const struct mc_conn *c, uint64_t now)
+{
+	uint64_t span = now > c->first_ms ? now - c->first_ms : 0;
+	uint64_t up = c->up_ms + (c->connected && now > c->last_ms ? now - c->last_ms : 0);
+
+	if (span == 0)
+		return c->connected ? 100 : 0;
+	return fmin(100.0, 100.0 * (double)up / (double)span);
+}
+
+/* one connector as the API shows it */
 static cJSON *
-conns_json(struct mc *m, int api)
+conn_api_json(const struct mc_conn *c, uint64_t now)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "agent", c->agent);
+	cJSON_AddStringToObject(o, "gateway", c->gateway);
+	cJSON_AddBoolToObject(o, "connected", c->connected);
+	cJSON_AddNumberToObject(o, "connectedSinceMs", (double)c->since_ms);
+	cJSON_AddNumberToObject(o, "uptimeS", c->connected && now > c->since_ms ?
+	    (double)(now - c->since_ms) / 1000.0 : 0);
+	cJSON_AddNumberToObject(o, "uptimePct", conn_uptime_pct(c, now));
+	cJSON_AddNumberToObject(o, "reconnects", c->reconnects);
+	cJSON_AddNumberToObject(o, "firstSeenMs", (double)c->first_ms);
+	cJSON_AddNumberToObject(o, "lastSeenMs", (double)c->last_ms);
+	return o;
+}
+
+/* every connector, as stored */
+static cJSON *
+conns_json(struct mc *m)
 {
 	cJSON *a = cJSON_CreateArray();
-	uint64_t now = m->conn_now ? m->conn_now : now_ms();
 
 	for (struct mc_conn *c = m->conns; c != NULL; c = c->next) {
 		cJSON *o = cJSON_CreateObject();
-		if (api) {
-			uint64_t span = now > c->first_ms ? now - c->first_ms : 0;
-			uint64_t up = c->up_ms + (c->connected && now > c->last_ms ? now - c->last_ms : 0);
-			cJSON_AddStringToObject(o, "agent", c->agent);
-			cJSON_AddStringToObject(o, "gateway", c->gateway);
-			cJSON_AddBoolToObject(o, "connected", c->connected);
-			cJSON_AddNumberToObject(o, "connectedSinceMs", (double)c->since_ms);
-			cJSON_AddNumberToObject(o, "uptimeS", c->connected && now > c->since_ms ?
-			    (double)(now - c->since_ms) / 1000.0 : 0);
-			cJSON_AddNumberToObject(o, "uptimePct", span > 0 ?
-			    fmin(100.0, 100.0 * (double)up / (double)span) : (c->connected ? 100 : 0));
-			cJSON_AddNumberToObject(o, "reconnects", c->reconnects);
-			cJSON_AddNumberToObject(o, "firstSeenMs", (double)c->first_ms);
-			cJSON_AddNumberToObject(o, "lastSeenMs", (double)c->last_ms);
-		} else {
-			cJSON_AddStringToObject(o, "a", c->agent);
-			cJSON_AddStringToObject(o, "g", c->gateway);
-			cJSON_AddNumberToObject(o, "c", c->connected);
-			cJSON_AddNumberToObject(o, "s", (double)c->since_ms);
-			cJSON_AddNumberToObject(o, "f", (double)c->first_ms);
-			cJSON_AddNumberToObject(o, "l", (double)c->last_ms);
-			cJSON_AddNumberToObject(o, "u", (double)c->up_ms);
-			cJSON_AddNumberToObject(o, "r", c->reconnects);
-		}
+		cJSON_AddStringToObject(o, "a", c->agent);
+		cJSON_AddStringToObject(o, "g", c->gateway);
+		cJSON_AddNumberToObject(o, "c", c->connected);
+		cJSON_AddNumberToObject(o, "s", (double)c->since_ms);
+		cJSON_AddNumberToObject(o, "f", (double)c->first_ms);
+		cJSON_AddNumberToObject(o, "l", (double)c->last_ms);
+		cJSON_AddNumberToObject(o, "u", (double)c->up_ms);
+		cJSON_AddNumberToObject(o, "r", c->reconnects);
 		cJSON_AddItemToArray(a, o);
 	}
 	return a;
@@ -709,27 +852,26 @@ mc_roll_write(struct mc *m, struct store_batch *b)
 		put_json(m, b, (const char *)key, 9, min_json(m, mn));
 		mn->dirty = 0;
 	}
-	for (size_t bi = 0; bi < MC_PAIR_BUCKETS; bi++) {
-		for (struct mc_pair *p = m->pairs->b[bi]; p != NULL; p = p->next) {
-			unsigned char v[8];
-			size_t kl = 0, sl = strlen(p->sender), rl = strlen(p->recipient);
-			if (!p->dirty)
-				continue;
-			key[kl++] = 'p';
-			put64(key + kl, p->hour);
-			kl += 8;
-			memcpy(key + kl, p->sender, sl);
-			kl += sl;
-			key[kl++] = '\0';
-			memcpy(key + kl, p->recipient, rl);
-			kl += rl;
-			put64(v, (uint64_t)p->ok << 32 | p->failed);
-			store_batch_put(b, m->db_roll, key, kl, v, sizeof(v));
-			p->dirty = 0;
-		}
+	for (size_t i = 0; i < m->pairs->ndirty; i++) {
+		struct mc_pair *p = m->pairs->dirty[i];
+		unsigned char v[8];
+		size_t kl = 0;
+
+		key[kl++] = 'p';
+		put64(key + kl, p->hour);
+		kl += 8;
+		memcpy(key + kl, PAIR_SENDER(p), p->slen);
+		kl += p->slen;
+		key[kl++] = '\0';
+		memcpy(key + kl, PAIR_RECIPIENT(p), p->rlen);
+		kl += p->rlen;
+		put64(v, (uint64_t)p->ok << 32 | p->failed);
+		store_batch_put(b, m->db_roll, key, kl, v, sizeof(v));
+		p->dirty = 0;
 	}
+	m->pairs->ndirty = 0;
 	if (m->conns_dirty)
-		put_json(m, b, "s.conn", 6, conns_json(m, 0));
+		put_json(m, b, "s.conn", 6, conns_json(m));
 	if (m->fails_dirty) {
 		cJSON *a = fails_json(m, MC_NFAIL);
 		put_json(m, b, "s.fail", 6, a);
@@ -796,8 +938,7 @@ mc_roll_load(struct mc *m)
 			r++;
 			p = pair_get(m, hour, s, (size_t)(r - 1 - s), r, kl - (size_t)(r - (const char *)kk), 0);
 			if (p != NULL) {
-				p->ok = (uint32_t)(get64(v) >> 32);
-				p->failed = (uint32_t)get64(v);
+				pair_add(p, (uint32_t)(get64(v) >> 32) - p->ok, (uint32_t)get64(v) - p->failed);
 				npairs++;
 			}
 		}
@@ -851,6 +992,27 @@ mc_roll_load(struct mc *m)
 	    m->nconns);
 }
 
+/* mc_roll_pairs_held - pair-hours in memory (mu held) */
+size_t
+mc_roll_pairs_held(struct mc *m)
+{
+	return m->pairs->n;
+}
+
+/* unlink p from its hash chain and free it (its hour's list goes too) */
+static void
+pair_drop(struct mc_pairs *t, struct mc_pair *p)
+{
+	struct mc_pair **pp = &t->b[p->hash % t->nb];
+
+	while (*pp != NULL && *pp != p)
+		pp = &(*pp)->next;
+	if (*pp == p)
+		*pp = p->next;
+	free(p);
+	t->n--;
+}
+
 /* mc_roll_sweep - deletes of rollups older than cutoff into b; pairs
  * older than MC_PAIR_HOURS leave memory (mu held) */
 void
@@ -861,6 +1023,7 @@ mc_roll_sweep(struct mc *m, struct store_batch *b, uint64_t cutoff_ms)
 	size_t kl, vl;
 	uint64_t hour_min = now_ms() - (uint64_t)MC_PAIR_HOURS * 3600000;
 	const char *prefixes[2] = { "m", "p" };
+	struct mc_pairs *t = m->pairs;
 
 	for (int i = 0; i < 2; i++) {
 		if (store_iter_new(m->st, m->db_roll, prefixes[i], 1, &it) != CR_OK)
@@ -873,18 +1036,21 @@ mc_roll_sweep(struct mc *m, struct store_batch *b, uint64_t cutoff_ms)
 		store_iter_free(it);
 		it = NULL;
 	}
-	for (size_t bi = 0; bi < MC_PAIR_BUCKETS; bi++) {
-		struct mc_pair **pp = &m->pairs->b[bi];
-		while (*pp != NULL) {
-			struct mc_pair *p = *pp;
-			if (p->hour < hour_min && !p->dirty) {
-				*pp = p->next;
-				free(p);
-				m->pairs->n--;
-			} else {
-				pp = &p->next;
-			}
-		}
+	/* the oldest hours, whole; one with a pair still to be written waits
+	 * for the next sweep */
+	while (t->nhours > 0 && t->hours[t->nhours - 1]->hour < hour_min) {
+		struct mc_phour *ph = t->hours[t->nhours - 1];
+		size_t i;
+
+		for (i = 0; i < ph->n && !ph->v[i]->dirty; i++)
+			;
+		if (i < ph->n)
+			break;
+		for (i = 0; i < ph->n; i++)
+			pair_drop(t, ph->v[i]);
+		free(ph->v);
+		free(ph);
+		t->nhours--;
 	}
 }
 
@@ -894,21 +1060,29 @@ mc_roll_init(struct mc *m)
 	m->nmin = (size_t)m->roll_retention_h * 60;
 	m->mins = calloc(m->nmin, sizeof(*m->mins));
 	m->pairs = calloc(1, sizeof(*m->pairs));
+	if (m->pairs != NULL) {
+		m->pairs->nb = MC_PAIR_BUCKETS0;
+		m->pairs->b = calloc(m->pairs->nb, sizeof(*m->pairs->b));
+	}
 	m->conn_hash = calloc(MC_CONN_BUCKETS, sizeof(*m->conn_hash));
-	return m->mins && m->pairs && m->conn_hash ? 0 : -1;
+	return m->mins && m->pairs && m->pairs->b && m->conn_hash ? 0 : -1;
 }
 
 void
 mc_roll_fini(struct mc *m)
 {
 	if (m->pairs != NULL) {
-		for (size_t bi = 0; bi < MC_PAIR_BUCKETS; bi++) {
-			while (m->pairs->b[bi] != NULL) {
-				struct mc_pair *p = m->pairs->b[bi];
-				m->pairs->b[bi] = p->next;
-				free(p);
-			}
+		/* every pair is on its hour's list */
+		for (size_t h = 0; h < m->pairs->nhours; h++) {
+			struct mc_phour *ph = m->pairs->hours[h];
+			for (size_t i = 0; i < ph->n; i++)
+				free(ph->v[i]);
+			free(ph->v);
+			free(ph);
 		}
+		free(m->pairs->hours);
+		free(m->pairs->b);
+		free(m->pairs->dirty);
 	}
 	while (m->conns != NULL) {
 		struct mc_conn *c = m->conns;
@@ -1119,19 +1293,20 @@ push(cJSON *a, double v)
  * step_s: rates per second, latency quantiles (ms), queue depths (the last
  * sample in the step; null where none), connectors, failures */
 cJSON *
-mc_json_series(struct mc *m, uint64_t window_s, uint64_t step_s)
+mc_json_series(struct mc *m, uint64_t window_s, uint64_t step_s, int parts)
 {
 	cJSON *o = cJSON_CreateObject(), *t, *in, *out, *fl, *sr, *p50, *p95, *p99, *qt, *ql[MC_LANES];
 	cJSON *cc, *rc, *au, *rf, *rp, *qs;
 	uint64_t now = now_ms(), from, step;
 	int used[MC_QPARTS * MC_LANES] = { 0 };
+	uint32_t peak[MC_QPARTS * MC_LANES] = { 0 };
 
 	window_s = clamp_window(m, window_s);
 	if (step_s < 60)
 		step_s = 60;
 	step_s -= step_s % 60;
-	while (window_s / step_s > 1440)
-		step_s += 60;	/* at most 1440 points */
+	while (window_s / step_s > MC_SERIES_POINTS)
+		step_s += 60;	/* a day at most MC_SERIES_POINTS points: 5 min each */
 	step = step_s * 1000;
 	from = (now - window_s * 1000) / step * step + step;
 	cJSON_AddNumberToObject(o, "fromMs", (double)from);
@@ -1158,12 +1333,22 @@ mc_json_series(struct mc *m, uint64_t window_s, uint64_t step_s)
 	rp = col(o, "registryP99Ms");
 	qs = cJSON_AddObjectToObject(o, "queueSeries");
 	pthread_mutex_lock(&m->mu);
-	/* which partition/lane series have anything in the window */
+	/* the busiest `parts` partition/lane series of the window (their peaks) */
 	for (uint64_t s = from; s <= now; s += 60000) {
 		struct mc_min *mn = &m->mins[(s / 60000) % m->nmin];
 		if (mn->t == s - s % 60000 && mn->qset)
 			for (int k = 0; k < MC_QPARTS * MC_LANES; k++)
-				used[k] |= mn->q[k] != 0;
+				if (mn->q[k] > peak[k])
+					peak[k] = mn->q[k];
+	}
+	for (int i = 0; i < parts; i++) {
+		int best = -1;
+		for (int k = 0; k < MC_QPARTS * MC_LANES; k++)
+			if (!used[k] && peak[k] > 0 && (best < 0 || peak[k] > peak[best]))
+				best = k;
+		if (best < 0)
+			break;
+		used[best] = 1;
 	}
 	for (uint64_t s = from; s <= now; s += step) {
 		uint32_t l[MC_LATB] = { 0 }, rl[MC_LATB] = { 0 };
@@ -1273,73 +1458,220 @@ mc_json_latency(struct mc *m, uint64_t window_s)
 	return o;
 }
 
+/* does x come before y in the order of sort (MC_SORT_*)? */
 static int
-pair_cmp(const void *a, const void *b)
+pair_cmp(const struct mc_pair *x, const struct mc_pair *y, int sort)
 {
-	const struct mc_pair *x = *(struct mc_pair *const *)a, *y = *(struct mc_pair *const *)b;
+	uint64_t vx = (uint64_t)x->ok + x->failed, vy = (uint64_t)y->ok + y->failed;
+	int c;
+
+	if (sort == MC_SORT_VOLUME && vx != vy)
+		return vx > vy ? -1 : 1;
+	if (sort == MC_SORT_FAILED && x->failed != y->failed)
+		return x->failed > y->failed ? -1 : 1;
 	if (x->hour != y->hour)
 		return x->hour > y->hour ? -1 : 1;
 	if (x->failed != y->failed)
 		return x->failed > y->failed ? -1 : 1;
 	if (x->ok != y->ok)
 		return x->ok > y->ok ? -1 : 1;
-	return strcmp(x->sender, y->sender);
+	if ((c = strcmp(PAIR_SENDER(x), PAIR_SENDER(y))) != 0)
+		return c;
+	return strcmp(PAIR_RECIPIENT(x), PAIR_RECIPIENT(y));
 }
 
-/* mc_json_pairs - per peer pair per hour, newest hour first, most failures first */
+static int
+pair_qcmp(const void *a, const void *b, void *sort)
+{
+	return pair_cmp(*(struct mc_pair *const *)a, *(struct mc_pair *const *)b, *(int *)sort);
+}
+
+/* the heap h of n keeps the first `limit` pairs seen; its root is the one
+ * that comes last, so a pair that comes before it replaces it */
+static void
+heap_down(struct mc_pair **h, size_t n, size_t i, int sort)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, last = i;
+		if (l < n && pair_cmp(h[l], h[last], sort) > 0)
+			last = l;
+		if (r < n && pair_cmp(h[r], h[last], sort) > 0)
+			last = r;
+		if (last == i)
+			return;
+		struct mc_pair *t = h[i];
+		h[i] = h[last];
+		h[last] = t;
+		i = last;
+	}
+}
+
+static void
+heap_up(struct mc_pair **h, size_t i, int sort)
+{
+	while (i > 0 && pair_cmp(h[i], h[(i - 1) / 2], sort) > 0) {
+		struct mc_pair *t = h[i];
+		h[i] = h[(i - 1) / 2];
+		h[(i - 1) / 2] = t;
+		i = (i - 1) / 2;
+	}
+}
+
+static int
+pair_match(const struct mc_pair *p, const char *q)
+{
+	return q == NULL || *q == '\0' || strstr(PAIR_SENDER(p), q) != NULL ||
+	    strstr(PAIR_RECIPIENT(p), q) != NULL;
+}
+
+/* the first `limit` in heap h (n of them) after p */
+static void
+heap_feed(struct mc_pair **h, size_t *n, size_t limit, struct mc_pair *p, int sort)
+{
+	if (*n < limit) {
+		h[*n] = p;
+		heap_up(h, (*n)++, sort);
+	} else if (pair_cmp(p, h[0], sort) < 0) {
+		h[0] = p;
+		heap_down(h, *n, 0, sort);
+	}
+}
+
+/* mc_json_pairs - peer pairs per hour of the last `hours` whose sender or
+ * recipient contains q (NULL: all): their count and sums, and the first
+ * `limit` in the order of sort (MC_SORT_HOUR: newest hour first, then most
+ * failures). A day of 1,000 agents is hundreds of thousands of pair-hours:
+ * a heap keeps the first `limit`, nothing sorts them all; unfiltered and by
+ * hour (the dashboard's question) the sums are the hours' and only the
+ * newest hours' pairs are looked at. */
 cJSON *
-mc_json_pairs(struct mc *m, uint64_t hours, size_t limit)
+mc_json_pairs(struct mc *m, uint64_t hours, size_t limit, const char *q, int sort)
 {
 	cJSON *o = cJSON_CreateObject(), *a;
-	struct mc_pair **v;
-	size_t n = 0;
-	uint64_t now = now_ms(), from;
+	struct mc_pair **h;
+	size_t n = 0, total = 0;
+	uint64_t now = now_ms(), from, ok = 0, failed = 0;
 
 	if (hours == 0 || hours > MC_PAIR_HOURS)
 		hours = hours == 0 ? 24 : MC_PAIR_HOURS;
+	if (limit == 0)
+		limit = 1;
 	from = now - now % 3600000 - (hours - 1) * 3600000;
+	if ((h = calloc(limit, sizeof(*h))) == NULL)
+		return o;
 	pthread_mutex_lock(&m->mu);
-	v = calloc(m->pairs->n + 1, sizeof(*v));
-	for (size_t bi = 0; v != NULL && bi < MC_PAIR_BUCKETS; bi++)
-		for (struct mc_pair *p = m->pairs->b[bi]; p != NULL; p = p->next)
-			if (p->hour >= from)
-				v[n++] = p;
-	if (v != NULL)
-		qsort(v, n, sizeof(*v), pair_cmp);
+	for (size_t hi = 0; hi < m->pairs->nhours; hi++) {
+		struct mc_phour *ph = m->pairs->hours[hi];
+
+		if (ph->hour < from)
+			break;	/* newest first: the rest are older */
+		if ((q == NULL || *q == '\0') && sort == MC_SORT_HOUR) {
+			total += ph->n;
+			ok += ph->ok;
+			failed += ph->failed;
+			if (n == limit)
+				continue;	/* full of newer hours' pairs: these come after */
+			for (size_t i = 0; i < ph->n; i++)
+				heap_feed(h, &n, limit, ph->v[i], sort);
+			continue;
+		}
+		for (size_t i = 0; i < ph->n; i++) {
+			struct mc_pair *p = ph->v[i];
+			if (!pair_match(p, q))
+				continue;
+			total++;
+			ok += p->ok;
+			failed += p->failed;
+			heap_feed(h, &n, limit, p, sort);
+		}
+	}
+	qsort_r(h, n, sizeof(*h), pair_qcmp, &sort);
 	cJSON_AddNumberToObject(o, "hours", (double)hours);
-	cJSON_AddNumberToObject(o, "total", (double)n);
+	cJSON_AddNumberToObject(o, "total", (double)total);
+	cJSON_AddNumberToObject(o, "delivered", (double)ok);
+	cJSON_AddNumberToObject(o, "failed", (double)failed);
 	a = cJSON_AddArrayToObject(o, "pairs");
-	for (size_t i = 0; i < n && i < limit; i++) {
+	for (size_t i = 0; i < n; i++) {
 		cJSON *e = cJSON_CreateObject();
-		cJSON_AddStringToObject(e, "sender", v[i]->sender);
-		cJSON_AddStringToObject(e, "recipient", v[i]->recipient);
-		cJSON_AddNumberToObject(e, "hourMs", (double)v[i]->hour);
-		cJSON_AddNumberToObject(e, "delivered", v[i]->ok);
-		cJSON_AddNumberToObject(e, "failed", v[i]->failed);
+		cJSON_AddStringToObject(e, "sender", PAIR_SENDER(h[i]));
+		cJSON_AddStringToObject(e, "recipient", PAIR_RECIPIENT(h[i]));
+		cJSON_AddNumberToObject(e, "hourMs", (double)h[i]->hour);
+		cJSON_AddNumberToObject(e, "delivered", h[i]->ok);
+		cJSON_AddNumberToObject(e, "failed", h[i]->failed);
 		cJSON_AddNumberToObject(e, "successRate",
-		    round(10000.0 * v[i]->ok / (double)(v[i]->ok + v[i]->failed)) / 10000.0);
+		    round(10000.0 * h[i]->ok / (double)(h[i]->ok + h[i]->failed)) / 10000.0);
 		cJSON_AddItemToArray(a, e);
 	}
 	pthread_mutex_unlock(&m->mu);
-	free(v);
+	free(h);
 	return o;
 }
 
-/* mc_json_connectors - every connector the gateways told of */
-cJSON *
-mc_json_connectors(struct mc *m)
+struct conn_key {
+	const struct mc_conn *c;
+	double pct;
+};
+
+static int
+conn_qcmp(const void *a, const void *b, void *arg)
 {
-	cJSON *o = cJSON_CreateObject();
-	size_t connected = 0;
+	const struct conn_key *x = a, *y = b;
+	int sort = *(int *)arg;
+
+	switch (sort) {
+	case MC_SORT_RECONNECTS:
+		if (x->c->reconnects != y->c->reconnects)
+			return x->c->reconnects > y->c->reconnects ? -1 : 1;
+		break;
+	case MC_SORT_UPTIME:
+		if (x->pct != y->pct)
+			return x->pct < y->pct ? -1 : 1;
+		break;
+	case MC_SORT_STATE:
+		/* the ones in trouble first: gone, then the most reconnects */
+		if (x->c->connected != y->c->connected)
+			return x->c->connected ? 1 : -1;
+		if (x->c->reconnects != y->c->reconnects)
+			return x->c->reconnects > y->c->reconnects ? -1 : 1;
+		break;
+	default:
+		break;
+	}
+	return strcmp(x->c->agent, y->c->agent);
+}
+
+/* mc_json_connectors - the connectors whose agent ID contains q (NULL:
+ * all): how many, and the first `limit` in the order of sort (MC_SORT_STATE:
+ * disconnected first, then most reconnects, then by agent) */
+cJSON *
+mc_json_connectors(struct mc *m, size_t limit, const char *q, int sort)
+{
+	cJSON *o = cJSON_CreateObject(), *a;
+	struct conn_key *v;
+	size_t connected = 0, n = 0;
+	uint64_t now;
 
 	pthread_mutex_lock(&m->mu);
-	for (struct mc_conn *c = m->conns; c != NULL; c = c->next)
+	now = m->conn_now ? m->conn_now : now_ms();
+	v = calloc(m->nconns + 1, sizeof(*v));
+	for (struct mc_conn *c = m->conns; c != NULL; c = c->next) {
 		connected += c->connected;
+		if (v == NULL || (q != NULL && *q != '\0' && strstr(c->agent, q) == NULL))
+			continue;
+		v[n].c = c;
+		v[n++].pct = conn_uptime_pct(c, now);
+	}
+	if (v != NULL)
+		qsort_r(v, n, sizeof(*v), conn_qcmp, &sort);
 	cJSON_AddNumberToObject(o, "connected", (double)connected);
 	cJSON_AddNumberToObject(o, "known", (double)m->nconns);
+	cJSON_AddNumberToObject(o, "total", (double)n);
 	cJSON_AddNumberToObject(o, "asOfMs", (double)m->conn_now);
-	cJSON_AddItemToObject(o, "connectors", conns_json(m, 1));
+	a = cJSON_AddArrayToObject(o, "connectors");
+	for (size_t i = 0; i < n && i < limit; i++)
+		cJSON_AddItemToArray(a, conn_api_json(v[i].c, now));
 	pthread_mutex_unlock(&m->mu);
+	free(v);
 	return o;
 }
 

@@ -2,16 +2,43 @@
 // collector's own JSON (/v1/metrics/..., /v1/traces/...). Charts are SVG.
 // Every number shown carries its raw value in data-v, so a test can compare
 // the page with the JSON API.
+//
+// At scale (1,000 agents, a day of history) every answer is bounded by the
+// collector: series of at most 300 points, the busiest 12 queue series, a
+// page of connectors and of pair-hours with their totals (the filter boxes
+// ask the collector, they do not download everything). One refresh runs at
+// a time: the next is scheduled 5 s after the last one ended, so a slow
+// collector is never sent a pile of requests. <body> carries what the last
+// refresh cost (data-refresh-ms, data-requests, data-bytes) and the most
+// requests that were ever in flight at once (data-max-inflight).
 'use strict';
 
 const NS = 'http://www.w3.org/2000/svg';
 const $ = (s) => document.querySelector(s);
-let timer = null, refreshes = 0, connectors = [];
+const PAGE_CONN = 200, PAGE_PAIRS = 100, EVERY_MS = 5000, TIMEOUT_MS = 20000;
+let timer = null, refreshes = 0, running = false, again = false, cost = { n: 0, bytes: 0 };
+let inflight = 0, maxInflight = 0;
 
 async function get(path) {
-  const r = await fetch(path, { cache: 'no-store' });
-  if (!r.ok) throw new Error(path + ': ' + r.status);
-  return r.json();
+  inflight++;
+  maxInflight = Math.max(maxInflight, inflight);
+  try {
+    // a request that hangs must not stop the refreshes for good
+    const ac = new AbortController(), t = setTimeout(() => ac.abort(), TIMEOUT_MS);
+    let txt;
+    try {
+      const r = await fetch(path, { cache: 'no-store', signal: ac.signal });
+      if (!r.ok) throw new Error(path + ': ' + r.status);
+      txt = await r.text();
+    } finally {
+      clearTimeout(t);
+    }
+    cost.n++;
+    cost.bytes += txt.length;
+    return JSON.parse(txt);
+  } finally {
+    inflight--;
+  }
 }
 
 function pick(o, path) {
@@ -142,15 +169,22 @@ function dur(s) {
   return (s / 86400).toFixed(1) + ' d';
 }
 
-function rows(table, items, fill, limit) {
+// the rows of a table; total: how many there are in all (the collector sends a page)
+function rows(table, items, fill, total) {
   const tb = table.querySelector('tbody');
-  tb.replaceChildren();
-  items.slice(0, limit || items.length).forEach((it) => {
+  const frag = document.createDocumentFragment();
+  items.forEach((it) => {
     const tr = document.createElement('tr');
     fill(tr, it);
-    tb.appendChild(tr);
+    frag.appendChild(tr);
   });
+  tb.replaceChildren(frag);
   table.dataset.rows = String(items.length);
+  table.dataset.total = String(total == null ? items.length : total);
+}
+
+function more(id, shown, total, what) {
+  $(id).textContent = total > shown ? `${shown} of ${total} ${what} shown: filter to find the others` : '';
 }
 
 function traceLink(id) {
@@ -171,47 +205,78 @@ function tables(brk, fails, conns, pairs) {
     cell(tr, f.sender + ' → ' + f.recipient); cell(tr, traceLink(f.correlationId));
     cell(tr, f.detail, 'wrap');
   });
-  connectors = conns.connectors;
-  showConnectors();
+  showConnectors(conns);
+  showPairs(pairs);
+}
+
+function showConnectors(conns) {
+  // disconnected first, then the most reconnects: the agents in trouble on top
+  rows($('#connectors'), conns.connectors, (tr, c) => {
+    cell(tr, c.agent); cell(tr, badge(c.connected ? 'connected' : 'disconnected'));
+    cell(tr, c.connected ? dur(c.uptimeS) : '–'); cell(tr, c.uptimePct.toFixed(1) + '%');
+    cell(tr, String(c.reconnects)); cell(tr, c.gateway);
+  }, conns.total);
+  more('#conn-more', conns.connectors.length, conns.total, 'connectors');
+}
+
+function showPairs(pairs) {
   rows($('#pairs'), pairs.pairs, (tr, p) => {
     cell(tr, hhmm(p.hourMs)); cell(tr, p.sender + ' → ' + p.recipient);
     cell(tr, String(p.delivered)); cell(tr, String(p.failed));
     cell(tr, (p.successRate * 100).toFixed(1) + '%');
-  }, 100);
+  }, pairs.total);
+  more('#pairs-more', pairs.pairs.length, pairs.total, 'pair-hours');
 }
 
-function showConnectors() {
-  const q = $('#conn-filter').value.trim();
-  // connected first, then by agent; 1,000 agents: the table shows 200, the filter finds the rest
-  const list = connectors.filter((c) => !q || c.agent.includes(q))
-    .sort((a, b) => (b.connected - a.connected) || a.agent.localeCompare(b.agent));
-  rows($('#connectors'), list, (tr, c) => {
-    cell(tr, c.agent); cell(tr, badge(c.connected ? 'connected' : 'disconnected'));
-    cell(tr, c.connected ? dur(c.uptimeS) : '–'); cell(tr, c.uptimePct.toFixed(1) + '%');
-    cell(tr, String(c.reconnects)); cell(tr, c.gateway);
-  }, 200);
-  $('#conn-more').textContent = list.length > 200 ? `${list.length - 200} more: filter to find them` : '';
-}
+const connPath = () => `/v1/metrics/connectors?limit=${PAGE_CONN}&sort=${$('#conn-sort').value}` +
+  `&q=${encodeURIComponent($('#conn-filter').value.trim())}`;
+const pairsPath = () => `/v1/metrics/pairs?hours=24&limit=${PAGE_PAIRS}&sort=${$('#pairs-sort').value}` +
+  `&q=${encodeURIComponent($('#pairs-filter').value.trim())}`;
 
 async function refresh() {
-  const w = $('#window').value;
-  const step = w > 21600 ? 300 : 60;
+  if (running) { again = true; return; }  // e.g. the window changed: once this one ends
+  running = true;
+  clearTimeout(timer);
+  const w = $('#window').value, t0 = performance.now();
+  // the collector makes the step fit 300 points; ask for what a chart can show
+  const step = Math.max(60, Math.ceil(w / 300 / 60) * 60);
+  cost = { n: 0, bytes: 0 };
   try {
     const [sum, ser, brk, fails, conns, pairs] = await Promise.all([
       get('/v1/metrics/summary?window=' + w), get(`/v1/metrics/series?window=${w}&step=${step}`),
       get('/v1/metrics/breakers'), get('/v1/metrics/failures?limit=50'),
-      get('/v1/metrics/connectors'), get('/v1/metrics/pairs?hours=24&limit=500')]);
+      get(connPath()), get(pairsPath())]);
     fillCards(sum);
     charts(ser);
     tables(brk, fails, conns, pairs);
     refreshes++;
     $('#updated').textContent = 'updated ' + new Date().toLocaleTimeString();
-    document.body.dataset.refreshes = String(refreshes);
-    document.body.dataset.loaded = '1';
+    const b = document.body.dataset;
+    b.refreshes = String(refreshes);
+    b.refreshMs = String(Math.round(performance.now() - t0));
+    b.requests = String(cost.n);
+    b.bytes = String(cost.bytes);
+    b.maxInflight = String(maxInflight);
+    b.loaded = '1';
   } catch (e) {
     $('#updated').textContent = 'error: ' + e.message;
+  } finally {
+    running = false;
+    if (again) { again = false; refresh(); } else schedule();
   }
 }
+
+// a filter box asks the collector once typing pauses
+function debounce(fn, ms) {
+  let t = null;
+  return () => { clearTimeout(t); t = setTimeout(fn, ms); };
+}
+const refilterConn = debounce(async () => {
+  try { showConnectors(await get(connPath())); } catch (e) { $('#updated').textContent = 'error: ' + e.message; }
+}, 250);
+const refilterPairs = debounce(async () => {
+  try { showPairs(await get(pairsPath())); } catch (e) { $('#updated').textContent = 'error: ' + e.message; }
+}, 250);
 
 async function showTrace(id) {
   const head = $('#trace-head'), svg = $('#trace'), view = $('#trace-view');
@@ -264,14 +329,18 @@ function fromHash() {
   if (m) showTrace(decodeURIComponent(m[1]));
 }
 
+// the next refresh EVERY_MS after this one ended (never two at a time)
 function schedule() {
-  clearInterval(timer);
-  if ($('#auto').checked) timer = setInterval(refresh, 5000);
+  clearTimeout(timer);
+  timer = $('#auto').checked && !running ? setTimeout(refresh, EVERY_MS) : null;
 }
 
 $('#window').onchange = refresh;
 $('#auto').onchange = schedule;
-$('#conn-filter').oninput = showConnectors;
+$('#conn-filter').oninput = refilterConn;
+$('#conn-sort').onchange = refilterConn;
+$('#pairs-filter').oninput = refilterPairs;
+$('#pairs-sort').onchange = refilterPairs;
 $('#trace-form').onsubmit = (e) => {
   e.preventDefault();
   location.hash = 'trace=' + encodeURIComponent($('#trace-id').value.trim());
@@ -281,4 +350,3 @@ const wq = new URLSearchParams(location.search).get('window');
 if (wq) $('#window').value = wq;
 refresh();
 fromHash();
-schedule();
