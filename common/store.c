@@ -377,6 +377,32 @@ store_count(struct store *st, unsigned dbi, size_t *out)
 	return CR_OK;
 }
 
+/* store_bytes - bytes of the pages the named DBs hold (and the main DB),
+ * and the map size; what the data takes, unlike the file's high-water mark */
+enum cr_err
+store_bytes(struct store *st, const unsigned *dbis, size_t n, uint64_t *used, uint64_t *map)
+{
+	MDB_txn *txn;
+	MDB_stat ms;
+	MDB_envinfo ei;
+	int rc;
+
+	*used = 0;
+	*map = 0;
+	if ((rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return err_from_mdb(rc);
+	for (size_t i = 0; i <= n && rc == 0; i++) {
+		/* the main DB (dbi 1 in LMDB: the table of named DBs) last */
+		if ((rc = mdb_stat(txn, i < n ? dbis[i] : 1, &ms)) == 0)
+			*used += (uint64_t)ms.ms_psize * (ms.ms_branch_pages + ms.ms_leaf_pages +
+			    ms.ms_overflow_pages);
+	}
+	mdb_txn_abort(txn);
+	if (rc == 0 && (rc = mdb_env_info(st->env, &ei)) == 0)
+		*map = ei.me_mapsize;
+	return err_from_mdb(rc);
+}
+
 /* store_stats - snapshot of the store's counters; any thread */
 void
 store_stats(const struct store *st, struct store_stats *out)

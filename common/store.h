@@ -112,6 +112,10 @@ enum cr_err store_count(struct store *st, unsigned dbi, size_t *out);
 
 /* store_stats - snapshot of the store's counters; callable from any thread */
 void store_stats(const struct store *st, struct store_stats *out);
+/* store_bytes - bytes in the pages of DBs dbis[0..n) and the main DB (what
+ * the data takes, not the file's high-water mark), and the map size */
+enum cr_err store_bytes(struct store *st, const unsigned *dbis, size_t n, uint64_t *used,
+    uint64_t *map);
 
 /* store_batch_new - an empty batch of ops; free with store_batch_free, or
  * hand it to store_committer_submit which takes ownership. NULL on ENOMEM. */

@@ -25,7 +25,7 @@ static struct mc state;
 static const struct cfg_item mc_cfg[] = {
 	{ "DATA_DIR", CFG_STR, "./data/mc", 1, 4096,
 	  "directory of the trace store (LMDB)", &state.data_dir },
-	{ "MAP_SIZE_MB", CFG_INT, "1024", 16, 1048576,
+	{ "MAP_SIZE_MB", CFG_INT, "1024", 64, 1048576,
 	  "largest size of the trace store in MiB (LMDB map size)", &state.map_size_mb },
 	{ "TRACE_RETENTION_H", CFG_INT, "168", 1, 87600,
 	  "hours a hop event is kept after it was received", &state.retention_h },
@@ -151,7 +151,8 @@ mc_tick(struct svc *s, void *st)
 	if (m->pending != NULL && mono_ms() - m->pending_since >= (uint64_t)m->flush_ms)
 		mc_flush(m);
 	pthread_mutex_unlock(&m->mu);
-	if (now_ms() >= m->next_sweep_ms)
+	/* a store filling up is looked at every tick, not only when a sweep is due */
+	if (now_ms() >= m->next_sweep_ms || mc_store_pressure(m))
 		mc_sweep(m);
 }
 
@@ -187,6 +188,15 @@ mc_status(struct svc *s, void *st, cJSON *obj)
 		cJSON_AddNumberToObject(o, "lastBatchOps", (double)ss.last_batch_ops);
 	}
 	cJSON_AddNumberToObject(o, "swept", (double)atomic_load(&m->swept));
+	cJSON_AddNumberToObject(o, "fullSweeps", (double)atomic_load(&m->early_sweeps));
+	if (m->st != NULL) {
+		const unsigned dbis[] = { m->db_hops, m->db_bytime, m->db_roll };
+		uint64_t used = 0, map = 0;
+
+		store_bytes(m->st, dbis, 3, &used, &map);
+		cJSON_AddNumberToObject(o, "usedBytes", (double)used);
+		cJSON_AddNumberToObject(o, "mapBytes", (double)map);
+	}
 	cJSON_AddNumberToObject(o, "retentionHours", (double)m->retention_h);
 	cJSON_AddNumberToObject(o, "rollupRetentionHours", (double)m->roll_retention_h);
 	cJSON_AddNumberToObject(obj, "tracesServed", (double)atomic_load(&m->traces_served));

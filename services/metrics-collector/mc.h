@@ -137,6 +137,7 @@ struct mc {
 	natsSubscription *js_sub_ev, *js_sub_st;
 	char www[1024];                   /* resolved dashboard folder */
 	uint64_t next_sweep_ms;           /* main thread only */
+	atomic_int store_full;            /* past the high mark: sweeping early for room */
 
 	pthread_mutex_t mu;               /* everything below up to "any thread" */
 	struct store_batch *pending;      /* writes not yet committed */
@@ -166,6 +167,7 @@ struct mc {
 	/* any thread */
 	atomic_uint seq;
 	atomic_ullong events, bad, store_errors, swept, traces_served, stats_in, flushes;
+	atomic_ullong early_sweeps;            /* times the store filled past its high mark */
 };
 
 /* One trace: events sorted by ts_us, ties by hop; free with mc_trace_free. */
@@ -183,6 +185,12 @@ enum cr_err mc_trace_load(struct mc *m, const char *correlation_id, size_t max, 
 void mc_trace_free(struct mc_trace *t);
 /* mc_on_trace_get - bus handler for <P>.trace.get; msg borrowed */
 void mc_on_trace_get(void *arg, natsMsg *msg);
+/* mc_store_pressure - is the store past its high mark (main thread)? Then
+ * mc_sweep drops the oldest traces before their time, until below the low mark */
+int mc_store_pressure(struct mc *m);
+/* mc_make_room - before a flush (mu held): drop the oldest traces while the
+ * store is past its high mark */
+void mc_make_room(struct mc *m);
 /* mc_sweep - drop hops and rollups older than their retention (main thread) */
 void mc_sweep(struct mc *m);
 

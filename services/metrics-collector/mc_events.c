@@ -578,30 +578,64 @@ sweep_entry(struct mc *m, struct store_batch *b, const unsigned char *k, size_t 
 	return n;
 }
 
-/* mc_sweep - drop hops received more than retention ago, and rollups
- * older than theirs */
-void
-mc_sweep(struct mc *m)
+/* Is the store too full to wait for the retention time? Above
+ * MC_STORE_HIGH_PCT of the map the oldest traces go before their time, until
+ * the data is below MC_STORE_LOW_PCT: the newest traces and the rollups
+ * (in the same commits) must never be refused for want of room. The marks
+ * count the pages the data holds; LMDB also needs free pages for the copies
+ * a txn makes and for what old snapshots still hold, and the largest flush
+ * (MC_FLUSH_OPS hops, ~7 MiB) must fit the smallest map the collector takes
+ * (64 MiB): hence half. Any thread. */
+#define MC_STORE_HIGH_PCT 50
+#define MC_STORE_LOW_PCT 40
+#define MC_ROOM_HOPS 2000        /* hops per delete txn when making room */
+int
+mc_store_pressure(struct mc *m)
 {
-	uint64_t cutoff = now_ms() - (uint64_t)m->retention_h * 3600 * 1000;
+	const unsigned dbis[] = { m->db_hops, m->db_bytime, m->db_roll };
+	uint64_t used, map;
+	int full = atomic_load(&m->store_full);
+
+	if (store_bytes(m->st, dbis, 3, &used, &map) != CR_OK || map == 0)
+		return full;
+	if (!full && used * 100 > map * MC_STORE_HIGH_PCT) {
+		if (atomic_exchange(&m->store_full, 1) == 0) {
+			atomic_fetch_add(&m->early_sweeps, 1);
+			log_warn(NULL, "trace store %llu of %llu MiB: dropping the oldest traces "
+			    "before their retention time (CLAWRELAY_MAP_SIZE_MB, "
+			    "CLAWRELAY_TRACE_RETENTION_H)", (unsigned long long)(used >> 20),
+			    (unsigned long long)(map >> 20));
+		}
+		return 1;
+	}
+	if (full && used * 100 < map * MC_STORE_LOW_PCT) {
+		if (atomic_exchange(&m->store_full, 0) == 1)
+			log_info(NULL, "trace store back to %llu of %llu MiB",
+			    (unsigned long long)(used >> 20), (unsigned long long)(map >> 20));
+		return 0;
+	}
+	return full;
+}
+
+/* drop up to max hops, oldest first: those received before cutoff, or any
+ * when force; committed in a txn of their own (a delete frees room only
+ * once committed). The number dropped, or SIZE_MAX if the commit failed. */
+static size_t
+drop_oldest(struct mc *m, uint64_t cutoff, int force, size_t max)
+{
 	struct store_iter *it = NULL;
 	struct store_batch *b;
 	const void *k, *v;
 	size_t kl, vl, n = 0, entries = 0;
 	enum cr_err err;
 
-	pthread_mutex_lock(&m->mu);
-	if ((b = mc_batch(m)) != NULL)
-		mc_roll_sweep(m, b, now_ms() - (uint64_t)m->roll_retention_h * 3600 * 1000);
-	pthread_mutex_unlock(&m->mu);
 	if (store_iter_new(m->st, m->db_bytime, NULL, 0, &it) != CR_OK)
-		return;
+		return SIZE_MAX;
 	b = store_batch_new();
-	while (b != NULL && n < (size_t)m->sweep_batch &&
-	    store_iter_next(it, &k, &kl, &v, &vl) == 1) {
+	while (b != NULL && n < max && store_iter_next(it, &k, &kl, &v, &vl) == 1) {
 		size_t dropped;
 
-		if (kl <= 8 || get_be64(k) >= cutoff)
+		if (kl <= 8 || (get_be64(k) >= cutoff && !force))
 			break;
 		dropped = sweep_entry(m, b, k, kl, v, vl);
 		if (dropped == SIZE_MAX)
@@ -611,20 +645,50 @@ mc_sweep(struct mc *m)
 	}
 	store_iter_free(it);	/* short snapshot: free before the write */
 	if (b == NULL)
-		return;
+		return SIZE_MAX;
 	if (entries == 0) {
 		store_batch_free(b);
-		m->next_sweep_ms = now_ms() + 60000;
-		return;
+		return 0;
 	}
-	err = store_committer_submit_wait(m->com, b);
-	if (err != CR_OK) {
+	if ((err = store_committer_submit_wait(m->com, b)) != CR_OK) {
 		log_warn(NULL, "retention sweep: %s", cr_strerror(err));
-		m->next_sweep_ms = now_ms() + 60000;
-		return;
+		return SIZE_MAX;
 	}
 	atomic_fetch_add(&m->swept, n);
-	log_debug(NULL, "retention sweep dropped %zu hops", n);
+	log_debug(NULL, "retention sweep dropped %zu hops%s", n, force ? " (store full)" : "");
+	return n;
+}
+
+/* mc_make_room - before a flush (mu held): while the store is past its high
+ * mark, drop the oldest traces; the flush then has room */
+void
+mc_make_room(struct mc *m)
+{
+	for (int i = 0; i < 64 && mc_store_pressure(m); i++) {
+		/* small txns: the oldest hops are spread over the whole tree (it
+		 * is ordered by correlation ID), and a txn copies every page it
+		 * touches before the old ones are free */
+		size_t n = drop_oldest(m, 0, 1, MC_ROOM_HOPS);
+		if (n == 0 || n == SIZE_MAX)
+			break;
+	}
+}
+
+/* mc_sweep - drop hops and rollups older than their retention (main thread) */
+void
+mc_sweep(struct mc *m)
+{
+	uint64_t cutoff = now_ms() - (uint64_t)m->retention_h * 3600 * 1000;
+	struct store_batch *b;
+	int full = mc_store_pressure(m);
+	size_t n;
+
+	pthread_mutex_lock(&m->mu);
+	if ((b = mc_batch(m)) != NULL)
+		mc_roll_sweep(m, b, now_ms() - (uint64_t)m->roll_retention_h * 3600 * 1000);
+	pthread_mutex_unlock(&m->mu);
+	n = drop_oldest(m, cutoff, full, full ? MC_ROOM_HOPS : (size_t)m->sweep_batch);
 	/* more may be due: come back on the next tick */
-	m->next_sweep_ms = n < (size_t)m->sweep_batch ? now_ms() + 60000 : 0;
+	m->next_sweep_ms = n == (size_t)m->sweep_batch || (full && n != SIZE_MAX && n > 0) ? 0 :
+	    now_ms() + 60000;
 }

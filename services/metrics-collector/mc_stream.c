@@ -79,6 +79,7 @@ mc_flush(struct mc *m)
 		store_batch_free(b);
 		return;
 	}
+	mc_make_room(m);
 	err = store_committer_submit_wait(m->com, b);
 	atomic_fetch_add(&m->flushes, 1);
 	if (err != CR_OK) {

@@ -33,7 +33,10 @@
  *      their totals, and its numbers equal the JSON API's; a screenshot
  *      goes to build/artifacts/dashscale.png;
  *   3. the collector restarts within DS_RESTART_MS on the day of history
- *      and still shows all of it, counting nothing twice.
+ *      and still shows all of it, counting nothing twice;
+ *   4. a collector whose store is too small for the day's traces
+ *      (64 MiB) reads the day: the oldest traces go before their time, the
+ *      newest stay, and every count is still there (no commit failed).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -849,6 +852,66 @@ START_TEST(a_restart_keeps_the_day)
 }
 END_TEST
 
+/* GET path of the collector: its status code */
+static long
+get_status(const char *path)
+{
+	char url[512];
+	struct h_resp r;
+	long code = -1;
+
+	snprintf(url, sizeof(url), "%s%s", mc_url, path);
+	if (h_http("GET", url, NULL, NULL, 0, &r) == 0)
+		code = r.status;
+	h_resp_free(&r);
+	return code;
+}
+
+START_TEST(a_small_store_keeps_counting)
+{
+	char data[400];
+	const char *env[] = { data, "CLAWRELAY_MC_NOSYNC=1", "CLAWRELAY_MAP_SIZE_MB=64", NULL };
+	char path[64];
+	double ms;
+	size_t bytes;
+	cJSON *s;
+
+	/* a collector whose store (64 MiB, the least it takes) is too small
+	 * for the day's traces (~96 MiB) reads the whole stream from the start */
+	h_kill(mc, SIGTERM);
+	snprintf(data, sizeof(data), "CLAWRELAY_DATA_DIR=%s/metrics-collector-small", st.dir);
+	mc = h_spawn(&st, "metrics-collector-small", "clawrelay-metrics-collector", mc_port, env,
+	    NULL);
+	wait_caught_up(DS_CATCHUP_MS * slow);
+	/* every count is there: the oldest traces made room, no commit failed */
+	s = get_timed("/v1/metrics/summary?window=86400", &ms, &bytes);
+	ck_assert_ptr_nonnull(s);
+	check_summary(s);
+	cJSON_Delete(s);
+	s = get_timed("/v1/status", &ms, &bytes);
+	ck_assert_ptr_nonnull(s);
+	fprintf(stderr, "dashscale: 64 MiB store: %.0f hops kept, %.0f dropped early, %.1f of "
+	    "%.1f MiB used, %.0f store errors\n", jnum(s, "store.hops"), jnum(s, "store.swept"),
+	    jnum(s, "store.usedBytes") / 1048576, jnum(s, "store.mapBytes") / 1048576,
+	    jnum(s, "events.storeErrors"));
+	ck_assert_int_eq((int)jnum(s, "events.storeErrors"), 0);
+	ck_assert_int_ge((int)jnum(s, "store.fullSweeps"), 1);
+	ck_assert_int_gt((int)jnum(s, "store.swept"), 0);
+	ck_assert(jnum(s, "store.usedBytes") < 0.8 * jnum(s, "store.mapBytes"));
+	cJSON_Delete(s);
+	/* the newest traces are kept, the oldest went */
+	snprintf(path, sizeof(path), "/v1/traces/ds-%ld", (long)DS_MSGS - 1);
+	for (int i = 0; i < 50 && get_status(path) != 200; i++)
+		h_sleep_ms(100);	/* the last flush */
+	ck_assert_int_eq(get_status(path), 200);
+	ck_assert_int_eq(get_status("/v1/traces/ds-0"), 404);
+	s = get_timed("/v1/status", &ms, &bytes);
+	ck_assert_ptr_nonnull(s);
+	ck_assert_int_eq((int)jnum(s, "events.storeErrors"), 0);
+	cJSON_Delete(s);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -859,6 +922,7 @@ main(void)
 	tcase_add_test(tc, a_day_of_a_thousand_agents);
 	tcase_add_test(tc, the_dashboard_of_a_day);
 	tcase_add_test(tc, a_restart_keeps_the_day);
+	tcase_add_test(tc, a_small_store_keeps_counting);
 	suite_add_tcase(s, tc);
 	return it_run(s);
 }
