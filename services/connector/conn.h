@@ -194,6 +194,10 @@ struct conn_inbox {
 	/* lws thread only: queue_seq seen per lane, for the reorder hold */
 	uint64_t max_seq[3];
 	uint64_t disturbed_until_ms[3];
+	/* lws thread only: per lane, the lowest queue_seq refused (inbox full)
+	 * and not taken since, and when: later ones of the lane are refused too */
+	uint64_t refused_seq[3];
+	uint64_t refused_ms[3];
 };
 
 struct conn_hook {

@@ -55,6 +55,7 @@
 #define PENDING_BUCKETS 4096u
 #define CONN_DONE_WAIT_US 20000u  /* a removal waits at most this for an inbox put */
 #define DISTURB_MS 10000u         /* after an out-of-order arrival, hold the lane this long */
+#define REFUSED_HOLD_MS 60000u    /* a lane waits at most this for a refused message to return */
 
 /* registered once in conn_inbox_open (main thread), then only updated */
 static struct metric *m_stored, *m_dups, *m_full;
@@ -233,6 +234,42 @@ static struct conn_pending **pending_slot(struct conn_inbox *ib, const char *id)
 void conn_inbox_session_reset(struct conn *c)
 {
 	memset(c->inbox.max_seq, 0, sizeof(c->inbox.max_seq));
+	memset(c->inbox.refused_seq, 0, sizeof(c->inbox.refused_seq));
+}
+
+/* lws thread: must e wait behind a message of its lane that a full inbox
+ * refused? relay-session sends it again (retries first, oldest first); a
+ * later message taken meanwhile, because the hook made room a moment after
+ * the refusal, would reach the hook before it. The mark goes when the
+ * refused message (or an older one) is taken, with a new socket, or after
+ * REFUSED_HOLD_MS (it may have expired at the relay: the lane must not wait
+ * for good). */
+static int behind_refused(struct conn_inbox *ib, const Envelope *e, uint64_t now)
+{
+	int lane = env_lane(e->priority);
+
+	if (lane < 0 || lane > 2 || !e->queue_seq || !ib->refused_seq[lane])
+		return 0;
+	if (now >= ib->refused_ms[lane] + REFUSED_HOLD_MS) {
+		ib->refused_seq[lane] = 0;
+		return 0;
+	}
+	return e->queue_seq > ib->refused_seq[lane];
+}
+
+/* lws thread: e was refused for a full inbox (1) or taken (0) */
+static void mark_refused(struct conn_inbox *ib, const Envelope *e, int refused, uint64_t now)
+{
+	int lane = env_lane(e->priority);
+
+	if (lane < 0 || lane > 2 || !e->queue_seq)
+		return;
+	if (refused && (!ib->refused_seq[lane] || e->queue_seq < ib->refused_seq[lane])) {
+		ib->refused_seq[lane] = e->queue_seq;
+		ib->refused_ms[lane] = now;
+	} else if (!refused && ib->refused_seq[lane] && e->queue_seq <= ib->refused_seq[lane]) {
+		ib->refused_seq[lane] = 0;
+	}
 }
 
 /* lws thread: when may the hook first see e? At once when it arrived in
@@ -447,12 +484,21 @@ void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n)
 			metric_add(m_dups, 1);
 			log_debug(&lc, "duplicate delivery dropped");
 			refuse = "duplicate";
+			mark_refused(ib, e, 0, now);
+		} else if (behind_refused(ib, e, now)) {
+			/* as full: relay-session backs off and sends it again after
+			 * the one it waits for */
+			atomic_fetch_add(&ib->refused_full, 1);
+			metric_add(m_full, 1);
+			log_debug(&lc, "waits behind a message the full inbox refused");
+			refuse = "inbox_full";
 		} else if (atomic_fetch_add(&ib->n, 1) >= c->cfg.inbox_max) {
 			atomic_fetch_sub(&ib->n, 1);
 			atomic_fetch_add(&ib->refused_full, 1);
 			metric_add(m_full, 1);
 			log_warn(&lc, "inbox full (%lld): delivery refused", c->cfg.inbox_max);
 			refuse = "inbox_full";
+			mark_refused(ib, e, 1, now);
 		} else if ((err = env_pack(&e->base, &packed, &plen)) != CR_OK ||
 		    (val = malloc(VAL_HDR + plen)) == NULL) {
 			atomic_fetch_sub(&ib->n, 1);
@@ -461,6 +507,7 @@ void conn_inbox_deliver_many(struct conn *c, Envelope *const *v, size_t n)
 			    cr_strerror(err != CR_OK ? err : CR_ERR_NOMEM));
 			refuse = "storage_error";
 		} else {
+			mark_refused(ib, e, 0, now);
 			due = deliver_due(c, e, now);
 			memcpy(val, &due, 8);
 			memcpy((char *)val + 8, &zero, 4);
