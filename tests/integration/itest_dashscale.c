@@ -85,6 +85,7 @@ static uint64_t t0_ms;              /* "now" when the day was made */
 static int want_pairs;              /* distinct (hour, sender, recipient) */
 static int want_auth, want_queue;
 static int msgs_per_min = DS_MSGS_PER_MIN;
+static long long day_bytes;         /* the day's store, as the first case found it */
 static int slow = 1;                /* 3 for a sanitizer build, 10 under valgrind */
 
 static uint64_t
@@ -533,6 +534,7 @@ START_TEST(a_day_of_a_thousand_agents)
 		    "its store holds the day in %lld MiB (%lld bytes a hop)\n", catchup,
 		    (long long)sb.st_blocks * 512 / 1048576,
 		    (long long)sb.st_blocks * 512 / (2LL * DS_MSGS));
+		day_bytes = (long long)sb.st_blocks * 512;
 	}
 
 	/* 1. every answer: time, size, numbers (the slowest of three tries counts) */
@@ -895,16 +897,21 @@ START_TEST(a_small_store_keeps_counting)
 	    jnum(s, "store.usedBytes") / 1048576, jnum(s, "store.mapBytes") / 1048576,
 	    jnum(s, "events.storeErrors"));
 	ck_assert_int_eq((int)jnum(s, "events.storeErrors"), 0);
-	ck_assert_int_ge((int)jnum(s, "store.fullSweeps"), 1);
-	ck_assert_int_gt((int)jnum(s, "store.swept"), 0);
 	ck_assert(jnum(s, "store.usedBytes") < 0.8 * jnum(s, "store.mapBytes"));
+	/* the day at the default rate (96 MiB) must make room; a smaller day
+	 * (DASHSCALE_MSGS_PER_MIN, to measure) may fit */
+	if (day_bytes > 40LL << 20) {
+		ck_assert_int_ge((int)jnum(s, "store.fullSweeps"), 1);
+		ck_assert_int_gt((int)jnum(s, "store.swept"), 0);
+	}
 	cJSON_Delete(s);
 	/* the newest traces are kept, the oldest went */
 	snprintf(path, sizeof(path), "/v1/traces/ds-%ld", (long)DS_MSGS - 1);
 	for (int i = 0; i < 50 && get_status(path) != 200; i++)
 		h_sleep_ms(100);	/* the last flush */
 	ck_assert_int_eq(get_status(path), 200);
-	ck_assert_int_eq(get_status("/v1/traces/ds-0"), 404);
+	if (day_bytes > 40LL << 20)
+		ck_assert_int_eq(get_status("/v1/traces/ds-0"), 404);
 	s = get_timed("/v1/status", &ms, &bytes);
 	ck_assert_ptr_nonnull(s);
 	ck_assert_int_eq((int)jnum(s, "events.storeErrors"), 0);
