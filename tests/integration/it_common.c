@@ -1,9 +1,13 @@
 /*
  * itest_common.c - see it_common.h.
  */
+#include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "it_common.h"
 
@@ -131,4 +135,72 @@ it_run(Suite *s)
 	if (h_valgrind_failures > 0)
 		fprintf(stderr, "%d process(es) had valgrind errors or definite leaks\n", h_valgrind_failures);
 	return (failed || h_valgrind_failures) ? 1 : 0;
+}
+
+/* it_dom_value - the value of data-v in the element carrying data-k="key"
+ * of a dumped DOM into out; 0, or -1 when absent */
+int
+it_dom_value(const char *dom, const char *key, char *out, size_t sz)
+{
+	char pat[128];
+	const char *p, *end, *v;
+
+	snprintf(pat, sizeof(pat), "data-k=\"%s\"", key);
+	if ((p = strstr(dom, pat)) == NULL || (end = strchr(p, '>')) == NULL)
+		return -1;
+	if ((v = strstr(p, "data-v=\"")) == NULL || v > end)
+		return -1;
+	v += 8;
+	snprintf(out, sz, "%.*s", (int)(strchr(v, '"') - v), v);
+	return 0;
+}
+
+/* it_chromium - run headless chromium with args (profile in the stack's
+ * dir); its stdout into out (may be NULL); its exit status */
+int
+it_chromium(struct h_stack *s, struct strbuf *out, const char *const *args)
+{
+	char profile[400], prof_arg[420];
+	const char *argv[24];
+	int n = 0, fds[2], stt;
+	pid_t pid;
+
+	snprintf(profile, sizeof(profile), "%s/chromium-profile", s->dir);
+	snprintf(prof_arg, sizeof(prof_arg), "--user-data-dir=%s", profile);
+	argv[n++] = "chromium";
+	argv[n++] = "--headless";
+	argv[n++] = "--no-sandbox";
+	argv[n++] = "--disable-gpu";
+	argv[n++] = "--disable-dev-shm-usage";
+	argv[n++] = "--no-first-run";
+	argv[n++] = "--hide-scrollbars";
+	argv[n++] = prof_arg;
+	for (int i = 0; args[i] != NULL && n < 23; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	if (pipe(fds) < 0)
+		return -1;
+	if ((pid = fork()) == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(fds[1], 1);
+		if (null >= 0)
+			dup2(null, 2);
+		close(fds[0]);
+		close(fds[1]);
+		execvp(argv[0], (char *const *)(uintptr_t)argv);
+		_exit(127);
+	}
+	close(fds[1]);
+	for (char buf[8192];;) {
+		ssize_t k = read(fds[0], buf, sizeof(buf));
+		if (k <= 0)
+			break;
+		if (out != NULL)
+			sb_append(out, buf, (size_t)k);
+	}
+	close(fds[0]);
+	waitpid(pid, &stt, 0);
+	if (out != NULL && out->data == NULL)
+		sb_append(out, "", 0);
+	return WIFEXITED(stt) ? WEXITSTATUS(stt) : 128;
 }

@@ -24,6 +24,12 @@ struct h_proc *it_connector_env(struct h_stack *s, const char *id, const char *h
  * each and free() on the array */
 cJSON **it_lines(const char *path, int *n);
 void it_lines_free(cJSON **v, int n);
+/* it_dom_value - the value of data-v in the element carrying data-k="key"
+ * of a dumped DOM into out; 0, or -1 when absent */
+int it_dom_value(const char *dom, const char *key, char *out, size_t sz);
+/* it_chromium - run headless chromium with args (profile in the stack's
+ * dir); its stdout into out (may be NULL); its exit status */
+int it_chromium(struct h_stack *s, struct strbuf *out, const char *const *args);
 /* it_run - run a Check suite without forking (the stack lives in this process) */
 int it_run(Suite *s);
 

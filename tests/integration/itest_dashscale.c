@@ -648,22 +648,6 @@ START_TEST(a_day_of_a_thousand_agents)
 }
 END_TEST
 
-/* the value of data-v in the element carrying data-k="key" of a dumped DOM */
-static int
-dom_value(const char *dom, const char *key, char *out, size_t sz)
-{
-	char pat[128];
-	const char *p, *end, *v;
-
-	snprintf(pat, sizeof(pat), "data-k=\"%s\"", key);
-	if ((p = strstr(dom, pat)) == NULL || (end = strchr(p, '>')) == NULL)
-		return -1;
-	if ((v = strstr(p, "data-v=\"")) == NULL || v > end)
-		return -1;
-	v += 8;
-	snprintf(out, sz, "%.*s", (int)(strchr(v, '"') - v), v);
-	return 0;
-}
 
 /* an attribute's value after `after` in dom, as a number; -1 when absent */
 static double
@@ -694,54 +678,6 @@ count_between(const char *hay, const char *from, const char *to, const char *nee
 	return n;
 }
 
-/* run chromium headless with args; stdout into out (may be NULL) */
-static int
-chromium(struct strbuf *out, const char *const *args)
-{
-	char profile[400], prof_arg[420];
-	const char *argv[24];
-	int n = 0, fds[2], stt;
-	pid_t pid;
-
-	snprintf(profile, sizeof(profile), "%s/chromium-profile", st.dir);
-	snprintf(prof_arg, sizeof(prof_arg), "--user-data-dir=%s", profile);
-	argv[n++] = "chromium";
-	argv[n++] = "--headless";
-	argv[n++] = "--no-sandbox";
-	argv[n++] = "--disable-gpu";
-	argv[n++] = "--disable-dev-shm-usage";
-	argv[n++] = "--no-first-run";
-	argv[n++] = "--hide-scrollbars";
-	argv[n++] = prof_arg;
-	for (int i = 0; args[i] != NULL && n < 23; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	if (pipe(fds) < 0)
-		return -1;
-	if ((pid = fork()) == 0) {
-		int null = open("/dev/null", O_WRONLY);
-		dup2(fds[1], 1);
-		if (null >= 0)
-			dup2(null, 2);
-		close(fds[0]);
-		close(fds[1]);
-		execvp(argv[0], (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	close(fds[1]);
-	for (char buf[8192];;) {
-		ssize_t k = read(fds[0], buf, sizeof(buf));
-		if (k <= 0)
-			break;
-		if (out != NULL)
-			sb_append(out, buf, (size_t)k);
-	}
-	close(fds[0]);
-	waitpid(pid, &stt, 0);
-	if (out != NULL && out->data == NULL)
-		sb_append(out, "", 0);
-	return WIFEXITED(stt) ? WEXITSTATUS(stt) : 128;
-}
 
 START_TEST(the_dashboard_of_a_day)
 {
@@ -762,7 +698,7 @@ START_TEST(the_dashboard_of_a_day)
 	{
 		const char *args[] = { "--virtual-time-budget=4000", "--window-size=1400,1900",
 			"--dump-dom", url, NULL };
-		ck_assert_msg(chromium(&dom, args) == 0, "chromium failed (is it installed? make deps)");
+		ck_assert_msg(it_chromium(&st, &dom, args) == 0, "chromium failed (is it installed? make deps)");
 	}
 	page_ms = ms_since(t);
 	ck_assert_msg(strstr(dom.data, "data-loaded=\"1\"") != NULL, "the page never loaded its data");
@@ -785,7 +721,7 @@ START_TEST(the_dashboard_of_a_day)
 	check_summary(s);
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		char want[64];
-		ck_assert_msg(dom_value(dom.data, keys[i], got, sizeof(got)) == 0, "page lacks %s", keys[i]);
+		ck_assert_msg(it_dom_value(dom.data, keys[i], got, sizeof(got)) == 0, "page lacks %s", keys[i]);
 		snprintf(want, sizeof(want), "%.10g", jnum(s, keys[i]));
 		ck_assert_msg(strtod(got, NULL) == strtod(want, NULL), "%s: page shows %s, API says %s",
 		    keys[i], got, want);
@@ -815,7 +751,7 @@ START_TEST(the_dashboard_of_a_day)
 		const char *args[] = { "--virtual-time-budget=4000", "--run-all-compositor-stages-before-draw",
 			"--window-size=1400,1900", shot, url, NULL };
 		struct stat sb;
-		ck_assert_int_eq(chromium(NULL, args), 0);
+		ck_assert_int_eq(it_chromium(&st, NULL, args), 0);
 		snprintf(path, sizeof(path), "%s/dashscale.png", dir);
 		ck_assert(stat(path, &sb) == 0 && sb.st_size > 10000);
 	}
