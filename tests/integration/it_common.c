@@ -204,3 +204,16 @@ it_chromium(struct h_stack *s, struct strbuf *out, const char *const *args)
 		sb_append(out, "", 0);
 	return WIFEXITED(stt) ? WEXITSTATUS(stt) : 128;
 }
+
+/* it_jnum - the number at a dotted path of objects ("a.b.c"), -1 if absent */
+double
+it_jnum(const cJSON *o, const char *path)
+{
+	char buf[128], *save = NULL;
+	const cJSON *v = o;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *k = strtok_r(buf, ".", &save); k && v; k = strtok_r(NULL, ".", &save))
+		v = cJSON_GetObjectItemCaseSensitive(v, k);
+	return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}

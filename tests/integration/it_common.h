@@ -30,6 +30,8 @@ int it_dom_value(const char *dom, const char *key, char *out, size_t sz);
 /* it_chromium - run headless chromium with args (profile in the stack's
  * dir); its stdout into out (may be NULL); its exit status */
 int it_chromium(struct h_stack *s, struct strbuf *out, const char *const *args);
+/* it_jnum - the number at a dotted path of objects ("a.b.c"), -1 if absent */
+double it_jnum(const cJSON *o, const char *path);
 /* it_run - run a Check suite without forking (the stack lives in this process) */
 int it_run(Suite *s);
 

@@ -434,17 +434,6 @@ get_timed(const char *path, double *ms, size_t *bytes)
 	return j;
 }
 
-static double
-jnum(const cJSON *o, const char *path)
-{
-	char buf[128], *save = NULL;
-	const cJSON *v = o;
-
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *k = strtok_r(buf, ".", &save); k && v; k = strtok_r(NULL, ".", &save))
-		v = cJSON_GetObjectItemCaseSensitive(v, k);
-	return cJSON_IsNumber(v) ? v->valuedouble : -1;
-}
 
 /* wait until the collector applied everything in the stream */
 static double
@@ -456,11 +445,11 @@ wait_caught_up(int timeout_ms)
 
 	for (;;) {
 		cJSON *s = get_timed("/v1/metrics/summary?window=86400", &ms, &bytes);
-		int done = s != NULL && jnum(s, "messages.in") == DS_MSGS &&
-		    jnum(s, "messages.out") + jnum(s, "messages.failed") == DS_MSGS &&
-		    jnum(s, "connectors.known") == DS_AGENTS &&
-		    jnum(s, "connectors.connected") == DS_AGENTS - DS_GONE &&
-		    jnum(s, "authFailures.total") == want_auth;
+		int done = s != NULL && it_jnum(s, "messages.in") == DS_MSGS &&
+		    it_jnum(s, "messages.out") + it_jnum(s, "messages.failed") == DS_MSGS &&
+		    it_jnum(s, "connectors.known") == DS_AGENTS &&
+		    it_jnum(s, "connectors.connected") == DS_AGENTS - DS_GONE &&
+		    it_jnum(s, "authFailures.total") == want_auth;
 		cJSON_Delete(s);
 		if (done)
 			return ms_since(t);
@@ -476,18 +465,18 @@ check_summary(const cJSON *s)
 {
 	const int fails = (DS_MSGS + DS_FAIL_EVERY - 1) / DS_FAIL_EVERY;
 
-	ck_assert_int_eq((int)jnum(s, "messages.in"), DS_MSGS);
-	ck_assert_int_eq((int)jnum(s, "messages.out"), DS_MSGS - fails);
-	ck_assert_int_eq((int)jnum(s, "messages.failed"), fails);
-	ck_assert_int_eq((int)jnum(s, "messages.failedByReason.expired"), fails);
-	ck_assert_int_eq((int)jnum(s, "latency.count"), DS_MSGS - fails);
-	ck_assert_int_eq((int)jnum(s, "connectors.known"), DS_AGENTS);
-	ck_assert_int_eq((int)jnum(s, "connectors.connected"), DS_AGENTS - DS_GONE);
-	ck_assert_int_eq((int)jnum(s, "authFailures.total"), want_auth);
-	ck_assert_int_eq((int)jnum(s, "queue.depth"), want_queue);
+	ck_assert_int_eq((int)it_jnum(s, "messages.in"), DS_MSGS);
+	ck_assert_int_eq((int)it_jnum(s, "messages.out"), DS_MSGS - fails);
+	ck_assert_int_eq((int)it_jnum(s, "messages.failed"), fails);
+	ck_assert_int_eq((int)it_jnum(s, "messages.failedByReason.expired"), fails);
+	ck_assert_int_eq((int)it_jnum(s, "latency.count"), DS_MSGS - fails);
+	ck_assert_int_eq((int)it_jnum(s, "connectors.known"), DS_AGENTS);
+	ck_assert_int_eq((int)it_jnum(s, "connectors.connected"), DS_AGENTS - DS_GONE);
+	ck_assert_int_eq((int)it_jnum(s, "authFailures.total"), want_auth);
+	ck_assert_int_eq((int)it_jnum(s, "queue.depth"), want_queue);
 	/* latencies were 20..200 ms */
-	ck_assert_msg(jnum(s, "latency.p50Ms") > 10 && jnum(s, "latency.p99Ms") <= 250,
-	    "p50 %g p99 %g", jnum(s, "latency.p50Ms"), jnum(s, "latency.p99Ms"));
+	ck_assert_msg(it_jnum(s, "latency.p50Ms") > 10 && it_jnum(s, "latency.p99Ms") <= 250,
+	    "p50 %g p99 %g", it_jnum(s, "latency.p50Ms"), it_jnum(s, "latency.p99Ms"));
 }
 
 struct endpoint {
@@ -580,7 +569,7 @@ START_TEST(a_day_of_a_thousand_agents)
 	j = get_timed("/v1/metrics/series?window=86400&step=60", &ms, &bytes);
 	{
 		cJSON *tt = cJSON_GetObjectItem(j, "t"), *in = cJSON_GetObjectItem(j, "inPerS"), *e;
-		double step = jnum(j, "stepS"), sum = 0;
+		double step = it_jnum(j, "stepS"), sum = 0;
 		ck_assert_msg(cJSON_GetArraySize(tt) <= 300, "%d points for a day",
 		    cJSON_GetArraySize(tt));
 		cJSON_ArrayForEach(e, in)
@@ -596,9 +585,9 @@ START_TEST(a_day_of_a_thousand_agents)
 
 	/* connectors: a page of them, the totals, a filter */
 	j = get_timed("/v1/metrics/connectors?limit=200", &ms, &bytes);
-	ck_assert_int_eq((int)jnum(j, "known"), DS_AGENTS);
-	ck_assert_int_eq((int)jnum(j, "connected"), DS_AGENTS - DS_GONE);
-	ck_assert_int_eq((int)jnum(j, "total"), DS_AGENTS);
+	ck_assert_int_eq((int)it_jnum(j, "known"), DS_AGENTS);
+	ck_assert_int_eq((int)it_jnum(j, "connected"), DS_AGENTS - DS_GONE);
+	ck_assert_int_eq((int)it_jnum(j, "total"), DS_AGENTS);
 	ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "connectors")), 200);
 	cJSON_Delete(j);
 	j = get_timed("/v1/metrics/connectors?limit=200&sort=state", &ms, &bytes);
@@ -609,28 +598,28 @@ START_TEST(a_day_of_a_thousand_agents)
 	}
 	cJSON_Delete(j);
 	j = get_timed("/v1/metrics/connectors?limit=200&q=agent-099", &ms, &bytes);
-	ck_assert_int_eq((int)jnum(j, "total"), 10);
+	ck_assert_int_eq((int)it_jnum(j, "total"), 10);
 	ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "connectors")), 10);
 	cJSON_Delete(j);
 
 	/* pairs: the total of the day's pair-hours, a page of them, the sums, a
 	 * filter (hours=25: the day's 1430 minutes touch 25 clock hours) */
 	j = get_timed("/v1/metrics/pairs?hours=25&limit=100", &ms, &bytes);
-	ck_assert_int_eq((int)jnum(j, "total"), want_pairs);
+	ck_assert_int_eq((int)it_jnum(j, "total"), want_pairs);
 	ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "pairs")), 100);
 	cJSON_Delete(j);
 	j = get_timed("/v1/metrics/pairs?hours=25&limit=100&sort=failed", &ms, &bytes);
 	{
 		cJSON *e;
-		double tot = jnum(j, "delivered") + jnum(j, "failed"), prev = 1e18;
+		double tot = it_jnum(j, "delivered") + it_jnum(j, "failed"), prev = 1e18;
 		ck_assert_msg(tot == DS_MSGS, "the pairs add up to %g, not %d", tot, DS_MSGS);
 		ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "pairs")), 100);
 		/* most failures first */
 		cJSON_ArrayForEach(e, cJSON_GetObjectItem(j, "pairs")) {
-			ck_assert(jnum(e, "failed") <= prev);
-			prev = jnum(e, "failed");
+			ck_assert(it_jnum(e, "failed") <= prev);
+			prev = it_jnum(e, "failed");
 		}
-		ck_assert_msg(jnum(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "pairs"), 0), "failed") > 0,
+		ck_assert_msg(it_jnum(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "pairs"), 0), "failed") > 0,
 		    "the pair with most failures has none");
 	}
 	cJSON_Delete(j);
@@ -638,8 +627,8 @@ START_TEST(a_day_of_a_thousand_agents)
 	j = get_timed("/v1/metrics/pairs?hours=25&limit=1000&q=agent-0042", &ms, &bytes);
 	{
 		cJSON *e;
-		ck_assert_msg(jnum(j, "total") > 0 && jnum(j, "total") < want_pairs, "filtered total %g",
-		    jnum(j, "total"));
+		ck_assert_msg(it_jnum(j, "total") > 0 && it_jnum(j, "total") < want_pairs, "filtered total %g",
+		    it_jnum(j, "total"));
 		cJSON_ArrayForEach(e, cJSON_GetObjectItem(j, "pairs"))
 			ck_assert(strcmp(cJSON_GetObjectItem(e, "sender")->valuestring, "agent-0042") == 0 ||
 			    strcmp(cJSON_GetObjectItem(e, "recipient")->valuestring, "agent-0042") == 0);
@@ -722,7 +711,7 @@ START_TEST(the_dashboard_of_a_day)
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		char want[64];
 		ck_assert_msg(it_dom_value(dom.data, keys[i], got, sizeof(got)) == 0, "page lacks %s", keys[i]);
-		snprintf(want, sizeof(want), "%.10g", jnum(s, keys[i]));
+		snprintf(want, sizeof(want), "%.10g", it_jnum(s, keys[i]));
 		ck_assert_msg(strtod(got, NULL) == strtod(want, NULL), "%s: page shows %s, API says %s",
 		    keys[i], got, want);
 	}
@@ -782,10 +771,10 @@ START_TEST(a_restart_keeps_the_day)
 	h_sleep_ms(1500);
 	s = get_timed("/v1/metrics/summary?window=86400", &ms, &bytes);
 	check_summary(s);
-	ck_assert_int_eq((int)jnum(s, "collector.skipped"), 0);
+	ck_assert_int_eq((int)it_jnum(s, "collector.skipped"), 0);
 	cJSON_Delete(s);
 	s = get_timed("/v1/metrics/pairs?hours=25&limit=1", &ms, &bytes);
-	ck_assert_int_eq((int)jnum(s, "total"), want_pairs);
+	ck_assert_int_eq((int)it_jnum(s, "total"), want_pairs);
 	cJSON_Delete(s);
 }
 END_TEST
@@ -829,16 +818,16 @@ START_TEST(a_small_store_keeps_counting)
 	s = get_timed("/v1/status", &ms, &bytes);
 	ck_assert_ptr_nonnull(s);
 	fprintf(stderr, "dashscale: 64 MiB store: %.0f hops kept, %.0f dropped early, %.1f of "
-	    "%.1f MiB used, %.0f store errors\n", jnum(s, "store.hops"), jnum(s, "store.swept"),
-	    jnum(s, "store.usedBytes") / 1048576, jnum(s, "store.mapBytes") / 1048576,
-	    jnum(s, "events.storeErrors"));
-	ck_assert_int_eq((int)jnum(s, "events.storeErrors"), 0);
-	ck_assert(jnum(s, "store.usedBytes") < 0.8 * jnum(s, "store.mapBytes"));
+	    "%.1f MiB used, %.0f store errors\n", it_jnum(s, "store.hops"), it_jnum(s, "store.swept"),
+	    it_jnum(s, "store.usedBytes") / 1048576, it_jnum(s, "store.mapBytes") / 1048576,
+	    it_jnum(s, "events.storeErrors"));
+	ck_assert_int_eq((int)it_jnum(s, "events.storeErrors"), 0);
+	ck_assert(it_jnum(s, "store.usedBytes") < 0.8 * it_jnum(s, "store.mapBytes"));
 	/* the day at the default rate (96 MiB) must make room; a smaller day
 	 * (DASHSCALE_MSGS_PER_MIN, to measure) may fit */
 	if (day_bytes > 40LL << 20) {
-		ck_assert_int_ge((int)jnum(s, "store.fullSweeps"), 1);
-		ck_assert_int_gt((int)jnum(s, "store.swept"), 0);
+		ck_assert_int_ge((int)it_jnum(s, "store.fullSweeps"), 1);
+		ck_assert_int_gt((int)it_jnum(s, "store.swept"), 0);
 	}
 	cJSON_Delete(s);
 	/* the newest traces are kept, the oldest went */
@@ -850,7 +839,7 @@ START_TEST(a_small_store_keeps_counting)
 		ck_assert_int_eq(get_status("/v1/traces/ds-0"), 404);
 	s = get_timed("/v1/status", &ms, &bytes);
 	ck_assert_ptr_nonnull(s);
-	ck_assert_int_eq((int)jnum(s, "events.storeErrors"), 0);
+	ck_assert_int_eq((int)it_jnum(s, "events.storeErrors"), 0);
 	cJSON_Delete(s);
 }
 END_TEST

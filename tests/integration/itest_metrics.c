@@ -109,17 +109,6 @@ get_json(const char *url)
 	return j;
 }
 
-static double
-jnum(const cJSON *o, const char *path)
-{
-	char buf[128], *save = NULL;
-	const cJSON *v = o;
-
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *k = strtok_r(buf, ".", &save); k && v; k = strtok_r(NULL, ".", &save))
-		v = cJSON_GetObjectItemCaseSensitive(v, k);
-	return cJSON_IsNumber(v) ? v->valuedouble : -1;
-}
 
 /* poll the summary until every (path, value) holds; the last summary in *out */
 static int
@@ -134,7 +123,7 @@ wait_summary(const char *const *paths, const double *want, int n, int timeout_ms
 		cJSON_Delete(j);
 		j = get_json(url);
 		for (int i = 0; j != NULL && i < n; i++)
-			ok &= jnum(j, paths[i]) == want[i];
+			ok &= it_jnum(j, paths[i]) == want[i];
 		if (j != NULL && ok) {
 			*out = j;
 			return 0;
@@ -146,7 +135,7 @@ wait_summary(const char *const *paths, const double *want, int n, int timeout_ms
 		fprintf(stderr, "last summary: %s\n", txt);
 		free(txt);
 		for (int i = 0; i < n; i++)
-			fprintf(stderr, "  %s = %g (want %g)\n", paths[i], jnum(j, paths[i]), want[i]);
+			fprintf(stderr, "  %s = %g (want %g)\n", paths[i], it_jnum(j, paths[i]), want[i]);
 	}
 	*out = j;
 	return -1;
@@ -271,10 +260,10 @@ START_TEST(counts_match_traffic)
 	const double want[] = { N_BOB + K_SLOW + M_REFUSED + Q_OFFLINE, N_BOB + K_SLOW, M_REFUSED,
 		M_REFUSED, Q_OFFLINE, Q_OFFLINE, A_BADAUTH, 2, 2, N_BOB + K_SLOW };
 	ck_assert_msg(wait_summary(paths, want, 10, 30000, &s) == 0, "the summary never matched the traffic");
-	ck_assert(jnum(s, "messages.successRate") ==
+	ck_assert(it_jnum(s, "messages.successRate") ==
 	    (double)(N_BOB + K_SLOW) / (N_BOB + K_SLOW + M_REFUSED) ||
-	    fabs(jnum(s, "messages.successRate") - (double)(N_BOB + K_SLOW) / (N_BOB + K_SLOW + M_REFUSED)) < 1e-4);
-	ck_assert_msg(jnum(s, "registry.lookups") > 0, "no registry lookups counted");
+	    fabs(it_jnum(s, "messages.successRate") - (double)(N_BOB + K_SLOW) / (N_BOB + K_SLOW + M_REFUSED)) < 1e-4);
+	ck_assert_msg(it_jnum(s, "registry.lookups") > 0, "no registry lookups counted");
 	cJSON_Delete(s);
 	/* clawrelay metrics prints the same totals */
 	{
@@ -313,8 +302,8 @@ START_TEST(counts_match_traffic)
 		ck_assert_msg(slow == K_SLOW && fast == N_BOB, "250 ms-1 s holds %d (want %d), "
 		    "under 250 ms %d (want %d)", slow, K_SLOW, fast, N_BOB);
 		/* K_SLOW of N_BOB + K_SLOW are the slowest: p95 and p99 fall among them */
-		ck_assert_msg(jnum(l, "p99Ms") > 250 && jnum(l, "p99Ms") <= 1000, "p99 %g", jnum(l, "p99Ms"));
-		ck_assert_msg(jnum(l, "p95Ms") > 250 && jnum(l, "p95Ms") <= 1000, "p95 %g", jnum(l, "p95Ms"));
+		ck_assert_msg(it_jnum(l, "p99Ms") > 250 && it_jnum(l, "p99Ms") <= 1000, "p99 %g", it_jnum(l, "p99Ms"));
+		ck_assert_msg(it_jnum(l, "p95Ms") > 250 && it_jnum(l, "p95Ms") <= 1000, "p95 %g", it_jnum(l, "p95Ms"));
 		cJSON_Delete(l);
 	}
 
@@ -329,9 +318,9 @@ START_TEST(counts_match_traffic)
 		cJSON_ArrayForEach(e, cJSON_GetObjectItem(p, "pairs")) {
 			const char *to = cJSON_GetObjectItem(e, "recipient")->valuestring;
 			if (strcmp(to, "bob") == 0)
-				bob = (int)jnum(e, "delivered") + 1000 * (int)jnum(e, "failed");
+				bob = (int)it_jnum(e, "delivered") + 1000 * (int)it_jnum(e, "failed");
 			if (strcmp(to, "refuser") == 0)
-				refused = (int)jnum(e, "failed") + 1000 * (int)jnum(e, "delivered");
+				refused = (int)it_jnum(e, "failed") + 1000 * (int)it_jnum(e, "delivered");
 		}
 		ck_assert_int_eq(bob, N_BOB);
 		ck_assert_int_eq(refused, M_REFUSED);
@@ -448,17 +437,17 @@ START_TEST(dashboard_shows_the_api)
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		char want[64];
 		ck_assert_msg(it_dom_value(dom.data, keys[i], got, sizeof(got)) == 0, "page lacks %s", keys[i]);
-		snprintf(want, sizeof(want), "%.10g", jnum(s, keys[i]));
+		snprintf(want, sizeof(want), "%.10g", it_jnum(s, keys[i]));
 		ck_assert_msg(strtod(got, NULL) == strtod(want, NULL), "%s: page shows %s, API says %s",
 		    keys[i], got, want);
 	}
 	/* the text shown, not only the attribute: the count of messages in */
 	{
 		char pat[96];
-		snprintf(pat, sizeof(pat), "data-v=\"%d\">%d<", (int)jnum(s, "messages.in"),
-		    (int)jnum(s, "messages.in"));
+		snprintf(pat, sizeof(pat), "data-v=\"%d\">%d<", (int)it_jnum(s, "messages.in"),
+		    (int)it_jnum(s, "messages.in"));
 		ck_assert_msg(strstr(dom.data, pat) != NULL, "the page does not show %d messages in",
-		    (int)jnum(s, "messages.in"));
+		    (int)it_jnum(s, "messages.in"));
 	}
 	/* the tables: failures (M_REFUSED) and connectors (2) */
 	ck_assert_ptr_nonnull(strstr(dom.data, "id=\"failures\" data-rows=\"5\""));
