@@ -217,3 +217,18 @@ it_jnum(const cJSON *o, const char *path)
 		v = cJSON_GetObjectItemCaseSensitive(v, k);
 	return cJSON_IsNumber(v) ? v->valuedouble : -1;
 }
+
+/* it_assert_dom_numbers - each of keys shows on the page (it_dom_value) the
+ * number the API's JSON has at that path */
+void
+it_assert_dom_numbers(const char *dom, const cJSON *api, const char *const *keys, size_t n)
+{
+	char got[256], want[64];
+
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_msg(it_dom_value(dom, keys[i], got, sizeof(got)) == 0, "page lacks %s", keys[i]);
+		snprintf(want, sizeof(want), "%.10g", it_jnum(api, keys[i]));
+		ck_assert_msg(strtod(got, NULL) == strtod(want, NULL), "%s: page shows %s, API says %s",
+		    keys[i], got, want);
+	}
+}

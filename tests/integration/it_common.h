@@ -32,6 +32,9 @@ int it_dom_value(const char *dom, const char *key, char *out, size_t sz);
 int it_chromium(struct h_stack *s, struct strbuf *out, const char *const *args);
 /* it_jnum - the number at a dotted path of objects ("a.b.c"), -1 if absent */
 double it_jnum(const cJSON *o, const char *path);
+/* it_assert_dom_numbers - each of keys shows on the page (it_dom_value) the
+ * number the API's JSON has at that path */
+void it_assert_dom_numbers(const char *dom, const cJSON *api, const char *const *keys, size_t n);
 /* it_run - run a Check suite without forking (the stack lives in this process) */
 int it_run(Suite *s);
 

@@ -671,7 +671,7 @@ count_between(const char *hay, const char *from, const char *to, const char *nee
 START_TEST(the_dashboard_of_a_day)
 {
 	const char *dir = getenv("CLAWRELAY_ARTIFACTS") ? getenv("CLAWRELAY_ARTIFACTS") : "build/artifacts";
-	char url[256], path[512], got[256], shot[600];
+	char url[256], path[512], shot[600];
 	struct strbuf dom;
 	double ms, page_ms, refresh_ms;
 	size_t bytes;
@@ -708,13 +708,7 @@ START_TEST(the_dashboard_of_a_day)
 	s = get_timed("/v1/metrics/summary?window=86400", &ms, &bytes);
 	ck_assert_ptr_nonnull(s);
 	check_summary(s);
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		char want[64];
-		ck_assert_msg(it_dom_value(dom.data, keys[i], got, sizeof(got)) == 0, "page lacks %s", keys[i]);
-		snprintf(want, sizeof(want), "%.10g", it_jnum(s, keys[i]));
-		ck_assert_msg(strtod(got, NULL) == strtod(want, NULL), "%s: page shows %s, API says %s",
-		    keys[i], got, want);
-	}
+	it_assert_dom_numbers(dom.data, s, keys, sizeof(keys) / sizeof(keys[0]));
 	cJSON_Delete(s);
 	/* every panel is filled: each chart has a line, the tables have rows */
 	{

@@ -434,13 +434,7 @@ START_TEST(dashboard_shows_the_api)
 	snprintf(got, sizeof(got), "%s/v1/metrics/summary?window=3600", mc_url);
 	s = get_json(got);
 	ck_assert_ptr_nonnull(s);
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		char want[64];
-		ck_assert_msg(it_dom_value(dom.data, keys[i], got, sizeof(got)) == 0, "page lacks %s", keys[i]);
-		snprintf(want, sizeof(want), "%.10g", it_jnum(s, keys[i]));
-		ck_assert_msg(strtod(got, NULL) == strtod(want, NULL), "%s: page shows %s, API says %s",
-		    keys[i], got, want);
-	}
+	it_assert_dom_numbers(dom.data, s, keys, sizeof(keys) / sizeof(keys[0]));
 	/* the text shown, not only the attribute: the count of messages in */
 	{
 		char pat[96];
