@@ -69,6 +69,8 @@ static struct metric *m_pub_fail, *m_batches;
  * that the process's own events leave out (fields 1, 3, 4) */
 static uint8_t hop_head[2 + 2 + sizeof(hop_service) + 2 + sizeof(hop_instance)];
 static size_t hop_head_len;
+/* what opens each ReceiptBatch: schema_version (field 1, varint) */
+static const uint8_t rcpt_head[] = { 0x08, ENV_SCHEMA };
 
 /* an async publish the server did not acknowledge (nats.c's thread) */
 static void
@@ -355,9 +357,10 @@ nz(const char *s)
 	return s ? (char *)(uintptr_t)s : empty;
 }
 
-/* append m (packed) as field 2 of the batch in sb (hop_buf or rcpt_buf) */
+/* append m (packed) as field 2 of the batch in sb (hop_buf or rcpt_buf); a
+ * batch opens with head (hl bytes) */
 static void
-append(struct strbuf *sb, const ProtobufCMessage *m)
+append(struct strbuf *sb, const uint8_t *head0, size_t hl0, const ProtobufCMessage *m)
 {
 	uint8_t buf[4096 + 16];
 	size_t len, hl = 0;
@@ -376,13 +379,8 @@ append(struct strbuf *sb, const ProtobufCMessage *m)
 	if (sb->len + hl + len > HOP_BUF_MAX) {
 		hop_dropped++;
 	} else {
-		if (sb->len == 0 && sb == &hop_buf) {
-			sb_append(sb, hop_head, hop_head_len);
-		} else if (sb->len == 0) {
-			/* schema_version = 1 (field 1, varint) opens each batch */
-			static const uint8_t version[] = { 0x08, ENV_SCHEMA };
-			sb_append(sb, version, sizeof(version));
-		}
+		if (sb->len == 0)
+			sb_append(sb, head0, hl0);
 		sb_append(sb, buf + 16 - hl, hl + len);
 		if (sb->len >= HOP_BATCH_BYTES)
 			pthread_cond_signal(&hop_cv);
@@ -396,7 +394,7 @@ hop_forward(const HopEvent *ev)
 {
 	if (hop_bus == NULL || !hop_enabled || !hop_running)
 		return;
-	append(&hop_buf, &ev->base);
+	append(&hop_buf, hop_head, hop_head_len, &ev->base);
 }
 
 /* hop_receipt - queue a receipt for the notifier (r borrowed); when the
@@ -416,7 +414,7 @@ hop_receipt(const Receipt *r, const char *sender)
 			bus_publish(hop_bus, subj, buf, len);
 		return;
 	}
-	append(&rcpt_buf, &r->base);
+	append(&rcpt_buf, rcpt_head, sizeof(rcpt_head), &r->base);
 }
 
 static void

@@ -41,15 +41,16 @@ it_hook_at(struct h_stack *s, const char *name, int p, char *out, size_t outsz,
 	/* wait until it listens */
 	char url[64];
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/", p);
-	for (int i = 0; i < 100; i++) {
+	for (int i = 0; i < 200; i++) {
 		struct h_resp r;
 		int ok = h_http("GET", url, NULL, NULL, 0, &r) == 0;
 		h_resp_free(&r);
 		if (ok)
-			break;
+			return p;
 		h_sleep_ms(50);
 	}
-	return p;
+	ck_abort_msg("hook %s never listened on %d", name, p);
+	return -1;
 }
 
 /* it_connector - start a connector for agent id */

@@ -50,54 +50,27 @@ teardown(void)
 	h_stop_all(&st);
 }
 
-/* a demo hook on a given port answering status; its lines go to *out */
+/* a demo hook on a given port answering status (headers logged); its
+ * lines go to *out */
 static struct h_proc *
 hook_on(const char *name, int port, int status, char *out, size_t outsz)
 {
-	char p[16], s[16], url[64];
-	snprintf(p, sizeof(p), "%d", port);
+	char s[16];
+	const char *args[] = { "--status", s, "--headers", NULL };
+
 	snprintf(s, sizeof(s), "%d", status);
-	snprintf(out, outsz, "%s/%s.jsonl", st.dir, name);
-	const char *argv[] = { "--port", p, "--name", name, "--status", s, "--out", out,
-		"--headers", NULL };
-	struct h_proc *hp = h_spawn(&st, name, "clawrelay-demo-hook", 0, NULL, argv);
-	snprintf(url, sizeof(url), "http://127.0.0.1:%d/healthz", port);
-	for (int i = 0; i < 200; i++) {
-		struct h_resp r;
-		int ok = h_http("GET", url, NULL, NULL, 0, &r) == 0 && r.status == 200;
-		h_resp_free(&r);
-		if (ok)
-			return hp;
-		h_sleep_ms(50);
-	}
-	ck_abort_msg("hook %s never listened on %d", name, port);
-	return NULL;
+	it_hook_at(&st, name, port, out, outsz, args);
+	return h_find(&st, name);
 }
 
 /* a connector for id with its hook on hook_port and extra settings */
 static struct h_proc *
 connector(const char *id, int hook_port, const char *const *extra)
 {
-	char e_agent[200], e_key[500], e_gw[128], e_hook[256], e_data[400], key[400], name[64];
-	const char *env[32];
-	int n = 0;
+	char url[64];
 
-	h_key_path(&st, id, key, sizeof(key));
-	snprintf(e_agent, sizeof(e_agent), "CLAWRELAY_AGENT_ID=%s", id);
-	snprintf(e_key, sizeof(e_key), "CLAWRELAY_KEY_FILE=%s", key);
-	snprintf(e_gw, sizeof(e_gw), "CLAWRELAY_GATEWAY_URL=%s", st.gw_url);
-	snprintf(e_hook, sizeof(e_hook), "CLAWRELAY_HOOK_URL=http://127.0.0.1:%d/hook", hook_port);
-	snprintf(e_data, sizeof(e_data), "CLAWRELAY_DATA_DIR=%s/connector-%s", st.dir, id);
-	snprintf(name, sizeof(name), "connector-%s", id);
-	env[n++] = e_agent;
-	env[n++] = e_key;
-	env[n++] = e_gw;
-	env[n++] = e_hook;
-	env[n++] = e_data;
-	for (int i = 0; extra && extra[i] && n < 31; i++)
-		env[n++] = extra[i];
-	env[n] = NULL;
-	return h_spawn(&st, name, "clawrelay-connector", h_free_port(), env, NULL);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/hook", hook_port);
+	return it_connector_env(&st, id, url, extra);
 }
 
 /* GET /v1/status of a connector; caller frees with cJSON_Delete */
