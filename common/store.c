@@ -187,8 +187,6 @@ store_open(const char *dir, size_t map_size_bytes, unsigned max_dbs,
 		goto fail;
 	if ((rc = mdb_env_set_maxreaders(st->env, STORE_MAX_READERS)) != 0)
 		goto fail;
-	if (!(flags & STORE_FULLSYNC))
-		envflags |= MDB_NOMETASYNC;
 	if (flags & STORE_NOSYNC)
 		envflags |= MDB_NOSYNC;
 	if (flags & STORE_RDONLY)

@@ -37,11 +37,13 @@
  *   - Open one environment (directory) once per process, and never use a
  *     store across fork(): open it again in the child.
  *
- * Durability: each commit fsyncs the data (fdatasync); with the default
- * MDB_NOMETASYNC the meta page is flushed by the next commit's sync, so a
- * process crash loses nothing acknowledged, and an OS crash or power loss
- * may undo the last committed group (everything after it is unaffected).
- * STORE_FULLSYNC syncs the meta page too (two syncs per commit);
+ * Durability: each commit syncs the data pages (fdatasync) and then the meta
+ * page (LMDB writes it through a descriptor opened O_DSYNC), so a committed
+ * group survives a process crash, an OS crash and a power cut alike: a
+ * caller may acknowledge what a commit returned for. MDB_NOMETASYNC is never
+ * used: it would leave the meta page to the next commit's sync, and a power
+ * cut could undo the last acknowledged group. Commits are grouped instead
+ * (store_committer), which is what keeps two syncs per commit cheap.
  * STORE_NOSYNC skips syncing altogether (tests, benchmarks).
  */
 #ifndef CR_STORE_H
@@ -54,7 +56,6 @@
 
 /* store_open flags */
 #define STORE_NOSYNC   0x1 /* no fsync on commit: tests and benchmarks only */
-#define STORE_FULLSYNC 0x2 /* also sync the meta page (no MDB_NOMETASYNC) */
 #define STORE_RDONLY   0x4 /* open read-only (tools) */
 
 #define STORE_KEY_MAX 511            /* LMDB's default maximum key size */

@@ -5,7 +5,7 @@
 set -eu
 PKGS="build-essential pkg-config protobuf-c-compiler libprotobuf-c-dev libnats-dev
 libcivetweb-dev liblmdb-dev lmdb-utils check libssl-dev openssl libcurl4-openssl-dev
-libwebsockets-dev libcjson-dev libsodium-dev nats-server curl valgrind python3 procps
+libwebsockets-dev libcjson-dev libsodium-dev nats-server curl valgrind strace python3 procps
 chromium fonts-dejavu-core"
 missing=""
 for p in $PKGS; do

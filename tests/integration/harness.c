@@ -295,6 +295,9 @@ h_spawn(struct h_stack *s, const char *name, const char *prog, int port,
 		argv[a++] = vg_log;
 		p->valgrind = 1;
 	}
+	if (s->wrap_name != NULL && strcmp(name, s->wrap_name) == 0 && !p->valgrind)
+		for (int i = 0; s->wrap_argv[i] != NULL && a < 24; i++)
+			argv[a++] = (char *)(uintptr_t)s->wrap_argv[i];
 	argv[a++] = path;
 	for (int i = 0; args && args[i] && a < 31; i++)
 		argv[a++] = (char *)(uintptr_t)args[i];

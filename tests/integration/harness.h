@@ -31,6 +31,11 @@ struct h_stack {
 	int nprocs;
 	int gw_port;
 	char gw_url[64];
+	/* h_spawn runs the process named wrap_name under wrap_argv (a command
+	 * and its arguments, NULL-terminated; the binary's path follows them):
+	 * strace for a test that reads a service's system calls */
+	const char *wrap_name;
+	const char *const *wrap_argv;
 };
 
 /* processes that ended with valgrind's error exit code (see h_kill) */
