@@ -13,6 +13,7 @@
 static char log_svc[64] = "clawrelay";
 static char log_instance[128] = "";
 static enum log_level log_min = LOG_INFO;
+static int log_fd = STDOUT_FILENO;
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
 /* log_init - set the service name and instance (copied) and the level */
@@ -22,6 +23,14 @@ log_init(const char *svc, const char *instance, enum log_level level)
 	snprintf(log_svc, sizeof(log_svc), "%s", svc ? svc : "clawrelay");
 	snprintf(log_instance, sizeof(log_instance), "%s", instance ? instance : "");
 	log_min = level;
+}
+
+/* log_set_fd - write log lines to fd instead of stdout (the CLI: stderr,
+ * so that a command's standard output is only what it prints) */
+void
+log_set_fd(int fd)
+{
+	log_fd = fd;
 }
 
 /* log_level_parse - "debug|info|warn|error" to a level; -1 if unknown */
@@ -110,6 +119,6 @@ log_write(enum log_level level, const struct log_ctx *ctx, const char *fmt, ...)
 		off = sizeof(buf) - 3;
 	buf[off++] = '}';
 	buf[off++] = '\n';
-	ssize_t w = write(STDOUT_FILENO, buf, off);
+	ssize_t w = write(log_fd, buf, off);
 	(void)w;
 }

@@ -1,5 +1,5 @@
 /*
- * log.h - JSON-line logs on stdout.
+ * log.h - JSON-line logs on stdout (or another descriptor: log_set_fd).
  *
  * One JSON object per line: ts, level, svc, instance, msg, and
  * correlation_id / message_id / agent when the context has them. The level is
@@ -21,6 +21,8 @@ struct log_ctx {
 
 /* log_init - set the service name and instance (copied) and the level */
 void log_init(const char *svc, const char *instance, enum log_level level);
+/* log_set_fd - write log lines to fd instead of stdout; call before threads start */
+void log_set_fd(int fd);
 /* log_level_parse - "debug|info|warn|error" to a level; -1 if unknown */
 int log_level_parse(const char *s);
 /* log_enabled - would a line at this level be written? */

@@ -9,6 +9,7 @@
  * from nats.c's threads.
  */
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,9 +89,12 @@ main(int argc, char **argv)
 		}
 		c.kv_replicas = (int)n;
 	}
-	/* the library logs JSON lines on stdout: keep them to real errors */
+	/* the library's log lines go to stderr, keep to real errors unless asked:
+	 * standard output is only what a command prints (one JSON document for
+	 * every --json command) */
 	lvl = log_level_parse(env_or("CLAWRELAY_LOG_LEVEL", "error"));
 	log_init("clawrelay", "cli", lvl < 0 ? LOG_ERROR : (enum log_level)lvl);
+	log_set_fd(STDERR_FILENO);
 
 	/* global options before the command */
 	for (i = 1; i < argc && argv[i][0] == '-'; i++) {

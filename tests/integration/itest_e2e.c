@@ -128,6 +128,23 @@ START_TEST(connector_to_connector)
 			h_sleep_ms(100);
 	}
 	ck_assert_msg(ok, "trace does not show every hop in order");
+
+	/* --json: standard output is exactly one JSON document, whatever the
+	 * log level (the CLI's log lines go to standard error) */
+	setenv("CLAWRELAY_LOG_LEVEL", "debug", 1);
+	sb_init(&out);
+	const char *targs[] = { "trace", "e2e-corr-1", "--json", NULL };
+	ck_assert_int_eq(h_cli(&st, &out, targs), 0);
+	unsetenv("CLAWRELAY_LOG_LEVEL");
+	const char *end = NULL;
+	cJSON *tj = cJSON_ParseWithOpts(out.data, &end, 0);
+	ck_assert_msg(tj != NULL, "trace --json did not parse: %s", out.data);
+	while (end && (*end == '\n' || *end == ' '))
+		end++;
+	ck_assert_msg(end && *end == '\0', "trace --json printed more than one document: %s", out.data);
+	ck_assert_ptr_nonnull(strstr(out.data, "delivered"));
+	cJSON_Delete(tj);
+	sb_free(&out);
 }
 END_TEST
 

@@ -77,6 +77,31 @@ START_TEST(json_lines)
 }
 END_TEST
 
+static void
+write_to_stderr(void)
+{
+	char path[] = "/tmp/clawrelay-logtest-XXXXXX";
+	int fd = mkstemp(path);
+	log_init("clawrelay", "cli", LOG_DEBUG);
+	log_set_fd(fd);
+	log_warn(NULL, "nats disconnected (%s)", "req");
+	log_set_fd(STDOUT_FILENO);
+	char buf[512] = "";
+	ck_assert_int_gt(pread(fd, buf, sizeof(buf) - 1, 0), 0);
+	close(fd);
+	unlink(path);
+	ck_assert_ptr_nonnull(strstr(buf, "\"msg\":\"nats disconnected (req)\""));
+}
+
+/* log_set_fd: the CLI's lines go to its descriptor, never to stdout */
+START_TEST(other_fd)
+{
+	char *out = capture(write_to_stderr);
+	ck_assert_str_eq(out, "");
+	free(out);
+}
+END_TEST
+
 START_TEST(prometheus_text)
 {
 	struct strbuf sb;
@@ -107,6 +132,7 @@ main(void)
 	Suite *s = suite_create("log");
 	TCase *tc = tcase_create("core");
 	tcase_add_test(tc, json_lines);
+	tcase_add_test(tc, other_fd);
 	tcase_add_test(tc, prometheus_text);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
