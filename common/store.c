@@ -42,6 +42,8 @@ struct store {
 	_Atomic uint64_t last_commit_us;
 	_Atomic uint64_t last_batch_ops;
 	_Atomic uint64_t last_group_batches;
+	_Atomic int last_rc;               /* of the last write txn (0: it committed) */
+	_Atomic uint64_t failing_since_ms; /* wall clock of the first failure in a row */
 };
 
 enum store_op_kind { STORE_OP_PUT, STORE_OP_DEL };
@@ -118,6 +120,14 @@ err_from_mdb(int rc)
 	default:
 		return CR_ERR_IO;
 	}
+}
+
+static uint64_t
+store_wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static uint64_t
@@ -250,8 +260,11 @@ count_commit(struct store *st, uint64_t t0, size_t nops, size_t nbatches,
 	if (rc != 0) {
 		atomic_fetch_add_explicit(&st->commit_failures, 1,
 		    memory_order_relaxed);
+		if (atomic_exchange(&st->last_rc, rc) == 0)
+			atomic_store(&st->failing_since_ms, store_wall_ms());
 		return;
 	}
+	atomic_store(&st->last_rc, 0);
 	atomic_fetch_add_explicit(&st->commits, 1, memory_order_relaxed);
 	/* LMDB skips the sync of a txn that changed nothing */
 	if (nops > 0 && !(st->flags & STORE_NOSYNC))
@@ -424,6 +437,16 @@ store_stats(const struct store *st, struct store_stats *out)
 	    memory_order_relaxed);
 	out->last_group_batches = atomic_load_explicit(&s->last_group_batches,
 	    memory_order_relaxed);
+	out->last_rc = atomic_load(&s->last_rc);
+	out->failing_since_ms = out->last_rc != 0 ? atomic_load(&s->failing_since_ms) : 0;
+}
+
+/* store_rc_text - what a store_stats.last_rc means (LMDB's or the OS's
+ * text, static) */
+const char *
+store_rc_text(int rc)
+{
+	return mdb_strerror(rc);
 }
 
 /* --- batches --- */

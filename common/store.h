@@ -79,7 +79,13 @@ struct store_stats {
 	uint64_t last_commit_us;   /* latency of the last commit (txn + fsync) */
 	uint64_t last_batch_ops;   /* ops in the last committed txn */
 	uint64_t last_group_batches; /* committer batches in the last group */
+	int last_rc;               /* result of the last write txn: 0, or an LMDB/errno
+	                            * code (store_rc_text) while writes fail */
+	uint64_t failing_since_ms; /* unix ms of the first of the failures in a row; 0 */
 };
+
+/* store_rc_text - what a store_stats.last_rc means (static text) */
+const char *store_rc_text(int rc);
 
 /* store_open - open (creating dir, mkdir -p) an LMDB environment with the
  * given map size (0: STORE_DEFAULT_MAP_SIZE), named-database limit (0:

@@ -144,6 +144,7 @@ session_tick(struct svc *svc, void *arg)
 		if (s->parts[p].leased)
 			session_sweep(s, &s->parts[p]);
 	session_metrics_tick(s);
+	session_health_tick(s);
 }
 
 static int
@@ -151,9 +152,9 @@ session_ready(struct svc *svc, void *arg)
 {
 	struct session *s = arg;
 
-	/* ready once the lease bucket answers; owning zero partitions is fine
-	 * for a standby replica */
-	return s->leases != NULL;
+	/* ready once the lease bucket answers (owning zero partitions is fine
+	 * for a standby replica) and while every served store can be written */
+	return s->leases != NULL && session_health_failing(s) == 0;
 }
 
 static void
@@ -197,6 +198,7 @@ session_status(struct svc *svc, void *arg, cJSON *obj)
 	cJSON_AddNumberToObject(obj, "queueDepth", (double)depth);
 	cJSON_AddNumberToObject(obj, "inflight", (double)inflight);
 	cJSON_AddNumberToObject(obj, "agentsOnline", (double)online);
+	session_health_status(s, obj);
 	if (s->brk != NULL)
 		brkset_status(s->brk, obj);
 }
@@ -206,6 +208,7 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 {
 	struct session *s = arg;
 	uint64_t commits = 0, fails = 0, ops = 0, batches = 0, syncs = 0, lazy = 0, lazyc = 0;
+	int failing = 0;
 	uint32_t owned = 0;
 
 	sb_printf(sb, "# HELP clawrelay_session_last_commit_ops ops in the last group commit\n"
@@ -222,6 +225,7 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 			lazy += ss.lazy_batches;
 			lazyc += ss.lazy_commits;
 			fails += ss.commit_failures;
+			failing += ss.last_rc != 0;
 			ops += ss.ops;
 			batches += ss.batches;
 			owned++;
@@ -233,6 +237,9 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 	/* per open period of the partitions served now */
 	sb_printf(sb, "# HELP clawrelay_session_commits group commits (txn + fsync)\n"
 	    "# TYPE clawrelay_session_commits gauge\nclawrelay_session_commits %llu\n"
+	    "# HELP clawrelay_session_store_failing served partitions whose store's last write "
+	    "failed (full disk, I/O error)\n"
+	    "# TYPE clawrelay_session_store_failing gauge\nclawrelay_session_store_failing %d\n"
 	    "# HELP clawrelay_session_commit_failures failed commits\n"
 	    "# TYPE clawrelay_session_commit_failures gauge\nclawrelay_session_commit_failures %llu\n"
 	    "# HELP clawrelay_session_commit_ops puts/deletes committed\n"
@@ -250,7 +257,7 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 	    "# HELP clawrelay_session_commits_lazy_only commits that held lazy batches only\n"
 	    "# TYPE clawrelay_session_commits_lazy_only gauge\n"
 	    "clawrelay_session_commits_lazy_only %llu\n",
-	    (unsigned long long)commits, (unsigned long long)fails, (unsigned long long)ops,
+	    (unsigned long long)commits, failing, (unsigned long long)fails, (unsigned long long)ops,
 	    (unsigned long long)batches, owned, (unsigned long long)syncs,
 	    (unsigned long long)lazy, (unsigned long long)lazyc);
 	if (s->brk != NULL)

@@ -44,6 +44,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include <cJSON.h>
 #include <nats/nats.h>
 
 #include "brkset.h"
@@ -157,6 +158,7 @@ struct session_part {
 	uint64_t depth;                 /* messages in the partition (as n above) */
 	uint64_t inflight;
 	/* lease (main thread only) */
+	int store_failing_seen;         /* session_health.c: failure logged */
 	int leased;
 	uint64_t lease_rev;
 	uint64_t lease_ok;              /* mono ms of the last good create/update */
@@ -313,6 +315,13 @@ void session_nonce_free(struct session_nonce_set *ns);
 void session_sweep(struct session *s, struct session_part *pp);
 /* session_metrics_tick - queue gauges per partition and lane (main thread; session_metrics.c) */
 void session_metrics_tick(struct session *s);
+/* session_health_tick - probe stores whose writes failed, count them (main
+ * thread; session_health.c) */
+void session_health_tick(struct session *s);
+/* session_health_status - the failing stores and their errors, for /v1/status */
+void session_health_status(struct session *s, cJSON *obj);
+/* session_health_failing - served partitions whose last write failed (any thread) */
+int session_health_failing(struct session *s);
 
 /* session_lease.c */
 /* session_lease_tick - renew held leases, drop lost ones, take free ones (tick) */
