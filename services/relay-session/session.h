@@ -230,6 +230,19 @@ session_be64_get(const unsigned char *p)
 }
 
 /* session_part.c */
+/* Idempotency entries (session_idem.c has their layout) */
+#define SESSION_IDEM_FIXED (8 + 1 + 8 + 32)
+#define SESSION_IDEM_DELIVERED 'D'
+#define SESSION_IDEM_EXPIRED   'E'
+#define SESSION_IDEM_FAILED    'F'
+/* session_idem_finish - in w's batch, mark the entry of sl's message (if it
+ * has a key) with its final state; caller holds mu; 0 or -1 */
+int session_idem_finish(struct session_part *pp, const struct session_slot *sl, char final,
+    struct session_work *w);
+/* session_idem_final_state - the state an entry records for a message that
+ * left the queue: "delivered", "expired" or "failed" */
+const char *session_idem_final_state(const void *v, size_t vl);
+
 /* session_key_make - queue key of (recipient, lane, seq) into out
  * (SESSION_KEY_MAX bytes); returns its length, 0 if recipient is too long */
 size_t session_key_make(unsigned char *out, const char *recipient, int lane, uint64_t seq);

@@ -3,9 +3,9 @@
  * then a grouped durable commit; the requester is answered only from the
  * commit's callback (a 202 means the message is on disk).
  *
- * Idempotency entries ("<sender>\0<key>" in DB idem) hold:
- *   created_ms be64 | lane u8 | seq be64 | sha256(payload) [32] |
- *   message_id \0 correlation_id \0 recipient \0
+ * Idempotency entries ("<sender>\0<key>" in DB idem; layout in
+ * session_idem.c, which also adds the final state when a message leaves the
+ * queue)
  * Until its commit lands an entry also sits in the partition's in-memory
  * pending table, so two racing requests with one key cannot both queue.
  *
@@ -40,7 +40,6 @@
 #include "session.h"
 #include "util.h"
 
-#define IDEM_FIXED (8 + 1 + 8 + 32)
 
 /* the answers of an enqueue_batch request */
 struct enq_batch {
@@ -364,13 +363,13 @@ idem_check_locked(struct session_part *pp, const struct enq_target *reply, const
 	if (store_get(pp->st, pp->dbidem, ikey, iklen, &v, &vl) != CR_OK)
 		return 0;
 	p = v;
-	if (vl < IDEM_FIXED + 3)
+	if (vl < SESSION_IDEM_FIXED + 3)
 		goto stale;
 	created = session_be64_get(p);
 	if (created + (uint64_t)s->cfg.idem_window_s * 1000u < now_ms())
 		goto stale;
 	end = (const char *)p + vl;
-	mid = (const char *)p + IDEM_FIXED;
+	mid = (const char *)p + SESSION_IDEM_FIXED;
 	cid = memchr(mid, 0, (size_t)(end - mid));
 	if (cid == NULL || ++cid >= end)
 		goto stale;
@@ -378,12 +377,12 @@ idem_check_locked(struct session_part *pp, const struct enq_target *reply, const
 	if (rcpt == NULL || ++rcpt >= end || memchr(rcpt, 0, (size_t)(end - rcpt)) == NULL)
 		goto stale;
 	{
-		/* still in the queue? then "queued", else it has left it */
+		/* still in the queue? then "queued", else what became of it */
 		unsigned char qk[SESSION_KEY_MAX];
 		size_t qkl = session_key_make(qk, rcpt, p[8], session_be64_get(p + 9));
 		void *qv = NULL;
 		size_t qvl;
-		const char *state = "delivered";
+		const char *state = session_idem_final_state(v, vl);
 
 		if (qkl != 0 && store_get(pp->st, pp->dbq, qk, qkl, &qv, &qvl) == CR_OK)
 			state = "queued";
@@ -574,7 +573,7 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	if (ikey != NULL) {
 		size_t ml = strlen(e->message_id), cl = strlen(e->correlation_id),
 		    rl = strlen(e->recipient);
-		size_t ivl = IDEM_FIXED + ml + 1 + cl + 1 + rl + 1;
+		size_t ivl = SESSION_IDEM_FIXED + ml + 1 + cl + 1 + rl + 1;
 		unsigned char *iv = malloc(ivl);
 		struct session_idem_pending *ip = calloc(1, sizeof(*ip));
 		uint32_t h = fnv1a32(ikey) % SESSION_IDEM_BUCKETS;
@@ -588,9 +587,9 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 		iv[8] = (unsigned char)lane;
 		session_be64_put(iv + 9, seq);
 		memcpy(iv + 17, sha, 32);
-		memcpy(iv + IDEM_FIXED, e->message_id, ml + 1);
-		memcpy(iv + IDEM_FIXED + ml + 1, e->correlation_id, cl + 1);
-		memcpy(iv + IDEM_FIXED + ml + 1 + cl + 1, e->recipient, rl + 1);
+		memcpy(iv + SESSION_IDEM_FIXED, e->message_id, ml + 1);
+		memcpy(iv + SESSION_IDEM_FIXED + ml + 1, e->correlation_id, cl + 1);
+		memcpy(iv + SESSION_IDEM_FIXED + ml + 1 + cl + 1, e->recipient, rl + 1);
 		err = store_batch_put(b, pp->dbidem, ikey, iklen, iv, ivl);
 		free(iv);
 		ip->key = ikey;
