@@ -242,6 +242,37 @@ int session_idem_finish(struct session_part *pp, const struct session_slot *sl, 
 /* session_idem_final_state - the state an entry records for a message that
  * left the queue: "delivered", "expired" or "failed" */
 const char *session_idem_final_state(const void *v, size_t vl);
+/* the pending table of entries and claims whose commit has not landed
+ * (caller holds mu): find; add (takes key; NULL when out of memory); remove */
+struct session_idem_pending *session_idem_pending_find(struct session_part *pp, const char *key,
+    size_t klen);
+struct session_idem_pending *session_idem_pending_add(struct session_part *pp, char *key,
+    size_t klen, const char *mid, const char *cid, const char *rcpt, const unsigned char *sha);
+void session_idem_pending_remove(struct session_part *pp, struct session_idem_pending *ip);
+
+/* Idempotency keys across partitions (session_claim.c) */
+struct session_claim_owner {
+	char message_id[ULID_LEN + 1];
+	char correlation_id[256];
+	char recipient[129];
+};
+enum { SESSION_CLAIM_OK = 0, SESSION_CLAIM_TAKEN, SESSION_CLAIM_ERROR };
+struct session_claim_result {
+	int status;                       /* SESSION_CLAIM_* */
+	struct session_claim_owner owner; /* TAKEN: who holds the key */
+	char error[160];                  /* ERROR: why */
+};
+typedef void (*session_claim_fn)(void *arg, const struct session_claim_result *r);
+/* session_claim_ask - ask the sender's partition to claim e's key for e's
+ * recipient; fn runs once (another thread, or at once on failure) */
+void session_claim_ask(struct session *s, const Envelope *e, const unsigned char *sha,
+    session_claim_fn fn, void *arg);
+/* session_claim_handle - S's side: answer an IdemClaim (msg borrowed) */
+void session_claim_handle(struct session_part *pp, natsMsg *msg);
+/* session_claim_taken_locked - in the sender's partition: is the key claimed
+ * for another recipient? 1 with its owner; caller holds mu */
+int session_claim_taken_locked(struct session_part *pp, const char *sender, const char *key,
+    const char *rcpt, struct session_claim_owner *o);
 
 /* session_key_make - queue key of (recipient, lane, seq) into out
  * (SESSION_KEY_MAX bytes); returns its length, 0 if recipient is too long */

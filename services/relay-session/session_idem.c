@@ -10,12 +10,18 @@
  * that is gone is answered with what became of it. An entry without it
  * (written before it existed) reads as delivered, as it used to.
  *
+ * Until its commit lands an entry (or a claim, session_claim.c) also sits
+ * in the partition's pending table, so two racing requests with one key
+ * cannot both be taken.
+ *
  * Threads: the callers hold the partition's mu.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "session.h"
+#include "util.h"
 
 /* the end of the recipient's \0 in an entry, or NULL if malformed */
 static const unsigned char *
@@ -92,4 +98,61 @@ session_idem_final_state(const void *v, size_t vl)
 		}
 	}
 	return "delivered";
+}
+
+/* session_idem_pending_find - the pending entry of key, or NULL */
+struct session_idem_pending *
+session_idem_pending_find(struct session_part *pp, const char *key, size_t klen)
+{
+	uint32_t h = fnv1a32(key) % SESSION_IDEM_BUCKETS;	/* up to the sender's \0 */
+
+	for (struct session_idem_pending *ip = pp->idem[h]; ip; ip = ip->next)
+		if (ip->klen == klen && memcmp(ip->key, key, klen) == 0)
+			return ip;
+	return NULL;
+}
+
+/* session_idem_pending_add - a pending entry for key (takes key, a malloc'd
+ * string of klen bytes plus a \0; freed here on failure); the IDs are copied.
+ * NULL when out of memory. */
+struct session_idem_pending *
+session_idem_pending_add(struct session_part *pp, char *key, size_t klen, const char *mid,
+    const char *cid, const char *rcpt, const unsigned char *sha)
+{
+	struct session_idem_pending *ip = calloc(1, sizeof(*ip));
+	uint32_t h = fnv1a32(key) % SESSION_IDEM_BUCKETS;
+
+	if (ip == NULL || (ip->correlation_id = strdup(cid)) == NULL ||
+	    (ip->recipient = strdup(rcpt)) == NULL) {
+		if (ip != NULL)
+			free(ip->correlation_id);
+		free(ip);
+		free(key);
+		return NULL;
+	}
+	ip->key = key;
+	ip->klen = klen;
+	snprintf(ip->message_id, sizeof(ip->message_id), "%s", mid);
+	memcpy(ip->sha, sha, 32);
+	ip->next = pp->idem[h];
+	pp->idem[h] = ip;
+	return ip;
+}
+
+/* session_idem_pending_remove - unlink and free ip */
+void
+session_idem_pending_remove(struct session_part *pp, struct session_idem_pending *ip)
+{
+	uint32_t h = fnv1a32(ip->key) % SESSION_IDEM_BUCKETS;
+
+	for (struct session_idem_pending **pip = &pp->idem[h]; *pip; pip = &(*pip)->next) {
+		if (*pip == ip) {
+			*pip = ip->next;
+			break;
+		}
+	}
+	free(ip->key);
+	free(ip->correlation_id);
+	free(ip->recipient);
+	free(ip);
 }

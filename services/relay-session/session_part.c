@@ -333,6 +333,8 @@ on_part_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closu
 		session_enqueue(pp, msg);
 	else if (strcmp(last, "enqueue_batch") == 0)
 		session_enqueue_batch(pp, msg);
+	else if (strcmp(last, "idem_claim") == 0)
+		session_claim_handle(pp, msg);
 	else if (strcmp(last, "connect") == 0)
 		handle_connect(pp, msg, 0);
 	else if (strcmp(last, "disconnect") == 0)

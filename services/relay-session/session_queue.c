@@ -190,34 +190,6 @@ depth_of(const struct session_agent *a)
 	return a->n[0] + a->n[1] + a->n[2];
 }
 
-static struct session_idem_pending *
-idem_pending_find(struct session_part *pp, const char *key, size_t klen)
-{
-	uint32_t h = fnv1a32(key) % SESSION_IDEM_BUCKETS;	/* sender part */
-
-	for (struct session_idem_pending *ip = pp->idem[h]; ip; ip = ip->next)
-		if (ip->klen == klen && memcmp(ip->key, key, klen) == 0)
-			return ip;
-	return NULL;
-}
-
-static void
-idem_pending_remove(struct session_part *pp, struct session_idem_pending *ip)
-{
-	uint32_t h = fnv1a32(ip->key) % SESSION_IDEM_BUCKETS;
-
-	for (struct session_idem_pending **pip = &pp->idem[h]; *pip; pip = &(*pip)->next) {
-		if (*pip == ip) {
-			*pip = ip->next;
-			break;
-		}
-	}
-	free(ip->key);
-	free(ip->correlation_id);
-	free(ip->recipient);
-	free(ip);
-}
-
 /* commit finished (committer thread): answer, then dispatch */
 static void
 enq_done(void *arg, enum cr_err result)
@@ -248,7 +220,7 @@ enq_done(void *arg, enum cr_err result)
 		}
 		depth = depth_of(a);
 		if (c->ip != NULL)
-			idem_pending_remove(pp, c->ip);
+			session_idem_pending_remove(pp, c->ip);
 		/* a failed commit stored no nonce: the request may come again */
 		if (c->has_nonce && result != CR_OK)
 			session_nonce_del(&pp->nonces, &c->nonce);
@@ -348,7 +320,7 @@ idem_check_locked(struct session_part *pp, const struct enq_target *reply, const
     const char *ikey, size_t iklen, const unsigned char *sha)
 {
 	struct session *s = pp->s;
-	struct session_idem_pending *ip = idem_pending_find(pp, ikey, iklen);
+	struct session_idem_pending *ip = session_idem_pending_find(pp, ikey, iklen);
 	void *v = NULL;
 	size_t vl = 0;
 	const unsigned char *p;
@@ -396,9 +368,13 @@ stale:
 	return 0;
 }
 
-/* enqueue one envelope (taken), answered through *reply */
+static void claim_start(struct session_part *pp, Envelope *e, const struct enq_target *reply,
+    const unsigned char *sha);
+
+/* enqueue one envelope (taken), answered through *reply; claimed: its
+ * idempotency key was claimed in the sender's partition already */
 static void
-enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply)
+enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply, int claimed)
 {
 	struct session *s = pp->s;
 	struct enq_ctx *c = NULL;
@@ -505,6 +481,24 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	}
 	if (ikey != NULL && idem_check_locked(pp, reply, e, ikey, iklen, sha))
 		goto out;
+	if (ikey != NULL && !claimed) {
+		/* the key's owner is the sender's partition (session_claim.c) */
+		struct session_claim_owner o;
+
+		if (partition_of(e->sender, s->nparts) != pp->idx) {
+			session_work_flush_unlock(pp, &w);
+			locked = 0;
+			claim_start(pp, e, reply, sha);
+			e = NULL;
+			goto out;
+		}
+		if (session_claim_taken_locked(pp, e->sender, e->idempotency_key, e->recipient, &o)) {
+			reply_to(s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_CONFLICT, o.message_id,
+			    o.correlation_id, "accepted", 0, 0,
+			    "idempotency key reused with another recipient or payload");
+			goto out;
+		}
+	}
 	if ((a = session_agent_get(pp, e->recipient, 1)) == NULL)
 		goto nomem;
 	if (e->kind != CLAWRELAY__V1__KIND__KIND_DELIVERY_STATUS) {
@@ -575,14 +569,10 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 		    rl = strlen(e->recipient);
 		size_t ivl = SESSION_IDEM_FIXED + ml + 1 + cl + 1 + rl + 1;
 		unsigned char *iv = malloc(ivl);
-		struct session_idem_pending *ip = calloc(1, sizeof(*ip));
-		uint32_t h = fnv1a32(ikey) % SESSION_IDEM_BUCKETS;
+		struct session_idem_pending *ip;
 
-		if (iv == NULL || ip == NULL) {
-			free(iv);
-			free(ip);
+		if (iv == NULL)
 			goto nomem;
-		}
 		session_be64_put(iv, wall);
 		iv[8] = (unsigned char)lane;
 		session_be64_put(iv + 9, seq);
@@ -592,26 +582,20 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 		memcpy(iv + SESSION_IDEM_FIXED + ml + 1 + cl + 1, e->recipient, rl + 1);
 		err = store_batch_put(b, pp->dbidem, ikey, iklen, iv, ivl);
 		free(iv);
-		ip->key = ikey;
-		ip->klen = iklen;
-		ikey = NULL;
-		snprintf(ip->message_id, sizeof(ip->message_id), "%s", e->message_id);
-		ip->correlation_id = strdup(e->correlation_id);
-		ip->recipient = strdup(e->recipient);
-		memcpy(ip->sha, sha, 32);
-		ip->next = pp->idem[h];
-		pp->idem[h] = ip;
-		c->ip = ip;
-		if (err != CR_OK || ip->correlation_id == NULL || ip->recipient == NULL) {
-			idem_pending_remove(pp, ip);
+		if (err != CR_OK)
 			goto nomem;
-		}
+		ip = session_idem_pending_add(pp, ikey, iklen, e->message_id, e->correlation_id,
+		    e->recipient, sha);
+		ikey = NULL;	/* the pending entry owns it, or it was freed */
+		if (ip == NULL)
+			goto nomem;
+		c->ip = ip;
 	}
 	if (nklen > 0) {
 		if (store_batch_put(b, pp->dbnonce, nkey, nklen, NULL, 0) != CR_OK ||
 		    session_nonce_add(&pp->nonces, &nent) != 0) {
 			if (c->ip)
-				idem_pending_remove(pp, c->ip);
+				session_idem_pending_remove(pp, c->ip);
 			goto nomem;
 		}
 		c->has_nonce = 1;
@@ -628,7 +612,7 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	c->t.subj = reply->b == NULL ? strdup(reply->subj ? reply->subj : "") : NULL;
 	if (reply->b == NULL && c->t.subj == NULL) {
 		if (c->ip)
-			idem_pending_remove(pp, c->ip);
+			session_idem_pending_remove(pp, c->ip);
 		if (c->has_nonce)
 			session_nonce_del(&pp->nonces, &c->nonce);
 		goto nomem;
@@ -649,7 +633,7 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 		if (pr != NULL)
 			session_pair_sub(pp, a, e->sender, vlen);
 		if (c->ip)
-			idem_pending_remove(pp, c->ip);
+			session_idem_pending_remove(pp, c->ip);
 		if (c->has_nonce)
 			session_nonce_del(&pp->nonces, &c->nonce);
 		free((char *)(uintptr_t)c->t.subj);
@@ -683,6 +667,67 @@ out:
 	env_free(e);
 }
 
+/* an enqueue waiting for its key's claim (session_claim.c) */
+struct claim_wait {
+	struct session_part *pp;
+	Envelope *e;
+	struct enq_target t;           /* subj owned when t.b == NULL */
+};
+
+static void
+on_claimed(void *arg, const struct session_claim_result *r)
+{
+	struct claim_wait *cw = arg;
+	struct session *s = cw->pp->s;
+	struct log_ctx lc = { cw->e->correlation_id, cw->e->message_id, cw->e->recipient,
+	    cw->e->trace_id };
+
+	switch (r->status) {
+	case SESSION_CLAIM_OK:
+		enqueue_env(cw->pp, cw->e, &cw->t, 1);
+		cw->e = NULL;
+		break;
+	case SESSION_CLAIM_TAKEN:
+		log_info(&lc, "idempotency key belongs to a message for another recipient (%s)",
+		    r->owner.message_id);
+		reply_to(s, &cw->t, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_CONFLICT, r->owner.message_id,
+		    r->owner.correlation_id, "accepted", 0, 0,
+		    "idempotency key reused with another recipient or payload");
+		break;
+	default:
+		log_info(&lc, "idempotency key not checked: %s", r->error);
+		reply_to(s, &cw->t, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, cw->e->message_id,
+		    cw->e->correlation_id, NULL, 0, 1, r->error);
+		break;
+	}
+	env_free(cw->e);
+	free((char *)(uintptr_t)cw->t.subj);
+	free(cw);
+}
+
+/* hand e (taken) to a claim in its sender's partition; on_claimed goes on */
+static void
+claim_start(struct session_part *pp, Envelope *e, const struct enq_target *reply,
+    const unsigned char *sha)
+{
+	struct claim_wait *cw = calloc(1, sizeof(*cw));
+
+	if (cw != NULL) {
+		cw->t = *reply;
+		cw->t.subj = reply->b == NULL ? strdup(reply->subj ? reply->subj : "") : NULL;
+	}
+	if (cw == NULL || (reply->b == NULL && cw->t.subj == NULL)) {
+		reply_to(pp->s, reply, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_UNAVAILABLE, e->message_id,
+		    e->correlation_id, NULL, 0, 1, "out of memory");
+		free(cw);
+		env_free(e);
+		return;
+	}
+	cw->pp = pp;
+	cw->e = e;
+	session_claim_ask(pp->s, e, sha, on_claimed, cw);
+}
+
 /* session_enqueue - handle one enqueue request (msg borrowed) */
 void
 session_enqueue(struct session_part *pp, natsMsg *msg)
@@ -700,7 +745,7 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 		    0, 0, why ? why : cr_strerror(err));
 		return;
 	}
-	enqueue_env(pp, e, &t);
+	enqueue_env(pp, e, &t, 0);
 }
 
 /* session_enqueue_batch - handle an enqueue_batch request (msg borrowed):
@@ -776,7 +821,7 @@ session_enqueue_batch(struct session_part *pp, natsMsg *msg)
 			env_free(e);
 			continue;
 		}
-		enqueue_env(pp, e, &t);
+		enqueue_env(pp, e, &t, 0);
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	enq_batch_release(b);

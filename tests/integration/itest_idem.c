@@ -1,9 +1,17 @@
 /*
  * itest_idem.c - idempotency keys are exact.
  *
+ * - The same key for another recipient is a 409 whatever the recipients'
+ *   partitions (it used to be one only when both hashed to one partition),
+ *   also after relay-session restarts; the same key, recipient and body is
+ *   still a duplicate (200, the original's message ID).
  * - A duplicate of a message that has left the queue is answered with what
  *   became of it: "expired" for one whose TTL passed, "delivered" for one
  *   the recipient's connector took (it used to say "delivered" for both).
+ * - The same key for another recipient is a 409 whatever the recipients'
+ *   partitions (it used to be one only when both hashed to one partition),
+ *   also after relay-session restarts; the same key, recipient and body is
+ *   still a duplicate (200, the original's message ID).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -16,7 +24,7 @@
 #define PARTITIONS 16	/* the default */
 
 static struct h_stack st;
-static char carol[64];
+static char carol[64], dave[64];
 
 static void
 setup(void)
@@ -26,16 +34,26 @@ setup(void)
 	h_start_services(&st, NULL);
 	h_agent(&st, "alice", NULL);
 	h_agent(&st, "bob", NULL);
-	/* a recipient in another partition than bob's */
-	for (int i = 0; i < 100; i++) {
-		snprintf(carol, sizeof(carol), "carol-%d", i);
-		if (fnv1a32(carol) % PARTITIONS != fnv1a32("bob") % PARTITIONS)
-			break;
+	/* partitions: bob's is not alice's; carol's is alice's own (the key's
+	 * owner checks locally); dave's is a third one (both ask alice's) */
+	uint32_t pa = fnv1a32("alice") % PARTITIONS, pb = fnv1a32("bob") % PARTITIONS;
+	ck_assert_uint_ne(pa, pb);
+	carol[0] = dave[0] = '\0';
+	for (int i = 0; i < 1000 && (!carol[0] || !dave[0]); i++) {
+		char id[64];
+		snprintf(id, sizeof(id), "agent-%d", i);
+		uint32_t p = fnv1a32(id) % PARTITIONS;
+		if (!carol[0] && p == pa)
+			snprintf(carol, sizeof(carol), "%s", id);
+		else if (!dave[0] && p != pa && p != pb)
+			snprintf(dave, sizeof(dave), "%s", id);
 	}
-	ck_assert_uint_ne(fnv1a32(carol) % PARTITIONS, fnv1a32("bob") % PARTITIONS);
+	ck_assert(carol[0] && dave[0]);
 	h_agent(&st, carol, NULL);
+	h_agent(&st, dave, NULL);
 	h_trust(&st, "alice", "bob");
 	h_trust(&st, "alice", carol);
+	h_trust(&st, "alice", dave);
 }
 
 static void
@@ -118,6 +136,52 @@ START_TEST(duplicate_tells_the_true_state)
 }
 END_TEST
 
+START_TEST(another_recipient_conflicts_across_partitions)
+{
+	char state[32], mid[64], dmid[64];
+
+	ck_assert_int_eq(post_key("bob", "k-shared", "hello", NULL, state, mid), 202);
+	/* same key, another recipient in another partition: 409, nothing queued */
+	ck_assert_int_eq(post_key(carol, "k-shared", "hello", NULL, NULL, NULL), 409);
+	ck_assert_int_eq(post_key(dave, "k-shared", "hello", NULL, NULL, NULL), 409);
+	/* the other way round too: a key first used for carol, in the sender's
+	 * own partition */
+	ck_assert_int_eq(post_key(carol, "k-carol", "hi", NULL, NULL, NULL), 202);
+	ck_assert_int_eq(post_key("bob", "k-carol", "hi", NULL, NULL, NULL), 409);
+	ck_assert_int_eq(post_key(dave, "k-carol", "hi", NULL, NULL, NULL), 409);
+	/* and one first used for dave */
+	ck_assert_int_eq(post_key(dave, "k-dave", "yo", NULL, NULL, NULL), 202);
+	ck_assert_int_eq(post_key("bob", "k-dave", "yo", NULL, NULL, NULL), 409);
+	ck_assert_int_eq(post_key(carol, "k-dave", "yo", NULL, NULL, NULL), 409);
+	/* the original recipient still gets the duplicate answer */
+	ck_assert_int_eq(post_key("bob", "k-shared", "hello", NULL, state, dmid), 200);
+	ck_assert_str_eq(dmid, mid);
+
+	/* after relay-session restarts (kill -9: nothing flushed on the way out) */
+	struct h_proc *rs = h_find(&st, "relay-session");
+	ck_assert_ptr_nonnull(rs);
+	h_kill(rs, SIGKILL);
+	char data[400];
+	snprintf(data, sizeof(data), "CLAWRELAY_DATA_DIR=%s/relay-session", st.dir);
+	const char *env[] = { data, NULL };
+	h_spawn(&st, "relay-session-2", "clawrelay-relay-session", h_free_port(), env, NULL);
+	long status = 503;
+	for (int i = 0; i < 200 && status == 503; i++) {
+		status = post_key(carol, "k-shared", "hello", NULL, NULL, NULL);
+		if (status == 503)
+			h_sleep_ms(100);	/* the new replica takes the leases */
+	}
+	ck_assert_int_eq(status, 409);
+	ck_assert_int_eq(post_key("bob", "k-shared", "hello", NULL, state, dmid), 200);
+	ck_assert_str_eq(dmid, mid);
+	ck_assert_int_eq(post_key("bob", "k-carol", "hi", NULL, NULL, NULL), 409);
+	ck_assert_int_eq(post_key(dave, "k-shared", "hello", NULL, NULL, NULL), 409);
+	ck_assert_int_eq(post_key(carol, "k-dave", "yo", NULL, NULL, NULL), 409);
+	/* a new key to a recipient in a third partition is still taken */
+	ck_assert_int_eq(post_key(dave, "k-new", "fresh", NULL, NULL, NULL), 202);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -126,6 +190,7 @@ main(void)
 	tcase_set_timeout(tc, 180);
 	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, duplicate_tells_the_true_state);
+	tcase_add_test(tc, another_recipient_conflicts_across_partitions);
 	suite_add_tcase(s, tc);
 	return it_run(s);
 }
