@@ -263,11 +263,12 @@ struct session_claim_result {
 	char error[160];                  /* ERROR: why */
 };
 typedef void (*session_claim_fn)(void *arg, const struct session_claim_result *r);
-/* session_claim_ask - ask the sender's partition to claim e's key for e's
- * recipient; fn runs once (another thread, or at once on failure) */
-void session_claim_ask(struct session *s, const Envelope *e, const unsigned char *sha,
-    session_claim_fn fn, void *arg);
-/* session_claim_handle - S's side: answer an IdemClaim (msg borrowed) */
+/* session_claim_ask - ask partition part's owner, in one request, to claim
+ * the keys of n envelopes (senders in part) for their recipients; fn(args[i])
+ * runs once each, in order (another thread, or at once on failure) */
+void session_claim_ask(struct session *s, uint32_t part, Envelope *const *es,
+    const unsigned char *const *shas, size_t n, session_claim_fn fn, void *const *args);
+/* session_claim_handle - S's side: answer an IdemClaims request (msg borrowed) */
 void session_claim_handle(struct session_part *pp, natsMsg *msg);
 /* session_claim_taken_locked - in the sender's partition: is the key claimed
  * for another recipient? 1 with its owner; caller holds mu */

@@ -22,7 +22,7 @@
  *
  * Threads: session_claim_handle runs on S's partition subscription thread
  * and takes S's mu; its commit callback runs on the committer thread;
- * session_claim_ask's callback runs on the bus's reply or timer thread.
+ * session_claim_ask's callbacks run on the bus's reply or timer thread.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,238 +110,357 @@ session_claim_taken_locked(struct session_part *pp, const char *sender, const ch
 	    strcmp(o->recipient, rcpt) != 0;
 }
 
-/* ---- S: the owner of the sender's partition answers ---- */
+/* ---- S: the owner of the senders' partition answers ---- */
+
+/* the answers of one IdemClaims request */
+struct claim_job {
+	struct session_part *pp;
+	uint64_t gen;
+	char *reply;
+	size_t n;
+	IdemClaimReply *r;                 /* n; strings owned */
+	IdemClaimReply **rp;
+	struct session_idem_pending **ip;  /* n; the claims being committed (or NULL) */
+};
+
+static char no_text[] = "";
+
+static char *
+text_or_empty(const char *t)
+{
+	char *d;
+	if (t == NULL || *t == '\0' || (d = strdup(t)) == NULL)
+		return no_text;
+	return d;
+}
 
 static void
-claim_reply(struct session *s, const char *subj, int claimed, const struct session_claim_owner *o,
-    const char *error)
+set_answer(IdemClaimReply *r, int claimed, const struct session_claim_owner *o, const char *error)
 {
-	IdemClaimReply r = CLAWRELAY__V1__IDEM_CLAIM_REPLY__INIT;
-	unsigned char buf[1024];
-	size_t len;
+	r->claimed = claimed;
+	r->recipient = text_or_empty(o ? o->recipient : NULL);
+	r->message_id = text_or_empty(o ? o->message_id : NULL);
+	r->correlation_id = text_or_empty(o ? o->correlation_id : NULL);
+	r->error = text_or_empty(error);
+}
+
+static void
+job_free(struct claim_job *j)
+{
+	if (j == NULL)
+		return;
+	for (size_t i = 0; j->r != NULL && i < j->n; i++) {
+		char *t[4] = { j->r[i].recipient, j->r[i].message_id, j->r[i].correlation_id,
+			j->r[i].error };
+		for (int k = 0; k < 4; k++)
+			if (t[k] != no_text)
+				free(t[k]);
+	}
+	free(j->r);
+	free(j->rp);
+	free(j->ip);
+	free(j->reply);
+	free(j);
+}
+
+/* publish the answers (empty n: refused as a whole) */
+static void
+job_reply(struct session *s, const char *subj, IdemClaimReply **rp, size_t n)
+{
+	IdemClaimsReply r = CLAWRELAY__V1__IDEM_CLAIMS_REPLY__INIT;
+	size_t len = 0, cap;
+	unsigned char *buf;
 
 	if (subj == NULL || *subj == '\0')
 		return;
 	r.schema_version = ENV_SCHEMA;
-	r.claimed = claimed;
-	r.recipient = SESSION_UNCONST(o ? o->recipient : "");
-	r.message_id = SESSION_UNCONST(o ? o->message_id : "");
-	r.correlation_id = SESSION_UNCONST(o ? o->correlation_id : "");
-	r.error = SESSION_UNCONST(error ? error : "");
-	if (env_pack_into(&r.base, buf, sizeof(buf), &len) == CR_OK)
+	r.n_replies = n;
+	r.replies = rp;
+	cap = protobuf_c_message_get_packed_size(&r.base);
+	if ((buf = malloc(cap ? cap : 1)) == NULL)
+		return;
+	if (env_pack_into(&r.base, buf, cap, &len) == CR_OK)
 		natsConnection_Publish(bus_nc(s->bus), subj, buf, (int)len);
+	free(buf);
 }
-
-/* a claim being committed in S */
-struct claim_commit {
-	struct session_part *pp;
-	uint64_t gen;
-	struct session_idem_pending *ip;   /* valid while gen matches */
-	char *reply;
-	struct session_claim_owner o;
-};
 
 static void
-claim_done(void *arg, enum cr_err result)
+claims_done(void *arg, enum cr_err result)
 {
-	struct claim_commit *cc = arg;
-	struct session_part *pp = cc->pp;
+	struct claim_job *j = arg;
+	struct session_part *pp = j->pp;
 
 	pthread_mutex_lock(&pp->mu);
-	if (cc->gen == pp->gen && pp->open)
-		session_idem_pending_remove(pp, cc->ip);
+	for (size_t i = 0; i < j->n; i++) {
+		if (j->ip[i] == NULL)
+			continue;
+		if (j->gen == pp->gen && pp->open)
+			session_idem_pending_remove(pp, j->ip[i]);
+		if (result != CR_OK) {
+			/* the claim was not stored: this one must be asked again */
+			if (j->r[i].error != no_text)
+				free(j->r[i].error);
+			j->r[i].error = text_or_empty("the claim could not be stored");
+			j->r[i].claimed = 0;
+		}
+	}
 	pthread_mutex_unlock(&pp->mu);
-	if (result == CR_OK)
-		claim_reply(pp->s, cc->reply, 1, &cc->o, NULL);
-	else
-		claim_reply(pp->s, cc->reply, 0, NULL, "the claim could not be stored");
-	free(cc->reply);
-	free(cc);
+	job_reply(pp->s, j->reply, j->rp, j->n);
+	job_free(j);
 }
 
-/* session_claim_handle - answer an IdemClaim for this (the sender's)
- * partition (msg borrowed) */
+/* one claim of a request, under mu: answered at once (0), or a put added to
+ * b and a pending entry to j->ip[i] (1); -1 when out of memory */
+static int
+claim_one_locked(struct session_part *pp, const IdemClaim *c, struct claim_job *j, size_t i,
+    struct store_batch *b)
+{
+	struct session *s = pp->s;
+	struct session_claim_owner o;
+	char ek[STORE_KEY_MAX + 1], ck[STORE_KEY_MAX + 1], *key;
+	size_t ekl, ckl, ml, cl, rl, vl;
+	unsigned char *v;
+
+	if (!env_id_ok(c->sender) || !env_id_ok(c->recipient) || c->idempotency_key == NULL ||
+	    c->idempotency_key[0] == '\0' || c->payload_sha256.len != 32 ||
+	    c->message_id == NULL || c->correlation_id == NULL ||
+	    partition_of(c->sender, s->nparts) != pp->idx ||
+	    (ckl = claim_key(ck, c->sender, c->idempotency_key)) == 0) {
+		set_answer(&j->r[i], 0, NULL, "invalid IdemClaim");
+		return 0;
+	}
+	/* "<sender>\0<key>": an entry of a message to a recipient in this partition */
+	ekl = ckl - 1;
+	memcpy(ek, ck + 1, ekl + 1);
+	if (holder_locked(pp, ek, ekl, SESSION_IDEM_FIXED, &o) ||
+	    holder_locked(pp, ck, ckl, CLAIM_FIXED, &o)) {
+		set_answer(&j->r[i], strcmp(o.recipient, c->recipient) == 0, &o, NULL);
+		return 0;
+	}
+	ml = strlen(c->message_id);
+	cl = strlen(c->correlation_id);
+	rl = strlen(c->recipient);
+	vl = CLAIM_FIXED + ml + 1 + cl + 1 + rl + 1;
+	if ((v = malloc(vl)) == NULL)
+		return -1;
+	session_be64_put(v, now_ms());
+	memcpy(v + 8, c->payload_sha256.data, 32);
+	memcpy(v + CLAIM_FIXED, c->message_id, ml + 1);
+	memcpy(v + CLAIM_FIXED + ml + 1, c->correlation_id, cl + 1);
+	memcpy(v + CLAIM_FIXED + ml + 1 + cl + 1, c->recipient, rl + 1);
+	if (store_batch_put(b, pp->dbidem, ck, ckl, v, vl) != CR_OK ||
+	    (key = malloc(ckl + 1)) == NULL) {
+		free(v);
+		return -1;
+	}
+	free(v);
+	memcpy(key, ck, ckl + 1);
+	j->ip[i] = session_idem_pending_add(pp, key, ckl, c->message_id, c->correlation_id,
+	    c->recipient, c->payload_sha256.data);
+	if (j->ip[i] == NULL)
+		return -1;
+	snprintf(o.message_id, sizeof(o.message_id), "%s", c->message_id);
+	snprintf(o.correlation_id, sizeof(o.correlation_id), "%s", c->correlation_id);
+	snprintf(o.recipient, sizeof(o.recipient), "%s", c->recipient);
+	set_answer(&j->r[i], 1, &o, NULL);
+	return 1;
+}
+
+/* session_claim_handle - answer an IdemClaims request for this (the
+ * senders') partition (msg borrowed) */
 void
 session_claim_handle(struct session_part *pp, natsMsg *msg)
 {
 	struct session *s = pp->s;
 	const char *reply = natsMsg_GetReply(msg);
 	ProtobufCMessage *m = NULL;
-	IdemClaim *c;
-	struct session_claim_owner o;
-	char ek[STORE_KEY_MAX + 1], ck[STORE_KEY_MAX + 1];
-	size_t ekl, ckl, ml, cl, rl, vl;
-	struct claim_commit *cc = NULL;
+	IdemClaims *cs;
+	struct claim_job *j = NULL;
 	struct store_batch *b = NULL;
-	unsigned char *v = NULL;
-	char *key = NULL;
+	size_t n, pending = 0;
 
-	if (env_unpack_msg(&clawrelay__v1__idem_claim__descriptor, natsMsg_GetData(msg),
-	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK) {
-		claim_reply(s, reply, 0, NULL, "malformed IdemClaim");
-		return;
-	}
-	c = (IdemClaim *)m;
-	if (!env_id_ok(c->sender) || !env_id_ok(c->recipient) || c->idempotency_key == NULL ||
-	    c->idempotency_key[0] == '\0' || c->payload_sha256.len != 32 ||
-	    c->message_id == NULL || c->correlation_id == NULL ||
-	    partition_of(c->sender, s->nparts) != pp->idx ||
-	    (ckl = claim_key(ck, c->sender, c->idempotency_key)) == 0) {
-		claim_reply(s, reply, 0, NULL, "invalid IdemClaim");
+	if (env_unpack_msg(&clawrelay__v1__idem_claims__descriptor, natsMsg_GetData(msg),
+	    (size_t)natsMsg_GetDataLength(msg), &m) != CR_OK ||
+	    ((IdemClaims *)m)->n_claims == 0) {
+		log_warn(NULL, "idem_claim refused: malformed or empty");
+		job_reply(s, reply, NULL, 0);
 		goto out;
 	}
-	/* "<sender>\0<key>": an entry of a message to a recipient in this partition */
-	ekl = ckl - 1;
-	memcpy(ek, ck + 1, ekl + 1);
-
+	cs = (IdemClaims *)m;
+	n = cs->n_claims;
+	if ((j = calloc(1, sizeof(*j))) == NULL || (j->r = calloc(n, sizeof(*j->r))) == NULL ||
+	    (j->rp = calloc(n, sizeof(*j->rp))) == NULL ||
+	    (j->ip = calloc(n, sizeof(*j->ip))) == NULL ||
+	    (reply != NULL && (j->reply = strdup(reply)) == NULL) ||
+	    (b = store_batch_new()) == NULL)
+		goto nomem_unlocked;
+	j->pp = pp;
+	j->n = n;
+	for (size_t i = 0; i < n; i++) {
+		clawrelay__v1__idem_claim_reply__init(&j->r[i]);
+		j->r[i].recipient = j->r[i].message_id = j->r[i].correlation_id = no_text;
+		j->r[i].error = no_text;
+		j->rp[i] = &j->r[i];
+	}
 	pthread_mutex_lock(&pp->mu);
 	if (!pp->open) {
 		pthread_mutex_unlock(&pp->mu);
-		claim_reply(s, reply, 0, NULL, "partition moving to another replica");
+		for (size_t i = 0; i < n; i++)
+			set_answer(&j->r[i], 0, NULL, "partition moving to another replica");
+		job_reply(s, reply, j->rp, n);
 		goto out;
 	}
-	if (holder_locked(pp, ek, ekl, SESSION_IDEM_FIXED, &o) ||
-	    holder_locked(pp, ck, ckl, CLAIM_FIXED, &o)) {
+	j->gen = pp->gen;
+	for (size_t i = 0; i < n; i++) {
+		int r = claim_one_locked(pp, cs->claims[i], j, i, b);
+		if (r < 0)
+			goto nomem;
+		pending += (size_t)r;
+	}
+	if (pending == 0) {
 		pthread_mutex_unlock(&pp->mu);
-		claim_reply(s, reply, strcmp(o.recipient, c->recipient) == 0, &o, NULL);
+		job_reply(s, reply, j->rp, n);
 		goto out;
 	}
-	ml = strlen(c->message_id);
-	cl = strlen(c->correlation_id);
-	rl = strlen(c->recipient);
-	vl = CLAIM_FIXED + ml + 1 + cl + 1 + rl + 1;
-	if ((v = malloc(vl)) == NULL || (b = store_batch_new()) == NULL ||
-	    (cc = calloc(1, sizeof(*cc))) == NULL || (key = malloc(ckl + 1)) == NULL ||
-	    (reply != NULL && (cc->reply = strdup(reply)) == NULL))
-		goto nomem;
-	session_be64_put(v, now_ms());
-	memcpy(v + 8, c->payload_sha256.data, 32);
-	memcpy(v + CLAIM_FIXED, c->message_id, ml + 1);
-	memcpy(v + CLAIM_FIXED + ml + 1, c->correlation_id, cl + 1);
-	memcpy(v + CLAIM_FIXED + ml + 1 + cl + 1, c->recipient, rl + 1);
-	if (store_batch_put(b, pp->dbidem, ck, ckl, v, vl) != CR_OK)
-		goto nomem;
-	memcpy(key, ck, ckl + 1);
-	cc->ip = session_idem_pending_add(pp, key, ckl, c->message_id, c->correlation_id,
-	    c->recipient, c->payload_sha256.data);
-	key = NULL;
-	if (cc->ip == NULL)
-		goto nomem;
-	cc->pp = pp;
-	cc->gen = pp->gen;
-	snprintf(cc->o.message_id, sizeof(cc->o.message_id), "%s", c->message_id);
-	snprintf(cc->o.correlation_id, sizeof(cc->o.correlation_id), "%s", c->correlation_id);
-	snprintf(cc->o.recipient, sizeof(cc->o.recipient), "%s", c->recipient);
-	if (store_committer_submit(pp->com, b, claim_done, cc) != CR_OK) {
+	if (store_committer_submit(pp->com, b, claims_done, j) != CR_OK) {
 		b = NULL;
-		session_idem_pending_remove(pp, cc->ip);
-		pthread_mutex_unlock(&pp->mu);
-		claim_reply(s, reply, 0, NULL, "store unavailable");
-		free(cc->reply);
-		free(cc);
-		goto out;
+		goto nomem;
 	}
 	pthread_mutex_unlock(&pp->mu);
-	free(v);
-	goto out;
+	protobuf_c_message_free_unpacked(m, NULL);
+	return;	/* claims_done answers and frees j */
 nomem:
+	for (size_t i = 0; i < n; i++)
+		if (j->ip[i] != NULL)
+			session_idem_pending_remove(pp, j->ip[i]);
 	pthread_mutex_unlock(&pp->mu);
-	log_error(NULL, "idempotency claim: out of memory");
-	claim_reply(s, reply, 0, NULL, "out of memory");
-	store_batch_free(b);
-	if (cc != NULL)
-		free(cc->reply);
-	free(cc);
-	free(key);
-	free(v);
+nomem_unlocked:
+	log_error(NULL, "idempotency claims: out of memory or store stopping");
+	job_reply(s, reply, NULL, 0);
 out:
+	store_batch_free(b);
+	job_free(j);
 	protobuf_c_message_free_unpacked(m, NULL);
 }
 
-/* ---- R: the recipient's partition asks ---- */
+/* ---- R: the recipients' partition asks ---- */
 
 struct claim_ask {
 	session_claim_fn fn;
-	void *arg;
+	size_t n;
+	void *args[];
 };
 
 static void
-on_claim_reply(void *arg, enum cr_err err, natsMsg *reply)
+ask_fail(session_claim_fn fn, void *const *args, size_t n, const char *why)
 {
-	struct claim_ask *ca = arg;
 	struct session_claim_result r;
-	ProtobufCMessage *m = NULL;
 
 	memset(&r, 0, sizeof(r));
 	r.status = SESSION_CLAIM_ERROR;
+	snprintf(r.error, sizeof(r.error), "%s", why);
+	for (size_t i = 0; i < n; i++)
+		fn(args[i], &r);
+}
+
+static void
+on_claims_reply(void *arg, enum cr_err err, natsMsg *reply)
+{
+	struct claim_ask *ca = arg;
+	ProtobufCMessage *m = NULL;
+	IdemClaimsReply *cr;
+	char why[160];
+
 	if (err != CR_OK) {
-		snprintf(r.error, sizeof(r.error), "the sender's partition did not answer (%s)",
+		snprintf(why, sizeof(why), "the sender's partition did not answer (%s)",
 		    cr_strerror(err));
-	} else if (env_unpack_msg(&clawrelay__v1__idem_claim_reply__descriptor,
-	    natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), &m) != CR_OK) {
-		snprintf(r.error, sizeof(r.error), "malformed answer from the sender's partition");
-	} else {
-		IdemClaimReply *cr = (IdemClaimReply *)m;
-		if (cr->error != NULL && cr->error[0] != '\0') {
-			snprintf(r.error, sizeof(r.error), "sender's partition: %s", cr->error);
-		} else {
-			r.status = cr->claimed ? SESSION_CLAIM_OK : SESSION_CLAIM_TAKEN;
-			snprintf(r.owner.message_id, sizeof(r.owner.message_id), "%s",
-			    cr->message_id ? cr->message_id : "");
-			snprintf(r.owner.correlation_id, sizeof(r.owner.correlation_id), "%s",
-			    cr->correlation_id ? cr->correlation_id : "");
-			snprintf(r.owner.recipient, sizeof(r.owner.recipient), "%s",
-			    cr->recipient ? cr->recipient : "");
-		}
-		protobuf_c_message_free_unpacked(m, NULL);
+		ask_fail(ca->fn, ca->args, ca->n, why);
+		goto out;
 	}
-	ca->fn(ca->arg, &r);
+	if (env_unpack_msg(&clawrelay__v1__idem_claims_reply__descriptor, natsMsg_GetData(reply),
+	    (size_t)natsMsg_GetDataLength(reply), &m) != CR_OK ||
+	    ((IdemClaimsReply *)m)->n_replies != ca->n) {
+		ask_fail(ca->fn, ca->args, ca->n, "the sender's partition refused the claims");
+		goto out;
+	}
+	cr = (IdemClaimsReply *)m;
+	for (size_t i = 0; i < ca->n; i++) {
+		const IdemClaimReply *x = cr->replies[i];
+		struct session_claim_result r;
+
+		memset(&r, 0, sizeof(r));
+		if (x->error != NULL && x->error[0] != '\0') {
+			r.status = SESSION_CLAIM_ERROR;
+			snprintf(r.error, sizeof(r.error), "sender's partition: %s", x->error);
+		} else {
+			r.status = x->claimed ? SESSION_CLAIM_OK : SESSION_CLAIM_TAKEN;
+			snprintf(r.owner.message_id, sizeof(r.owner.message_id), "%s",
+			    x->message_id ? x->message_id : "");
+			snprintf(r.owner.correlation_id, sizeof(r.owner.correlation_id), "%s",
+			    x->correlation_id ? x->correlation_id : "");
+			snprintf(r.owner.recipient, sizeof(r.owner.recipient), "%s",
+			    x->recipient ? x->recipient : "");
+		}
+		ca->fn(ca->args[i], &r);
+	}
+out:
+	protobuf_c_message_free_unpacked(m, NULL);
 	free(ca);
 }
 
-/* session_claim_ask - ask the owner of e's sender's partition to claim e's
- * key for e's recipient; fn(arg, result) is called exactly once, on another
- * thread (or on this one, at once, when the request cannot be sent). e and
- * sha are borrowed for the call only. */
+/* session_claim_ask - ask the owner of partition part to claim the keys of
+ * n envelopes (their senders all in part) for their recipients, in one
+ * request; fn(args[i], result) runs exactly once per envelope, in order, on
+ * another thread (or on this one, at once, when the request cannot be
+ * sent). es and shas (32 bytes each) are borrowed for the call only. */
 void
-session_claim_ask(struct session *s, const Envelope *e, const unsigned char *sha,
-    session_claim_fn fn, void *arg)
+session_claim_ask(struct session *s, uint32_t part, Envelope *const *es,
+    const unsigned char *const *shas, size_t n, session_claim_fn fn, void *const *args)
 {
-	IdemClaim c = CLAWRELAY__V1__IDEM_CLAIM__INIT;
-	unsigned char buf[2048];
+	IdemClaims cs = CLAWRELAY__V1__IDEM_CLAIMS__INIT;
+	IdemClaim *items = calloc(n, sizeof(*items));
+	IdemClaim **ip = calloc(n, sizeof(*ip));
+	struct claim_ask *ca = malloc(sizeof(*ca) + n * sizeof(void *));
+	unsigned char *buf = NULL;
+	size_t len = 0, cap;
 	char subj[160];
-	size_t len;
-	struct claim_ask *ca = malloc(sizeof(*ca));
-	struct session_claim_result r;
 
-	memset(&r, 0, sizeof(r));
-	r.status = SESSION_CLAIM_ERROR;
-	c.schema_version = ENV_SCHEMA;
-	c.sender = e->sender;
-	c.idempotency_key = e->idempotency_key;
-	c.recipient = e->recipient;
-	c.payload_sha256.data = (uint8_t *)(uintptr_t)sha;
-	c.payload_sha256.len = 32;
-	c.message_id = e->message_id;
-	c.correlation_id = e->correlation_id;
-	if (ca == NULL) {
-		snprintf(r.error, sizeof(r.error), "out of memory");
-		goto fail;
+	if (items == NULL || ip == NULL || ca == NULL) {
+		ask_fail(fn, args, n, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		clawrelay__v1__idem_claim__init(&items[i]);
+		items[i].sender = es[i]->sender;
+		items[i].idempotency_key = es[i]->idempotency_key;
+		items[i].recipient = es[i]->recipient;
+		items[i].payload_sha256.data = (uint8_t *)(uintptr_t)shas[i];
+		items[i].payload_sha256.len = 32;
+		items[i].message_id = es[i]->message_id;
+		items[i].correlation_id = es[i]->correlation_id;
+		ip[i] = &items[i];
+	}
+	cs.schema_version = ENV_SCHEMA;
+	cs.n_claims = n;
+	cs.claims = ip;
+	cap = protobuf_c_message_get_packed_size(&cs.base);
+	if (bus_subj(s->bus, subj, sizeof(subj), "session.%u.idem_claim", part) < 0 ||
+	    (buf = malloc(cap ? cap : 1)) == NULL ||
+	    env_pack_into(&cs.base, buf, cap, &len) != CR_OK) {
+		ask_fail(fn, args, n, "idempotency claims do not fit");
+		goto out;
 	}
 	ca->fn = fn;
-	ca->arg = arg;
-	if (bus_subj(s->bus, subj, sizeof(subj), "session.%u.idem_claim",
-	    partition_of(e->sender, s->nparts)) < 0 ||
-	    env_pack_into(&c.base, buf, sizeof(buf), &len) != CR_OK) {
-		snprintf(r.error, sizeof(r.error), "idempotency claim does not fit");
-		goto fail;
+	ca->n = n;
+	memcpy(ca->args, args, n * sizeof(void *));
+	if (bus_request_async(s->bus, subj, buf, len, CLAIM_TIMEOUT_MS, on_claims_reply, ca) != CR_OK) {
+		ask_fail(fn, args, n, "the sender's partition cannot be asked");
+		goto out;
 	}
-	if (bus_request_async(s->bus, subj, buf, len, CLAIM_TIMEOUT_MS, on_claim_reply, ca) != CR_OK) {
-		snprintf(r.error, sizeof(r.error), "the sender's partition cannot be asked");
-		goto fail;
-	}
-	return;
-fail:
+	ca = NULL;	/* on_claims_reply frees it */
+out:
 	free(ca);
-	fn(arg, &r);
+	free(buf);
+	free(items);
+	free(ip);
 }

@@ -368,13 +368,21 @@ stale:
 	return 0;
 }
 
-static void claim_start(struct session_part *pp, Envelope *e, const struct enq_target *reply,
-    const unsigned char *sha);
+/* enqueues waiting for their keys' claims, sent together (session_claim.c) */
+struct claim_wait;
+struct claim_list {
+	struct claim_wait *head, *tail;
+};
+static void claim_add(struct claim_list *cl, struct session_part *pp, Envelope *e,
+    const struct enq_target *reply, const unsigned char *sha);
+static void claim_flush(struct session *s, struct claim_list *cl);
 
 /* enqueue one envelope (taken), answered through *reply; claimed: its
- * idempotency key was claimed in the sender's partition already */
+ * idempotency key was claimed in the sender's partition already; a new key
+ * that must be claimed there joins *waits (NULL: it is asked for at once) */
 static void
-enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply, int claimed)
+enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply, int claimed,
+    struct claim_list *waits)
 {
 	struct session *s = pp->s;
 	struct enq_ctx *c = NULL;
@@ -486,10 +494,13 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 		struct session_claim_owner o;
 
 		if (partition_of(e->sender, s->nparts) != pp->idx) {
+			struct claim_list one = { NULL, NULL };
+
 			session_work_flush_unlock(pp, &w);
 			locked = 0;
-			claim_start(pp, e, reply, sha);
+			claim_add(waits != NULL ? waits : &one, pp, e, reply, sha);
 			e = NULL;
+			claim_flush(s, &one);
 			goto out;
 		}
 		if (session_claim_taken_locked(pp, e->sender, e->idempotency_key, e->recipient, &o)) {
@@ -669,8 +680,10 @@ out:
 
 /* an enqueue waiting for its key's claim (session_claim.c) */
 struct claim_wait {
+	struct claim_wait *next;
 	struct session_part *pp;
 	Envelope *e;
+	unsigned char sha[32];
 	struct enq_target t;           /* subj owned when t.b == NULL */
 };
 
@@ -684,7 +697,7 @@ on_claimed(void *arg, const struct session_claim_result *r)
 
 	switch (r->status) {
 	case SESSION_CLAIM_OK:
-		enqueue_env(cw->pp, cw->e, &cw->t, 1);
+		enqueue_env(cw->pp, cw->e, &cw->t, 1, NULL);
 		cw->e = NULL;
 		break;
 	case SESSION_CLAIM_TAKEN:
@@ -705,10 +718,10 @@ on_claimed(void *arg, const struct session_claim_result *r)
 	free(cw);
 }
 
-/* hand e (taken) to a claim in its sender's partition; on_claimed goes on */
+/* e (taken) waits in cl for its key's claim */
 static void
-claim_start(struct session_part *pp, Envelope *e, const struct enq_target *reply,
-    const unsigned char *sha)
+claim_add(struct claim_list *cl, struct session_part *pp, Envelope *e,
+    const struct enq_target *reply, const unsigned char *sha)
 {
 	struct claim_wait *cw = calloc(1, sizeof(*cw));
 
@@ -725,7 +738,57 @@ claim_start(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	}
 	cw->pp = pp;
 	cw->e = e;
-	session_claim_ask(pp->s, e, sha, on_claimed, cw);
+	memcpy(cw->sha, sha, 32);
+	if (cl->tail != NULL)
+		cl->tail->next = cw;
+	else
+		cl->head = cw;
+	cl->tail = cw;
+}
+
+/* ask for every claim in cl, one request per senders' partition, in order;
+ * empties cl (on_claimed frees each wait) */
+static void
+claim_flush(struct session *s, struct claim_list *cl)
+{
+	while (cl->head != NULL) {
+		uint32_t part = partition_of(cl->head->e->sender, s->nparts);
+		size_t n = 0, k = 0;
+
+		for (struct claim_wait *cw = cl->head; cw != NULL; cw = cw->next)
+			n += partition_of(cw->e->sender, s->nparts) == part;
+		Envelope **es = calloc(n, sizeof(*es));
+		const unsigned char **shas = calloc(n, sizeof(*shas));
+		void **args = calloc(n, sizeof(*args));
+		struct claim_wait **pcw = &cl->head, *rest = NULL, **prest = &rest;
+
+		while (*pcw != NULL) {
+			struct claim_wait *cw = *pcw;
+			*pcw = cw->next;
+			cw->next = NULL;
+			if (partition_of(cw->e->sender, s->nparts) != part) {
+				*prest = cw;
+				prest = &cw->next;
+				continue;
+			}
+			if (es == NULL || shas == NULL || args == NULL) {
+				struct session_claim_result r = { .status = SESSION_CLAIM_ERROR };
+				snprintf(r.error, sizeof(r.error), "out of memory");
+				on_claimed(cw, &r);
+				continue;
+			}
+			es[k] = cw->e;
+			shas[k] = cw->sha;
+			args[k++] = cw;
+		}
+		if (k > 0)
+			session_claim_ask(s, part, es, shas, k, on_claimed, args);
+		free(es);
+		free(shas);
+		free(args);
+		cl->head = rest;
+	}
+	cl->tail = NULL;
 }
 
 /* session_enqueue - handle one enqueue request (msg borrowed) */
@@ -745,7 +808,7 @@ session_enqueue(struct session_part *pp, natsMsg *msg)
 		    0, 0, why ? why : cr_strerror(err));
 		return;
 	}
-	enqueue_env(pp, e, &t, 0);
+	enqueue_env(pp, e, &t, 0, NULL);
 }
 
 /* session_enqueue_batch - handle an enqueue_batch request (msg borrowed):
@@ -758,6 +821,7 @@ session_enqueue_batch(struct session_part *pp, natsMsg *msg)
 	ProtobufCMessage *m = NULL;
 	EnqueueBatch *eb;
 	struct enq_batch *b = NULL;
+	struct claim_list claims = { NULL, NULL };
 	enum cr_err err;
 	size_t n;
 
@@ -821,8 +885,9 @@ session_enqueue_batch(struct session_part *pp, natsMsg *msg)
 			env_free(e);
 			continue;
 		}
-		enqueue_env(pp, e, &t, 0);
+		enqueue_env(pp, e, &t, 0, &claims);
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
+	claim_flush(pp->s, &claims);
 	enq_batch_release(b);
 }
