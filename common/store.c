@@ -122,6 +122,17 @@ err_from_mdb(int rc)
 	}
 }
 
+/* when this thread's last commit returned (store_committed_at_us) */
+static _Thread_local uint64_t committed_at_us;
+
+static uint64_t
+store_wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 static uint64_t
 store_wall_ms(void)
 {
@@ -592,9 +603,19 @@ commit_chain(struct store *st, struct store_batch *first, size_t n)
 		nops += b->nops;
 	}
 	rc = mdb_txn_commit(txn);
+	if (rc == 0)
+		committed_at_us = store_wall_us();
 out:
 	count_commit(st, t0, nops, n, rc);
 	return rc;
+}
+
+/* store_committed_at_us - in a done callback (or after store_batch_commit
+ * on the same thread): the wall clock, in us, when the commit returned */
+uint64_t
+store_committed_at_us(void)
+{
+	return committed_at_us;
 }
 
 /* store_batch_commit - apply every op in one write txn, all or nothing */

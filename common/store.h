@@ -84,6 +84,12 @@ struct store_stats {
 	uint64_t failing_since_ms; /* unix ms of the first of the failures in a row; 0 */
 };
 
+/* store_committed_at_us - inside a done callback: the wall clock (us since
+ * the epoch) at which its commit returned. What a commit made visible may be
+ * acted on (by an earlier batch's callback) before a later batch's own
+ * callback runs: a hop of "committed" takes this time, not its callback's. */
+uint64_t store_committed_at_us(void);
+
 /* store_rc_text - what a store_stats.last_rc means (static text) */
 const char *store_rc_text(int rc);
 

@@ -235,7 +235,10 @@ enq_done(void *arg, enum cr_err result)
 	}
 	reply_to(s, &c->t, CLAWRELAY__V1__ENQUEUE_STATUS__ENQ_QUEUED, c->e->message_id,
 	    c->e->correlation_id, "queued", depth ? depth : 1, 0, NULL);
-	hop_emit(c->e, CLAWRELAY__V1__HOP_KIND__HOP_SESSION_QUEUED, "ok", NULL);
+	/* the commit's time: an earlier batch's callback in this group may have
+	 * dispatched this message already */
+	hop_emit_at(c->e, CLAWRELAY__V1__HOP_KIND__HOP_SESSION_QUEUED, "ok", NULL,
+	    store_committed_at_us());
 	session_publish_receipt(s, c->e->message_id, c->e->correlation_id, c->e->sender,
 	    c->e->recipient, "queued", 0);
 	log_debug(&lc, "queued (lane %d, seq %llu)", c->lane, (unsigned long long)c->seq);
