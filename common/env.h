@@ -26,6 +26,7 @@ typedef Clawrelay__V1__IdemClaim IdemClaim;
 typedef Clawrelay__V1__IdemClaimReply IdemClaimReply;
 typedef Clawrelay__V1__IdemClaims IdemClaims;
 typedef Clawrelay__V1__IdemClaimsReply IdemClaimsReply;
+typedef Clawrelay__V1__Books Books;
 typedef Clawrelay__V1__ConnectRequest ConnectRequest;
 typedef Clawrelay__V1__HopEvent HopEvent;
 typedef Clawrelay__V1__HopBatch HopBatch;

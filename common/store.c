@@ -46,7 +46,7 @@ struct store {
 	_Atomic uint64_t failing_since_ms; /* wall clock of the first failure in a row */
 };
 
-enum store_op_kind { STORE_OP_PUT, STORE_OP_DEL };
+enum store_op_kind { STORE_OP_PUT, STORE_OP_DEL, STORE_OP_ADD };
 
 struct store_op {
 	enum store_op_kind kind;
@@ -399,6 +399,43 @@ store_count(struct store *st, unsigned dbi, size_t *out)
 	return CR_OK;
 }
 
+/* store_get_count - key's value (a copy the caller frees; NULL/0 when
+ * absent) and count_dbi's number of entries, from one read snapshot */
+enum cr_err
+store_get_count(struct store *st, unsigned dbi, const void *key, size_t klen, void **val,
+    size_t *vlen, unsigned count_dbi, uint64_t *count)
+{
+	MDB_txn *txn;
+	MDB_stat ms;
+	MDB_val k = { klen, (void *)(uintptr_t)key }, v;
+	int rc;
+
+	*val = NULL;
+	*vlen = 0;
+	*count = 0;
+	if ((rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return err_from_mdb(rc);
+	if ((rc = mdb_stat(txn, count_dbi, &ms)) != 0)
+		goto out;
+	*count = ms.ms_entries;
+	rc = mdb_get(txn, dbi, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		rc = 0;
+		goto out;
+	}
+	if (rc != 0)
+		goto out;
+	if ((*val = malloc(v.mv_size ? v.mv_size : 1)) == NULL) {
+		rc = ENOMEM;
+		goto out;
+	}
+	memcpy(*val, v.mv_data, v.mv_size);
+	*vlen = v.mv_size;
+out:
+	mdb_txn_abort(txn);
+	return err_from_mdb(rc);
+}
+
 /* store_bytes - bytes of the pages the named DBs hold (and the main DB),
  * and the map size; what the data takes, unlike the file's high-water mark */
 enum cr_err
@@ -551,6 +588,62 @@ store_batch_del(struct store_batch *b, unsigned dbi, const void *key,
 	return batch_add(b, STORE_OP_DEL, dbi, key, klen, NULL, 0);
 }
 
+/* store_batch_add_u64 - add delta to counter idx (< STORE_COUNTERS_MAX) of
+ * key's value, an array of be64 counters (missing ones read as 0), when the
+ * batch is applied: inside its txn, so the counters move exactly with what
+ * the same commit does, and not at all if it fails */
+enum cr_err
+store_batch_add_u64(struct store_batch *b, unsigned dbi, const void *key, size_t klen,
+    unsigned idx, uint64_t delta)
+{
+	unsigned char v[12];
+
+	if (idx >= STORE_COUNTERS_MAX)
+		return CR_ERR_INVALID;
+	for (int i = 0; i < 4; i++)
+		v[i] = (unsigned char)(idx >> (24 - 8 * i));
+	for (int i = 0; i < 8; i++)
+		v[4 + i] = (unsigned char)(delta >> (56 - 8 * i));
+	return batch_add(b, STORE_OP_ADD, dbi, key, klen, v, sizeof(v));
+}
+
+/* apply a STORE_OP_ADD (its value: idx be32, delta be64) inside txn */
+static int
+counter_add(MDB_txn *txn, unsigned dbi, MDB_val *k, const unsigned char *op)
+{
+	unsigned char buf[STORE_COUNTERS_MAX * 8];
+	unsigned idx = 0;
+	uint64_t delta = 0, cur = 0;
+	size_t n = 0;
+	MDB_val v;
+	int rc;
+
+	for (int i = 0; i < 4; i++)
+		idx = (idx << 8) | op[i];
+	for (int i = 0; i < 8; i++)
+		delta = (delta << 8) | op[4 + i];
+	memset(buf, 0, sizeof(buf));
+	rc = mdb_get(txn, dbi, k, &v);
+	if (rc == 0) {
+		n = v.mv_size > sizeof(buf) ? sizeof(buf) : v.mv_size - v.mv_size % 8;
+		memcpy(buf, v.mv_data, n);
+	} else if (rc != MDB_NOTFOUND) {
+		return rc;
+	}
+	if (n < (size_t)(idx + 1) * 8)
+		n = (size_t)(idx + 1) * 8;
+	for (int i = 0; i < 8; i++)
+		cur = (cur << 8) | buf[idx * 8 + i];
+	cur += delta;
+	for (int i = 7; i >= 0; i--) {
+		buf[idx * 8 + i] = (unsigned char)(cur & 0xff);
+		cur >>= 8;
+	}
+	v.mv_size = n;
+	v.mv_data = buf;
+	return mdb_put(txn, dbi, k, &v, 0);
+}
+
 /* store_batch_len - number of ops in the batch */
 size_t
 store_batch_len(const struct store_batch *b)
@@ -572,6 +665,8 @@ batch_apply(MDB_txn *txn, const struct store_batch *b)
 		if (op->kind == STORE_OP_PUT) {
 			MDB_val v = { op->vlen, b->arena + op->voff };
 			rc = mdb_put(txn, op->dbi, &k, &v, 0);
+		} else if (op->kind == STORE_OP_ADD) {
+			rc = counter_add(txn, op->dbi, &k, b->arena + op->voff);
 		} else {
 			rc = mdb_del(txn, op->dbi, &k, NULL);
 			if (rc == MDB_NOTFOUND)

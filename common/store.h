@@ -61,6 +61,7 @@
 #define STORE_KEY_MAX 511            /* LMDB's default maximum key size */
 #define STORE_DEFAULT_MAP_SIZE ((size_t)1 << 30) /* when map_size is 0 */
 #define STORE_DEFAULT_MAX_DBS 16u    /* when max_dbs is 0 */
+#define STORE_COUNTERS_MAX 32u       /* counters in a store_batch_add_u64 value */
 
 struct store;
 struct store_batch;
@@ -123,6 +124,11 @@ enum cr_err store_del(struct store *st, unsigned dbi, const void *key,
 /* store_count - number of entries in the database */
 enum cr_err store_count(struct store *st, unsigned dbi, size_t *out);
 
+/* store_get_count - key's value in dbi (a copy the caller frees; NULL and 0
+ * when absent) and the number of entries of count_dbi, from one snapshot */
+enum cr_err store_get_count(struct store *st, unsigned dbi, const void *key, size_t klen,
+    void **val, size_t *vlen, unsigned count_dbi, uint64_t *count);
+
 /* store_stats - snapshot of the store's counters; callable from any thread */
 void store_stats(const struct store *st, struct store_stats *out);
 /* store_bytes - bytes in the pages of DBs dbis[0..n) and the main DB (what
@@ -146,6 +152,13 @@ enum cr_err store_batch_put(struct store_batch *b, unsigned dbi,
  * missing key inside a batch is not an error. */
 enum cr_err store_batch_del(struct store_batch *b, unsigned dbi,
     const void *key, size_t klen);
+
+/* store_batch_add_u64 - add delta to counter idx (< STORE_COUNTERS_MAX) of
+ * key's value, an array of big-endian u64 counters (missing ones count 0),
+ * inside the txn that applies the batch: counters move exactly with what the
+ * same commit does, and not at all when it fails */
+enum cr_err store_batch_add_u64(struct store_batch *b, unsigned dbi, const void *key,
+    size_t klen, unsigned idx, uint64_t delta);
 
 /* store_batch_len - number of ops in the batch */
 size_t store_batch_len(const struct store_batch *b);

@@ -75,6 +75,8 @@ int cli_cmd_trust(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_send(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_status(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_trace(struct cli_ctx *c, int argc, char **argv);
+/* cli_cmd_accounting - every partition's books, summed (cli_books.c) */
+int cli_cmd_accounting(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_metrics(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_notifications(struct cli_ctx *c, int argc, char **argv);
 int cli_cmd_follow(struct cli_ctx *c, int argc, char **argv);	/* notifications --follow */

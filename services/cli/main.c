@@ -31,6 +31,7 @@ static const struct cli_cmd cmds[] = {
 	{ "send", cli_cmd_send, "send a signed message through the gateway" },
 	{ "status", cli_cmd_status, "show a message's state and history" },
 	{ "trace", cli_cmd_trace, "show a message's hop timeline" },
+	{ "accounting", cli_cmd_accounting, "every partition's books: accepted = delivered + failed + queued" },
 	{ "metrics", cli_cmd_metrics, "summary of the relay's health (metrics-collector)" },
 	{ "notifications", cli_cmd_notifications, "failure and delay notices: recent, or --follow" },
 	{ "follow", cli_cmd_follow, "the same as notifications --follow" },

@@ -199,6 +199,7 @@ session_status(struct svc *svc, void *arg, cJSON *obj)
 	cJSON_AddNumberToObject(obj, "inflight", (double)inflight);
 	cJSON_AddNumberToObject(obj, "agentsOnline", (double)online);
 	session_health_status(s, obj);
+	session_books_status(s, obj);
 	if (s->brk != NULL)
 		brkset_status(s->brk, obj);
 }
@@ -260,6 +261,7 @@ session_metrics(struct svc *svc, void *arg, struct strbuf *sb)
 	    (unsigned long long)commits, failing, (unsigned long long)fails, (unsigned long long)ops,
 	    (unsigned long long)batches, owned, (unsigned long long)syncs,
 	    (unsigned long long)lazy, (unsigned long long)lazyc);
+	session_books_metrics(s, sb);
 	if (s->brk != NULL)
 		brkset_metrics(s->brk, sb);
 }

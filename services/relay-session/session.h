@@ -275,6 +275,29 @@ void session_claim_handle(struct session_part *pp, natsMsg *msg);
 int session_claim_taken_locked(struct session_part *pp, const char *sender, const char *key,
     const char *rcpt, struct session_claim_owner *o);
 
+/* The books of a partition (session_books.c): counter indexes */
+#define SESSION_BOOKS_ACCEPTED 0
+#define SESSION_BOOKS_DELIVERED 1
+#define SESSION_BOOKS_FAILED 2             /* + FailureReason */
+#define SESSION_BOOKS_NREASONS 6
+#define SESSION_BOOKS_N (SESSION_BOOKS_FAILED + SESSION_BOOKS_NREASONS)
+struct session_books {
+	uint64_t c[SESSION_BOOKS_N];
+	uint64_t accepted, delivered, failed, queued;
+	int balanced;
+};
+/* session_books_add - count a message into counter idx in batch b (mu held); 0 or -1 */
+int session_books_add(struct session_part *pp, struct store_batch *b, unsigned idx);
+/* session_books_read - pp's books from one snapshot; -1 if not served */
+int session_books_read(struct session_part *pp, struct session_books *out);
+/* session_books_open - at open (mu held): start the books of an older store */
+void session_books_open(struct session_part *pp, uint64_t queued);
+/* session_books_status / _metrics - the books in /v1/status and /metrics */
+void session_books_status(struct session *s, cJSON *obj);
+void session_books_metrics(struct session *s, struct strbuf *sb);
+/* session_books_handle - answer <P>.session.<p>.books (msg borrowed) */
+void session_books_handle(struct session_part *pp, natsMsg *msg);
+
 /* session_key_make - queue key of (recipient, lane, seq) into out
  * (SESSION_KEY_MAX bytes); returns its length, 0 if recipient is too long */
 size_t session_key_make(unsigned char *out, const char *recipient, int lane, uint64_t seq);

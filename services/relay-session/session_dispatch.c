@@ -405,6 +405,9 @@ session_drop_locked(struct session_part *pp, struct session_agent *a, struct ses
 		sl->state = SLOT_WAITING;
 		return;
 	}
+	if (session_books_add(pp, w->batch, SESSION_BOOKS_FAILED +
+	    (reason >= 0 && reason < SESSION_BOOKS_NREASONS ? (unsigned)reason : 0)) != 0)
+		log_error(&lc, "out of memory: the books miss this failure");
 	if (session_idem_finish(pp, sl, reason == CLAWRELAY__V1__FAILURE_REASON__FAIL_EXPIRED ?
 	    SESSION_IDEM_EXPIRED : SESSION_IDEM_FAILED, w) != 0)
 		log_error(&lc, "out of memory: a duplicate of this message will read as delivered");
@@ -707,6 +710,8 @@ apply_outcome(struct session_part *pp, const struct dispatch_ctx *ctx, int outco
 			sl->state = SLOT_WAITING;	/* try again later rather than lose it */
 			break;
 		}
+		if (session_books_add(pp, w->batch, SESSION_BOOKS_DELIVERED) != 0)
+			log_error(NULL, "out of memory: the books miss a delivery");
 		(void)session_idem_finish(pp, sl, SESSION_IDEM_DELIVERED, w); /* -1: reads as delivered */
 		sl->state = SLOT_DELETING;
 		if (a->n[sl->lane] > 0)

@@ -333,6 +333,8 @@ on_part_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closu
 		session_enqueue(pp, msg);
 	else if (strcmp(last, "enqueue_batch") == 0)
 		session_enqueue_batch(pp, msg);
+	else if (strcmp(last, "books") == 0)
+		session_books_handle(pp, msg);
 	else if (strcmp(last, "idem_claim") == 0)
 		session_claim_handle(pp, msg);
 	else if (strcmp(last, "connect") == 0)
@@ -396,6 +398,7 @@ rebuild(struct session_part *pp)
 	if (err != CR_OK)
 		return err;
 	pp->depth = n;
+	session_books_open(pp, n);
 	if ((err = store_iter_new(pp->st, pp->dbmeta, "c", 1, &it)) != CR_OK)
 		return err;
 	while ((r = store_iter_next(it, &k, &kl, &v, &vl)) == 1) {

@@ -574,7 +574,8 @@ enqueue_env(struct session_part *pp, Envelope *e, const struct enq_target *reply
 	seq = pp->next_seq++;	seq = pp->next_seq++;
 	qkl = session_key_make(qkey, e->recipient, lane, seq);
 	if ((b = store_batch_new()) == NULL || qkl == 0 ||
-	    store_batch_put(b, pp->dbq, qkey, qkl, val, vlen) != CR_OK)
+	    store_batch_put(b, pp->dbq, qkey, qkl, val, vlen) != CR_OK ||
+	    session_books_add(pp, b, SESSION_BOOKS_ACCEPTED) != 0)
 		goto nomem;
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		goto nomem;
