@@ -56,6 +56,17 @@ session_health_tick(struct session *s)
 	}
 }
 
+/* the store counters of a served partition (last_rc 0 when not served) */
+static void
+served_stats(struct session_part *pp, struct store_stats *ss)
+{
+	pthread_mutex_lock(&pp->mu);
+	ss->last_rc = 0;
+	if (pp->open && pp->st != NULL)
+		store_stats(pp->st, ss);
+	pthread_mutex_unlock(&pp->mu);
+}
+
 /* session_health_status - the failing stores, for /v1/status */
 void
 session_health_status(struct session *s, cJSON *obj)
@@ -63,14 +74,9 @@ session_health_status(struct session *s, cJSON *obj)
 	cJSON *arr = cJSON_AddArrayToObject(obj, "storeErrors");
 
 	for (uint32_t p = 0; p < s->nparts; p++) {
-		struct session_part *pp = &s->parts[p];
 		struct store_stats ss;
 
-		pthread_mutex_lock(&pp->mu);
-		ss.last_rc = 0;
-		if (pp->open && pp->st != NULL)
-			store_stats(pp->st, &ss);
-		pthread_mutex_unlock(&pp->mu);
+		served_stats(&s->parts[p], &ss);
 		if (ss.last_rc == 0)
 			continue;
 		cJSON *o = cJSON_CreateObject();
@@ -89,14 +95,9 @@ session_health_failing(struct session *s)
 	int n = 0;
 
 	for (uint32_t p = 0; p < s->nparts; p++) {
-		struct session_part *pp = &s->parts[p];
 		struct store_stats ss;
 
-		pthread_mutex_lock(&pp->mu);
-		ss.last_rc = 0;
-		if (pp->open && pp->st != NULL)
-			store_stats(pp->st, &ss);
-		pthread_mutex_unlock(&pp->mu);
+		served_stats(&s->parts[p], &ss);
 		n += ss.last_rc != 0;
 	}
 	return n;
